@@ -1,0 +1,1 @@
+"""Small pieces every package of the project shares: user-facing errors and checkpoint I/O."""

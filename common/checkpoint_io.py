@@ -1,0 +1,102 @@
+"""Safe, self-describing checkpoints.
+
+The project's compact format is a plain dict saved with ``torch.save``::
+
+    {"format": "dipdefense", "version": 1, "kind": "victim",
+     "config": {...builder arguments...}, "state_dict": {...}, "metrics": {...}}
+
+It is read with ``torch.load(weights_only=True)``: tensors and plain containers only, no
+arbitrary unpickling. Lightning's own ``.ckpt`` files (from ModelCheckpoint) are read the
+same way; their ``hyper_parameters`` stand in for ``config``.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.errors import CheckpointError
+
+FORMAT = "dipdefense"
+VERSION = 1
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    kind: str,
+    config: dict[str, Any],
+    state_dict: dict[str, torch.Tensor],
+    metrics: dict[str, float] | None = None,
+) -> Path:
+    """Write a compact checkpoint atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": kind,
+        "config": config,
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
+        "metrics": metrics or {},
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, kind: str) -> dict[str, Any]:
+    """Read a checkpoint of ``kind`` and return ``{"kind", "config", "state_dict", "metrics"}``.
+
+    Raises :class:`CheckpointError` with a one-line message naming the file for a missing,
+    corrupted, unsafe or wrong-kind file.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path} (expected a {kind} checkpoint written by train.py)")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for truncated/garbage/unsafe files
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+        if "Weights only load failed" in str(err):
+            reason = "it holds Python objects beyond tensors and plain containers, refused by weights_only loading"
+        raise CheckpointError(f"{path} is not a readable {kind} checkpoint: {reason[:200]}") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(
+            f"{path} holds a {type(raw).__name__}, not a checkpoint dict (expected a {kind} checkpoint written by train.py)"
+        )
+    if raw.get("format") == FORMAT:
+        if raw.get("kind") != kind:
+            raise CheckpointError(f"{path} is a {raw.get('kind')!r} checkpoint, expected a {kind!r} checkpoint")
+        return {k: raw.get(k) or {} for k in ("config", "state_dict", "metrics")} | {"kind": kind}
+    if "state_dict" in raw and "hyper_parameters" in raw:  # Lightning ModelCheckpoint file
+        return {
+            "kind": kind,
+            "config": dict(raw["hyper_parameters"]),
+            "state_dict": raw["state_dict"],
+            "metrics": {},
+            "lightning": True,
+        }
+    raise CheckpointError(
+        f"{path} is not a {kind} checkpoint: expected train.py's format (keys format/kind/config/state_dict) "
+        f"or a Lightning .ckpt, found keys {sorted(raw)[:8]}"
+    )
+
+
+def load_state_dict_strict(
+    module: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: str | os.PathLike, what: str
+) -> None:
+    """``module.load_state_dict(strict=True)`` with a one-line error on a mismatch."""
+    try:
+        module.load_state_dict(state_dict, strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()
+        detail = " ".join(line.strip() for line in first[:3])[:300]
+        raise CheckpointError(f"{path}: weights do not fit {what}: {detail}") from None

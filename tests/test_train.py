@@ -1,0 +1,113 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+from common.errors import UserError
+from nets import load_classifier
+from tests.conftest import REPO
+
+SHIPPED_CONFIGS = [
+    "victim_cifar",
+    "victim_cifar_resnet50",
+    "victim_cifar_vgg16",
+    "victim_cifar_vit",
+    "victim_fmnist",
+    "victim_mnist",
+]
+
+
+def test_bare_config_names_resolve_against_configs_dir(tmp_path):
+    assert train.resolve_config_paths(["--config", "victim_cifar.yaml"]) == [
+        "--config",
+        str(train.CONFIG_DIR / "victim_cifar.yaml"),
+    ]
+    assert train.resolve_config_paths(["--config=victim_fmnist"]) == [
+        "--config=" + str(train.CONFIG_DIR / "victim_fmnist.yaml")
+    ]
+    own = tmp_path / "mine.yaml"
+    own.write_text("seed_everything: 1\n")
+    assert train.resolve_config_paths(["--config", str(own), "--x", "1"]) == ["--config", str(own), "--x", "1"]
+    with pytest.raises(UserError, match="config 'victim_svhn' is neither a file.*known configs: .*victim_cifar.yaml"):
+        train.resolve_config_paths(["--config", "victim_svhn"])
+
+
+@pytest.mark.parametrize("name", SHIPPED_CONFIGS)
+def test_shipped_configs_parse_and_build(name, tmp_path, monkeypatch):
+    """Every shipped config instantiates its model and data module (no fitting)."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.cli import LightningCLI
+
+    monkeypatch.chdir(tmp_path)
+    cli = LightningCLI(
+        pl.LightningModule,
+        pl.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        run=False,
+        args=train.resolve_config_paths(["--config", name, "--trainer.logger", "false"]),
+        save_config_callback=None,
+    )
+    assert cli.model.hparams.arch and cli.datamodule.batch_size > 0
+
+
+def test_one_epoch_fit_on_a_tiny_subset_exports_a_loadable_checkpoint(cifar_batches_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    export = tmp_path / "victim.ckpt"
+    train.main(
+        [
+            "--config", "victim_cifar_quick",
+            "--data.data_dir", str(cifar_batches_dir),
+            "--data.val_size", "20",
+            "--data.batch_size", "16",
+            "--data.eval_batch_size", "16",
+            "--trainer.max_epochs", "1",
+            "--trainer.limit_train_batches", "3",
+            "--trainer.precision", "32-true",
+            "--trainer.enable_progress_bar", "false",
+            "--model.init_args.lr", "0.05",
+            "--export", str(export),
+        ]
+    )  # fmt: skip
+    model = load_classifier(export)
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    assert 0.0 <= model.checkpoint_metrics["test/acc"] <= 1.0
+    assert model.checkpoint_config["arch"] == "resnet20"
+    assert (tmp_path / "logs" / "victim_cifar_quick").is_dir()
+
+
+def test_bad_data_dir_is_one_line_on_stderr(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "--config",
+            "victim_cifar_quick",
+            "--data.data_dir",
+            str(tmp_path / "missing"),
+            "--trainer.logger",
+            "false",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: CIFAR-10 not found at") and str(tmp_path / "missing") in last
+
+
+def test_unknown_config_is_one_line_on_stderr(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "--config", "nope"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("error: config 'nope'")

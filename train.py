@@ -1,0 +1,88 @@
+"""Train anything that has a config: ``python train.py --config victim_cifar.yaml``.
+
+Bare config names resolve against ``configs/``; every value can be overridden on the
+command line (``--trainer.max_epochs 5``, ``--data.data_dir /data/cifar``). After
+fitting, the best checkpoint is tested and, with ``--export PATH``, written as a compact
+weights-only checkpoint that evaluate.py and ``nets.load_classifier`` read.
+"""
+
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LightningCLI
+
+from common.checkpoint_io import save_checkpoint
+from common.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def resolve_config_paths(argv: list[str]) -> list[str]:
+    """Replace ``--config NAME`` by ``configs/NAME`` (``.yaml`` optional) when NAME is not a
+    path that exists; an unknown name is an error listing the configs."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--config" and i + 1 < len(out):
+            out[i + 1] = _resolve_one(out[i + 1])
+        elif arg.startswith("--config="):
+            out[i] = "--config=" + _resolve_one(arg.split("=", 1)[1])
+    return out
+
+
+def _resolve_one(name: str) -> str:
+    if Path(name).is_file():
+        return name
+    for candidate in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
+        if candidate.is_file():
+            return str(candidate)
+    known = ", ".join(sorted(p.name for p in CONFIG_DIR.glob("*.yaml")))
+    raise UserError(f"config {name!r} is neither a file nor a name in {CONFIG_DIR}; known configs: {known}")
+
+
+class TrainCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--export", type=str | None, default=None, help="write the best weights here as a compact checkpoint"
+        )
+        parser.add_argument("--test", type=bool, default=True, help="test the best checkpoint after fitting")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = resolve_config_paths(sys.argv[1:] if argv is None else argv)
+    cli = TrainCLI(
+        pl.LightningModule,
+        pl.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        run=False,
+        args=argv,
+        save_config_kwargs={"overwrite": True},
+    )
+    trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    trainer.fit(model, datamodule=data)
+    callback = trainer.checkpoint_callback
+    best = callback.best_model_path if callback is not None and callback.best_model_path else None
+    if best:
+        # Restore the best epoch's weights for both testing and export.
+        model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    metrics: dict[str, float] = {}
+    if cli.config.test:
+        results = trainer.test(model, datamodule=data)
+        metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    if cli.config.export and trainer.is_global_zero:
+        if not hasattr(model, "checkpoint_config"):
+            raise UserError(f"{type(model).__name__} cannot be exported (no checkpoint_config)")
+        path = save_checkpoint(
+            cli.config.export, model.checkpoint_kind, model.checkpoint_config(), model.exported_state_dict(), metrics
+        )
+        print(f"exported {model.checkpoint_kind} checkpoint to {path} ({path.stat().st_size / 1e6:.2f} MB)")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
