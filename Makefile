@@ -14,8 +14,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+# Without a local copy, torchvision's CIFAR-10 is downloaded into ~/.cache/dipdefense/cifar10.
 demo: install
-	$(PY) train.py --config victim_cifar_quick.yaml
+	$(PY) train.py --config victim_cifar_quick.yaml $(if $(DIPDEF_CIFAR10),,--data.download true)
 
 test: install
 	$(PY) -m pytest -q tests

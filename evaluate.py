@@ -1,15 +1,228 @@
-"""Attack + defend + measure + report: ``python evaluate.py --defense dip_stitch``.
+"""Attack, defend, measure, report: ``python evaluate.py --defense none``.
 
-Not yet: the evaluation harness arrives with the evaluate.py issue. Until then this
-script says so and exits with status 2.
+Defaults: CIFAR-10 test images (1,000 drawn at random, seeded), the shipped ResNet-20,
+clean + PGD eps=8/255. Adversarial examples are cached on disk and shared by every
+defense; per-image records go to ``<out>/samples.jsonl`` as they finish, so a rerun with
+the same ``--out`` resumes; then results.json/csv/md and PNG plots are written.
 """
 
+import argparse
+import importlib
+import json
 import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from common.atomic_files import atomic_write_text
+from common.config_files import resolve_config
+from common.errors import UserError
+
+DEFAULTS: dict[str, Any] = {
+    "data": {"class_path": "datamodules.CIFAR10DataModule", "init_args": {}},
+    "victim": "checkpoints/victim_cifar_resnet20.ckpt",
+    "defense": "none",
+    "defense_params": {},
+    "attacks": "clean,pgd",
+    "eps": "8",
+    "attack_params": {},
+    "num_samples": 1000,
+    "seed": 0,
+    "batch_size": 100,
+    "devices": 1,
+    "accelerator": "auto",
+    "out": None,
+    "cache_dir": None,
+    "num_examples": 8,
+}
+REPO = Path(__file__).resolve().parent
+
+
+def parse_args(argv: list[str]) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML with any of the options below (bare names resolve against configs/)")
+    p.add_argument("--defense", help="defense name (default: none)")
+    p.add_argument("--attacks", help="comma list, 'clean' included (default: clean,pgd)")
+    p.add_argument("--eps", help="L-inf budgets in /255 units, comma list (default: 8); values < 1 are pixel fractions")
+    p.add_argument("--num-samples", type=int, help="test images drawn at random (default: 1000); 0 for all")
+    p.add_argument("--seed", type=int, help="seed of the sample and of the attacks (default: 0)")
+    p.add_argument("--devices", type=int, help="devices (GPUs or CPU processes); >1 runs DDP (default: 1)")
+    p.add_argument("--accelerator", help="auto, cpu, gpu (default: auto)")
+    p.add_argument(
+        "--batch-size", type=int, help="images per chunk: one attack batch, one defense batch (default: 100)"
+    )
+    p.add_argument("--out", help="output folder (default: runs/<defense>)")
+    p.add_argument("--victim", help="victim checkpoint (default: checkpoints/victim_cifar_resnet20.ckpt)")
+    p.add_argument("--data-dir", help="override the data module's data_dir")
+    args = p.parse_args(argv)
+    options = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
+    if args.config:
+        path = resolve_config(args.config)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as err:
+            raise UserError(f"{path} is not valid YAML: {err}") from None
+        unknown = sorted(set(loaded) - set(DEFAULTS))
+        if unknown:
+            raise UserError(f"{path}: unknown key(s) {unknown}; accepted: {sorted(DEFAULTS)}")
+        options.update(loaded)
+    for key, value in vars(args).items():
+        if value is not None and key not in ("config", "data_dir"):
+            options[key] = value
+    if args.data_dir:
+        options["data"] = {
+            **options["data"],
+            "init_args": {**options["data"].get("init_args", {}), "data_dir": args.data_dir},
+        }
+    if isinstance(options["attacks"], list):
+        options["attacks"] = ",".join(options["attacks"])
+    options["eps"] = str(options["eps"]) if not isinstance(options["eps"], list) else ",".join(map(str, options["eps"]))
+    options["out"] = options["out"] or f"runs/{options['defense']}"
+    return options
+
+
+def build_datamodule(spec: dict[str, Any]):
+    class_path = spec.get("class_path", "")
+    module_name, _, class_name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError):
+        raise UserError(f"data.class_path {class_path!r} is not an importable data module class") from None
+    try:
+        return cls(**spec.get("init_args", {}))
+    except TypeError as err:
+        raise UserError(f"data.init_args for {class_path}: {err}") from None
+
+
+def check_out_dir(out: Path, manifest: dict[str, Any]) -> None:
+    """Refuse an --out that holds another run's records; nothing is written here."""
+    existing = out / "run.json"
+    if existing.is_file():
+        try:
+            previous = json.loads(existing.read_text())
+        except json.JSONDecodeError:
+            raise UserError(f"{existing} is unreadable; delete {out} or choose another --out") from None
+        differing = [k for k in manifest if k != "command" and previous.get(k) != manifest[k]]
+        if differing:
+            raise UserError(
+                f"--out {out} holds another run's records ({', '.join(differing)} differ); "
+                "choose another --out or delete that folder"
+            )
+    elif (out / "samples.jsonl").is_file():
+        raise UserError(f"--out {out} holds samples.jsonl without run.json; choose another --out or delete that folder")
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    import lightning.pytorch as pl
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from datamodules.data_paths import cache_root
+    from defenses import build_defense
+    from evaluation import report
+    from evaluation.adversarial_cache import AdversarialCache, file_sha256
+    from evaluation.attack_specs import expand_attacks, parse_eps
+    from evaluation.chunks import sample_indices
+    from evaluation.sample_log import SampleLog, read_records, unique_records
+    from lightning_modules.robustness_eval import RobustnessEvaluation
+    from nets import load_classifier
+
+    argv = sys.argv[1:] if argv is None else argv
+    o = parse_args(argv)
+    for key in ("num_samples", "batch_size", "devices"):
+        if not isinstance(o[key], int) or o[key] < (0 if key == "num_samples" else 1):
+            raise UserError(
+                f"--{key.replace('_', '-')} must be a {'non-negative' if key == 'num_samples' else 'positive'} integer, got {o[key]!r}"
+            )
+    defense = build_defense(o["defense"], **o["defense_params"].get(o["defense"], {}))
+    runs = expand_attacks(
+        [a.strip() for a in o["attacks"].split(",") if a.strip()], parse_eps(o["eps"]), o["attack_params"]
+    )
+    victim_path = Path(o["victim"])
+    if not victim_path.is_absolute() and not victim_path.exists() and (REPO / victim_path).exists():
+        victim_path = REPO / victim_path
+    classifier = load_classifier(victim_path)
+    dm = build_datamodule(o["data"])
+    dm.prepare_data()
+    dm.setup("test")
+    dataset = dm.test_dataloader().dataset
+    victim_classes = classifier.checkpoint_config.get("num_classes")
+    data_classes = getattr(dm, "num_classes", None) or len(getattr(dataset, "classes", []) or []) or None
+    if victim_classes and data_classes and victim_classes != data_classes:
+        raise UserError(f"victim {victim_path} has {victim_classes} classes but the data set has {data_classes}")
+    in_channels = classifier.checkpoint_config.get("in_channels")
+    sample_shape = tuple(dataset[0][0].shape)
+    if in_channels and sample_shape[0] != in_channels:
+        raise UserError(
+            f"victim {victim_path} takes {in_channels}-channel images but the data set has shape {sample_shape}"
+        )
+    indices = sample_indices(len(dataset), o["num_samples"] or None, o["seed"])
+
+    out = Path(o["out"])
+    dataset_name = type(dm).__name__.removesuffix("DataModule")
+    victim_hash = file_sha256(victim_path)
+    manifest = {
+        "victim_sha256": victim_hash,
+        "dataset": dataset_name,
+        "defense": o["defense"],
+        "defense_params": defense.params(),
+        "attacks": [{"id": r.id, "params": attack.params() if (attack := r.build()) else {}} for r in runs],
+        "num_samples": len(indices),
+        "seed": o["seed"],
+        "command": "python evaluate.py " + " ".join(argv),
+    }
+    check_out_dir(out, manifest)
+    log = SampleLog(out / "samples.jsonl")
+    if rank_zero_only.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "run.json", json.dumps(manifest, indent=2) + "\n")
+    # Rank 0 cuts off a line left partial by a crash before anyone appends; other ranks only read.
+    done = set(unique_records(read_records(log.path, repair=rank_zero_only.rank == 0)))
+
+    cache = AdversarialCache(Path(o["cache_dir"]) if o["cache_dir"] else cache_root() / "adversarial")
+    module = RobustnessEvaluation(
+        classifier, defense, runs, dataset, indices, o["batch_size"], cache,
+        {"victim": victim_hash, "dataset": dataset_name}, log, done, o["seed"], out / "examples", o["num_examples"],
+    )  # fmt: skip
+    trainer = pl.Trainer(
+        accelerator=o["accelerator"],
+        devices=o["devices"],
+        strategy="ddp" if o["devices"] > 1 else "auto",
+        inference_mode=False,
+        use_distributed_sampler=False,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.test(module)
+    if not trainer.is_global_zero:
+        return []
+    records = list(unique_records(read_records(log.path)).values())
+    rows = report.build_rows(records, runs, data_classes or 10)
+    header = {
+        "defense": o["defense"],
+        "victim": str(o["victim"]),
+        "victim_sha256": victim_hash,
+        "dataset": dataset_name,
+        "num_samples": len(indices),
+        "seed": o["seed"],
+        "command": manifest["command"],
+    }
+    report.write_results(out, header, rows)
+    report.plot_accuracy_vs_eps(out, rows, f"{dataset_name}, {victim_path.stem}, defense {o['defense']}")
+    report.plot_examples(out, out / "examples", [r.id for r in runs], getattr(dataset, "classes", None))
+    print(
+        f"\n{dataset_name} / {victim_path.name} / defense {o['defense']} ({len(indices)} images, cache {cache.hits} hits, {cache.misses} misses)"
+    )
+    print(report.summary_table(rows))
+    print(f"results in {out}/ (results.md, results.json, results.csv, samples.jsonl, *.png)")
+    return rows
+
 
 if __name__ == "__main__":
-    print(
-        "evaluate.py: not yet implemented (the attack suite and evaluation harness come next); "
-        "use train.py to train victims for now",
-        file=sys.stderr,
-    )
-    sys.exit(2)
+    try:
+        main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -7,38 +7,14 @@ weights-only checkpoint that evaluate.py and ``nets.load_classifier`` read.
 """
 
 import sys
-from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LightningCLI
 
 from common.checkpoint_io import save_checkpoint
+from common.config_files import resolve_config_args
 from common.errors import UserError
-
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-
-def resolve_config_paths(argv: list[str]) -> list[str]:
-    """Replace ``--config NAME`` by ``configs/NAME`` (``.yaml`` optional) when NAME is not a
-    path that exists; an unknown name is an error listing the configs."""
-    out = list(argv)
-    for i, arg in enumerate(out):
-        if arg == "--config" and i + 1 < len(out):
-            out[i + 1] = _resolve_one(out[i + 1])
-        elif arg.startswith("--config="):
-            out[i] = "--config=" + _resolve_one(arg.split("=", 1)[1])
-    return out
-
-
-def _resolve_one(name: str) -> str:
-    if Path(name).is_file():
-        return name
-    for candidate in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
-        if candidate.is_file():
-            return str(candidate)
-    known = ", ".join(sorted(p.name for p in CONFIG_DIR.glob("*.yaml")))
-    raise UserError(f"config {name!r} is neither a file nor a name in {CONFIG_DIR}; known configs: {known}")
 
 
 class TrainCLI(LightningCLI):
@@ -50,7 +26,7 @@ class TrainCLI(LightningCLI):
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = resolve_config_paths(sys.argv[1:] if argv is None else argv)
+    argv = resolve_config_args(sys.argv[1:] if argv is None else argv)
     cli = TrainCLI(
         pl.LightningModule,
         pl.LightningDataModule,

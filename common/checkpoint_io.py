@@ -11,12 +11,12 @@ same way; their ``hyper_parameters`` stand in for ``config``.
 """
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from common.atomic_files import atomic_torch_save
 from common.errors import CheckpointError
 
 FORMAT = "dipdefense"
@@ -31,8 +31,6 @@ def save_checkpoint(
     metrics: dict[str, float] | None = None,
 ) -> Path:
     """Write a compact checkpoint atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -41,15 +39,7 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
         "metrics": metrics or {},
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_torch_save(payload, path)
 
 
 def load_checkpoint(path: str | os.PathLike, kind: str) -> dict[str, Any]:

@@ -1,31 +1,18 @@
 """Decoding image-folder and pickled-batch data sets into cached uint8 tensors."""
 
 import hashlib
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_image
 
+from common.atomic_files import atomic_torch_save
 from common.errors import DataNotFoundError
 from datamodules.data_paths import cache_root
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp"}
-
-
-def atomic_torch_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def class_folders(split_dir: Path) -> list[Path]:

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import train
+from common.config_files import CONFIG_DIR, resolve_config_args
 from common.errors import UserError
 from nets import load_classifier
 from tests.conftest import REPO
@@ -20,18 +21,16 @@ SHIPPED_CONFIGS = [
 
 
 def test_bare_config_names_resolve_against_configs_dir(tmp_path):
-    assert train.resolve_config_paths(["--config", "victim_cifar.yaml"]) == [
+    assert resolve_config_args(["--config", "victim_cifar.yaml"]) == [
         "--config",
-        str(train.CONFIG_DIR / "victim_cifar.yaml"),
+        str(CONFIG_DIR / "victim_cifar.yaml"),
     ]
-    assert train.resolve_config_paths(["--config=victim_fmnist"]) == [
-        "--config=" + str(train.CONFIG_DIR / "victim_fmnist.yaml")
-    ]
+    assert resolve_config_args(["--config=victim_fmnist"]) == ["--config=" + str(CONFIG_DIR / "victim_fmnist.yaml")]
     own = tmp_path / "mine.yaml"
     own.write_text("seed_everything: 1\n")
-    assert train.resolve_config_paths(["--config", str(own), "--x", "1"]) == ["--config", str(own), "--x", "1"]
+    assert resolve_config_args(["--config", str(own), "--x", "1"]) == ["--config", str(own), "--x", "1"]
     with pytest.raises(UserError, match="config 'victim_svhn' is neither a file.*known configs: .*victim_cifar.yaml"):
-        train.resolve_config_paths(["--config", "victim_svhn"])
+        resolve_config_args(["--config", "victim_svhn"])
 
 
 @pytest.mark.parametrize("name", SHIPPED_CONFIGS)
@@ -47,7 +46,7 @@ def test_shipped_configs_parse_and_build(name, tmp_path, monkeypatch):
         subclass_mode_model=True,
         subclass_mode_data=True,
         run=False,
-        args=train.resolve_config_paths(["--config", name, "--trainer.logger", "false"]),
+        args=resolve_config_args(["--config", name, "--trainer.logger", "false"]),
         save_config_callback=None,
     )
     assert cli.model.hparams.arch and cli.datamodule.batch_size > 0

@@ -1,0 +1,53 @@
+"""The defense interface every defense implements.
+
+A *purifier* maps a batch of (possibly adversarial) images to reconstructions that the
+victim then classifies: ``x_rec = D(x_adv)``. A *detector* returns one score per image,
+higher meaning "more likely adversarial", and flags images whose score reaches its
+``threshold``. Both receive the victim (DIP rules read its decisions) and the images'
+dataset indices (per-image seeds make a result independent of batch and shard).
+"""
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+class Defense:
+    """Base class. ``params()`` lists every setting that changes the result (for run
+    manifests); ``kind`` is "purifier" or "detector"."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def to(self, device: torch.device | str) -> "Defense":
+        return self
+
+
+class Purifier(Defense):
+    kind = "purifier"
+
+    def purify(self, images: torch.Tensor, classifier: nn.Module, indices: torch.Tensor) -> torch.Tensor:
+        """Return reconstructions in [0, 1] with the shape of ``images``."""
+        raise NotImplementedError
+
+
+class Detector(Defense):
+    kind = "detector"
+    threshold: float = 0.5
+
+    def score(self, images: torch.Tensor) -> torch.Tensor:
+        """Return one score per image, shape [B]."""
+        raise NotImplementedError
+
+
+class IdentityDefense(Purifier):
+    """``none``: no defense; the victim sees the input as it is."""
+
+    name = "none"
+
+    def purify(self, images: torch.Tensor, classifier: nn.Module, indices: torch.Tensor) -> torch.Tensor:
+        return images

@@ -1,0 +1,2 @@
+"""The robustness evaluation harness (pure torch): attack specs, the adversarial cache,
+per-image records with resume, metrics and reports."""

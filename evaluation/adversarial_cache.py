@@ -1,0 +1,71 @@
+"""Adversarial examples computed once and stored on disk.
+
+An entry is keyed by everything that determines it: the victim checkpoint's content
+hash, the data set, the attack with all its parameters, the exact dataset indices of the
+chunk and the chunk's seed. Entries are written to a temporary file and renamed, so an
+interrupted run never leaves a half file that a later run reads as whole; an unreadable
+or mismatching entry is recomputed.
+"""
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.atomic_files import atomic_torch_save
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class AdversarialCache:
+    """Arguments:
+    root: folder of the cache (``$DIPDEF_CACHE/adversarial`` by default in evaluate.py).
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self.hits = 0
+        self.misses = 0
+
+    def path_for(self, key: dict[str, Any]) -> Path:
+        text = json.dumps(key, sort_keys=True)
+        digest = hashlib.sha256(text.encode()).hexdigest()[:32]
+        return self.root / key["victim"][:16] / key["attack"] / f"{digest}.pt"
+
+    def load(self, key: dict[str, Any]) -> torch.Tensor | None:
+        path = self.path_for(key)
+        if not path.is_file():
+            return None
+        try:
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+            if entry.get("key") == json.dumps(key, sort_keys=True):
+                return entry["images"]
+        except Exception as err:  # a corrupted entry is recomputed, never trusted
+            warnings.warn(f"ignoring unreadable cache entry {path}: {err}", stacklevel=2)
+        return None
+
+    def store(self, key: dict[str, Any], images: torch.Tensor) -> Path:
+        entry = {"key": json.dumps(key, sort_keys=True), "images": images.detach().cpu()}
+        return atomic_torch_save(entry, self.path_for(key))
+
+    def get_or_create(self, key: dict[str, Any], create: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The cached images for ``key``, or ``create()``'s result, stored first."""
+        cached = self.load(key)
+        if cached is not None:
+            self.hits += 1
+            return cached
+        self.misses += 1
+        images = create()
+        self.store(key, images)
+        return images

@@ -1,0 +1,37 @@
+"""Per-image measurements and their aggregation (torchmetrics)."""
+
+from typing import Any
+
+import torch
+from torchmetrics.functional import accuracy
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+
+def per_image_ssim(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+    """SSIM of each image to its reference (Wang et al. 2004: 11x11 Gaussian window,
+    sigma 1.5, data range 1), shape [B]."""
+    return structural_similarity_index_measure(images.float(), references.float(), data_range=1.0, reduction="none")
+
+
+def perturbation_norms(adversarial: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    delta = (adversarial.float() - clean.float()).flatten(1)
+    return delta.norm(dim=1), delta.abs().amax(dim=1)
+
+
+def summarise(records: list[dict[str, Any]], num_classes: int) -> dict[str, Any]:
+    """One results row from the records of one attack run."""
+    preds = torch.tensor([r["pred"] for r in records])
+    labels = torch.tensor([r["label"] for r in records])
+    seconds = sum(r["seconds"] for r in records)
+    return {
+        "n": len(records),
+        "accuracy": float(accuracy(preds, labels, task="multiclass", num_classes=num_classes, average="micro")),
+        "top5": sum(bool(r["top5"]) for r in records) / len(records),
+        "ssim": sum(r["ssim"] for r in records) / len(records),
+        "mean_l2": sum(r["l2"] for r in records) / len(records),
+        "mean_linf": sum(r["linf"] for r in records) / len(records),
+        "attack_success": sum(r["adv_pred"] != r["label"] for r in records if r["clean_pred"] == r["label"])
+        / max(1, sum(r["clean_pred"] == r["label"] for r in records)),
+        "seconds": seconds,
+        "images_per_s": len(records) / seconds if seconds > 0 else None,
+    }

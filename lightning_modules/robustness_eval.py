@@ -1,0 +1,186 @@
+"""Attack, defend and measure inside Lightning's test loop, one chunk of images per step.
+
+The test loop gives multi-device runs for free: each rank takes whole chunks through an
+unrepeated sampler (Lightning's default DistributedSampler would pad with repeats), and
+records are keyed by dataset index, so every image counts once. Attacks and DIP fits need
+gradients: run under ``Trainer(inference_mode=False)``; gradients are enabled here.
+"""
+
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from common.atomic_files import atomic_torch_save
+from defenses.base import Defense, Detector
+from evaluation.adversarial_cache import AdversarialCache
+from evaluation.attack_specs import CLEAN, AttackRun
+from evaluation.chunks import ChunkDataset
+from evaluation.metrics import per_image_ssim, perturbation_norms
+from evaluation.sample_log import RecordKey, SampleLog
+
+
+class RobustnessEvaluation(pl.LightningModule):
+    """Arguments:
+    classifier: the victim (takes images in [0, 1]).
+    defense: a :class:`defenses.Defense`.
+    runs: the attack runs (``clean`` included where wanted).
+    dataset: (image in [0, 1], label) pairs.
+    indices: sampled dataset indices, in evaluation order.
+    chunk_size: images per chunk (one attack batch, one defense batch).
+    cache: the adversarial cache; ``cache_key`` holds the victim hash and data set name.
+    sample_log: where records go; ``done`` holds the (index, attack) pairs already there.
+    seed: seeds each chunk's attack randomness with (seed, first index of the chunk).
+    examples_dir: where the first chunk's images are kept for the example grid. Default: None.
+    num_examples: images kept per attack for that grid. Default: 8.
+    """
+
+    def __init__(
+        self,
+        classifier: nn.Module,
+        defense: Defense,
+        runs: list[AttackRun],
+        dataset: Dataset,
+        indices: list[int],
+        chunk_size: int,
+        cache: AdversarialCache,
+        cache_key: dict[str, Any],
+        sample_log: SampleLog,
+        done: set[RecordKey],
+        seed: int = 0,
+        examples_dir: Path | None = None,
+        num_examples: int = 8,
+    ) -> None:
+        super().__init__()
+        self.classifier = classifier.eval().requires_grad_(False)
+        self.defense = defense
+        self.runs = runs
+        self.chunks = ChunkDataset(dataset, indices, chunk_size)
+        self.cache, self.cache_key = cache, cache_key
+        self.sample_log, self.done = sample_log, done
+        self.seed = seed
+        self.examples_dir, self.num_examples = examples_dir, num_examples
+        self.first_index = indices[0] if indices else None
+        self.progress: tqdm | None = None
+
+    def test_dataloader(self) -> DataLoader:
+        sampler = None
+        if self.trainer.world_size > 1:
+            sampler = UnrepeatedDistributedSampler(
+                self.chunks, self.trainer.world_size, self.trainer.global_rank, shuffle=False
+            )
+        return DataLoader(self.chunks, batch_size=None, sampler=sampler)
+
+    def on_test_start(self) -> None:
+        self.defense.to(self.device)
+        if self.trainer.is_global_zero:
+            mine = range(0, len(self.chunks), self.trainer.world_size)
+            total = sum(len(self.chunks.chunks[k]) for k in mine) * len(self.runs)
+            rank_note = f" (rank 0 of {self.trainer.world_size})" if self.trainer.world_size > 1 else ""
+            self.progress = tqdm(
+                total=total, unit="img", desc=f"{self.defense.name or 'defense'}{rank_note}", dynamic_ncols=True
+            )
+
+    def on_test_end(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+        self.trainer.strategy.barrier("robustness_eval_done")
+
+    def _adversarial(
+        self, run: AttackRun, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
+    ) -> torch.Tensor:
+        if run.name == CLEAN:
+            return images
+        attack = run.build()
+        chunk_seed = self.seed * 1_000_003 + int(indices[0])
+        key = {
+            **self.cache_key,
+            "attack": run.name,
+            "eps": run.eps,
+            "params": attack.params(),
+            "indices": indices.tolist(),
+            "seed": chunk_seed,
+        }
+
+        def create() -> torch.Tensor:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(chunk_seed)
+                return attack(self.classifier, images, labels)
+
+        return self.cache.get_or_create(key, create).to(self.device)
+
+    @torch.no_grad()
+    def _classify(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(images).float()
+
+    def test_step(self, chunk: tuple[torch.Tensor, torch.Tensor, torch.Tensor], chunk_idx: int) -> None:
+        images, labels, indices = chunk
+        clean_pred = self._classify(images).argmax(1)
+        for run in self.runs:
+            todo = [i for i, idx in enumerate(indices.tolist()) if (idx, run.id) not in self.done]
+            if todo:
+                self._evaluate_run(run, images, labels, indices, clean_pred, todo)
+            if self.progress is not None:
+                self.progress.update(len(indices))
+
+    def _evaluate_run(self, run: AttackRun, images, labels, indices, clean_pred, todo: list[int]) -> None:
+        started = time.perf_counter()
+        with torch.enable_grad():
+            adversarial = self._adversarial(run, images, labels, indices)
+        attack_seconds = time.perf_counter() - started
+        adv_logits = self._classify(adversarial)
+        started = time.perf_counter()
+        scores = None
+        if isinstance(self.defense, Detector):
+            scores = self.defense.score(adversarial).float()
+            defended, logits = adversarial, adv_logits
+        else:
+            with torch.enable_grad():
+                defended = self.defense.purify(adversarial, self.classifier, indices).detach()
+            logits = self._classify(defended)
+        seconds = (time.perf_counter() - started) / len(indices)
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(labels[:, None]).any(1)
+        ssim = per_image_ssim(defended, images)
+        l2, linf = perturbation_norms(adversarial, images)
+        pred, adv_pred = logits.argmax(1), adv_logits.argmax(1)
+        records = []
+        for i in todo:
+            record = {
+                "index": int(indices[i]),
+                "attack": run.id,
+                "attack_name": run.name,
+                "eps": run.eps,
+                "label": int(labels[i]),
+                "clean_pred": int(clean_pred[i]),
+                "adv_pred": int(adv_pred[i]),
+                "pred": int(pred[i]),
+                "top5": bool(top5[i]),
+                "ssim": float(ssim[i]),
+                "l2": float(l2[i]),
+                "linf": float(linf[i]),
+                "seconds": seconds,
+                "attack_seconds": attack_seconds / len(indices),
+            }
+            if scores is not None:
+                record.update(score=float(scores[i]), flagged=bool(scores[i] >= self.defense.threshold))
+            records.append(record)
+        self.sample_log.append(records)
+        if self.examples_dir is not None and int(indices[0]) == self.first_index:
+            k = self.num_examples
+            atomic_torch_save(
+                {
+                    "clean": images[:k].cpu(),
+                    "adversarial": adversarial[:k].cpu(),
+                    "defended": defended[:k].cpu(),
+                    "labels": labels[:k].cpu(),
+                    "adv_pred": adv_pred[:k].cpu(),
+                    "pred": pred[:k].cpu(),
+                },
+                self.examples_dir / f"{run.id.replace('/', '_')}.pt",
+            )

@@ -1,0 +1,212 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import structural_similarity
+
+import evaluate
+from common.checkpoint_io import save_checkpoint
+from common.errors import UserError
+from evaluation.adversarial_cache import AdversarialCache
+from evaluation.attack_specs import expand_attacks, parse_eps
+from evaluation.chunks import ChunkDataset, sample_indices
+from evaluation.metrics import per_image_ssim
+from evaluation.sample_log import SampleLog, read_records, unique_records
+from nets import build_classifier
+from tests.conftest import REPO
+
+VICTIM_CONFIG = {
+    "arch": "small_cnn",
+    "num_classes": 10,
+    "in_channels": 3,
+    "image_size": 32,
+    "mean": "cifar10",
+    "std": None,
+}
+
+
+@pytest.fixture
+def tiny_victim(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "tiny_victim.ckpt"
+    save_checkpoint(path, "victim", VICTIM_CONFIG, build_classifier(**VICTIM_CONFIG).state_dict())
+    return path
+
+
+def _run(out, victim, data_dir, *extra):
+    args = ["--victim", str(victim), "--data-dir", str(data_dir), "--out", str(out), "--batch-size", "8", *extra]
+    return evaluate.main(args)
+
+
+def _comparable(rows):
+    return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in rows]
+
+
+def test_ssim_matches_skimage():
+    torch.manual_seed(0)
+    clean = torch.rand(3, 3, 32, 32)
+    noisy = (clean + 0.1 * torch.randn_like(clean)).clamp(0, 1)
+    ours = per_image_ssim(noisy, clean)
+    for i in range(3):
+        reference = structural_similarity(
+            noisy[i].numpy(), clean[i].numpy(), data_range=1.0, channel_axis=0,
+            gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+        )  # fmt: skip
+        assert abs(float(ours[i]) - reference) < 2e-3
+    assert torch.allclose(per_image_ssim(clean, clean), torch.ones(3))
+
+
+def test_eps_parsing_and_attack_expansion():
+    assert parse_eps("2,4,8") == pytest.approx([2 / 255, 4 / 255, 8 / 255])
+    assert parse_eps("0.02") == pytest.approx([0.02])
+    for bad in ("", "abc", "300", "-1"):
+        with pytest.raises(UserError):
+            parse_eps(bad)
+    runs = expand_attacks(["clean", "pgd", "cw"], parse_eps("2,8"))
+    assert [r.id for r in runs] == ["clean", "pgd@2/255", "pgd@8/255", "cw"]
+    with pytest.raises(UserError, match="unknown attack 'pgdd'; accepted: clean, .*pgd"):
+        expand_attacks(["pgdd"], [0.03])
+
+
+def test_sample_indices_are_seeded_and_chunks_fixed():
+    a = sample_indices(100, 10, seed=0)
+    assert a == sample_indices(100, 10, seed=0) != sample_indices(100, 10, seed=1)
+    assert len(set(a)) == 10 and sample_indices(5, None, 0) == [0, 1, 2, 3, 4]
+    chunks = ChunkDataset([(torch.zeros(1, 2, 2), i % 3) for i in range(100)], a, chunk_size=4)
+    assert [len(c) for c in chunks.chunks] == [4, 4, 2]
+    images, labels, idx = chunks[2]
+    assert images.shape == (2, 1, 2, 2) and idx.tolist() == a[8:]
+
+
+def test_cache_hit_miss_and_atomicity(tmp_path, monkeypatch):
+    cache = AdversarialCache(tmp_path)
+    key = {"victim": "ab" * 32, "attack": "pgd", "indices": [1, 2], "seed": 0}
+    calls = []
+
+    def make():
+        calls.append(1)
+        return torch.ones(2, 3)
+
+    assert torch.equal(cache.get_or_create(key, make), torch.ones(2, 3))
+    assert torch.equal(cache.get_or_create(key, make), torch.ones(2, 3))
+    assert len(calls) == 1 and (cache.hits, cache.misses) == (1, 1)
+    assert cache.load({**key, "indices": [1, 3]}) is None  # other images: a miss
+    # A crash in the middle of writing leaves no entry behind.
+    key2 = {**key, "seed": 1}
+
+    def failing_save(obj, f, *a, **k):
+        open(f, "wb").write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(KeyboardInterrupt):
+        cache.store(key2, torch.zeros(1))
+    monkeypatch.undo()
+    assert cache.load(key2) is None and not list(tmp_path.rglob("*.tmp"))
+    # A garbled entry is recomputed, not trusted.
+    cache.path_for(key).write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="unreadable cache entry"):
+        assert cache.load(key) is None
+
+
+def test_sample_log_drops_a_partial_last_line(tmp_path):
+    log = SampleLog(tmp_path / "samples.jsonl")
+    log.append([{"index": 1, "attack": "clean"}, {"index": 2, "attack": "clean"}])
+    with open(log.path, "ab") as f:
+        f.write(b'{"index": 3, "att')
+    assert len(read_records(log.path)) == 2 and log.path.read_bytes().endswith(b"att")
+    assert len(read_records(log.path, repair=True)) == 2 and log.path.read_bytes().endswith(b"}\n")
+    log.append([{"index": 3, "attack": "clean"}, {"index": 1, "attack": "clean"}])
+    assert sorted(unique_records(read_records(log.path))) == [(1, "clean"), (2, "clean"), (3, "clean")]
+
+
+def test_evaluate_writes_results_and_resumes_identically(tiny_victim, cifar_batches_dir, tmp_path):
+    args = ("--attacks", "clean,fgsm,pgd", "--eps", "2,8", "--num-samples", "20")
+    rows = _run(tmp_path / "a", tiny_victim, cifar_batches_dir, *args)
+    out = tmp_path / "a"
+    for name in (
+        "results.json",
+        "results.csv",
+        "results.md",
+        "samples.jsonl",
+        "run.json",
+        "accuracy_vs_eps.png",
+        "examples.png",
+    ):
+        assert (out / name).is_file(), name
+    result = json.loads((out / "results.json").read_text())
+    assert [(r["attack"], r["eps"]) for r in result["rows"]] == [
+        ("clean", None), ("fgsm", pytest.approx(2 / 255)), ("fgsm", pytest.approx(8 / 255)),
+        ("pgd", pytest.approx(2 / 255)), ("pgd", pytest.approx(8 / 255)),
+    ]  # fmt: skip
+    assert all(r["n"] == 20 for r in rows) and rows[1]["mean_linf"] <= 2 / 255 + 1e-6
+    assert "Table 1" in (out / "results.md").read_text()
+
+    # Simulated crash: keep 37 of 100 records, the 38th cut in half; then rerun.
+    resumed = tmp_path / "b"
+    _run(resumed, tiny_victim, cifar_batches_dir, *args)
+    lines = (resumed / "samples.jsonl").read_bytes().splitlines(keepends=True)
+    (resumed / "samples.jsonl").write_bytes(b"".join(lines[:37]) + lines[37][:25])
+    rows_resumed = _run(resumed, tiny_victim, cifar_batches_dir, *args)
+    assert _comparable(rows_resumed) == _comparable(rows)
+    records = read_records(resumed / "samples.jsonl")
+    assert len(records) == 100 == len(unique_records(records))
+
+
+def test_out_dir_of_another_run_is_refused_and_untouched(tiny_victim, cifar_batches_dir, tmp_path):
+    out = tmp_path / "run"
+    _run(out, tiny_victim, cifar_batches_dir, "--attacks", "clean", "--num-samples", "8")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(UserError, match="holds another run's records \\(attacks differ\\)"):
+        _run(out, tiny_victim, cifar_batches_dir, "--attacks", "clean,fgsm", "--num-samples", "8")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--defense", "dip_magic"], "unknown defense 'dip_magic'; accepted: .*none"),
+        (["--attacks", "clean,pgdd"], "unknown attack 'pgdd'"),
+        (["--eps", "400"], "out of range"),
+        (["--victim", "VICTIM_GARBAGE"], "not a readable victim checkpoint"),
+        (["--victim", "VICTIM_5_CLASSES"], "has 5 classes but the data set has 10"),
+    ],
+)
+def test_bad_input_gives_one_error_and_writes_nothing(extra, message, tiny_victim, cifar_batches_dir, tmp_path):
+    if "VICTIM_GARBAGE" in extra:
+        (tmp_path / "garbage.ckpt").write_bytes(b"nope")
+        extra = ["--victim", str(tmp_path / "garbage.ckpt")]
+    if "VICTIM_5_CLASSES" in extra:
+        config = {**VICTIM_CONFIG, "num_classes": 5}
+        save_checkpoint(tmp_path / "five.ckpt", "victim", config, build_classifier(**config).state_dict())
+        extra = ["--victim", str(tmp_path / "five.ckpt")]
+    out = tmp_path / "out"
+    args = ["--victim", str(tiny_victim), "--data-dir", str(cifar_batches_dir), "--out", str(out), *extra]
+    with pytest.raises(UserError, match=message):
+        evaluate.main(args)
+    assert not out.exists()
+
+
+def test_ddp_on_two_cpu_processes_counts_every_image_once(tiny_victim, cifar_batches_dir, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, str(REPO / "evaluate.py"), "--victim", str(tiny_victim), "--data-dir", str(cifar_batches_dir),
+        "--out", str(out), "--attacks", "clean,fgsm", "--eps", "4", "--num-samples", "7", "--batch-size", "2",
+        "--devices", "2", "--accelerator", "cpu",
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = read_records(out / "samples.jsonl")
+    assert len(records) == 14 == len(unique_records(records))
+    assert sorted({r["index"] for r in records}) == sorted(sample_indices(30, 7, 0))
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["n"] for r in rows] == [7, 7]
+    single = evaluate.main(
+        ["--victim", str(tiny_victim), "--data-dir", str(cifar_batches_dir), "--out", str(tmp_path / "one"),
+         "--attacks", "clean,fgsm", "--eps", "4", "--num-samples", "7", "--batch-size", "2", "--accelerator", "cpu"]
+    )  # fmt: skip
+    assert _comparable(single) == _comparable(rows)
+    assert np.isfinite([r["ssim"] for r in rows]).all()
