@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,7 +99,7 @@ def test_cache_hit_miss_and_atomicity(tmp_path, monkeypatch):
     key2 = {**key, "seed": 1}
 
     def failing_save(obj, f, *a, **k):
-        open(f, "wb").write(b"half")
+        Path(f).write_bytes(b"half")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", failing_save)
