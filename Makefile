@@ -16,7 +16,8 @@ $(VENV)/.installed: pyproject.toml
 
 # Without a local copy, torchvision's CIFAR-10 is downloaded into ~/.cache/dipdefense/cifar10.
 demo: install
-	$(PY) train.py --config victim_cifar_quick.yaml $(if $(DIPDEF_CIFAR10),,--data.download true)
+	$(PY) evaluate.py --defense none --attacks clean,fgsm,pgd --eps 2,4,8 --num-samples 500 --out runs/demo \
+	  $(if $(DIPDEF_CIFAR10),,--download)
 
 test: install
 	$(PY) -m pytest -q tests

@@ -43,7 +43,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML with any of the options below (bare names resolve against configs/)")
     p.add_argument("--defense", help="defense name (default: none)")
-    p.add_argument("--attacks", help="comma list, 'clean' included (default: clean,pgd)")
+    p.add_argument("--attacks", help="comma list, 'clean' included, NAME(key=value,...) for parameters (default: clean,pgd)")
     p.add_argument("--eps", help="L-inf budgets in /255 units, comma list (default: 8); values < 1 are pixel fractions")
     p.add_argument("--num-samples", type=int, help="test images drawn at random (default: 1000); 0 for all")
     p.add_argument("--seed", type=int, help="seed of the sample and of the attacks (default: 0)")
@@ -55,6 +55,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     p.add_argument("--out", help="output folder (default: runs/<defense>)")
     p.add_argument("--victim", help="victim checkpoint (default: checkpoints/victim_cifar_resnet20.ckpt)")
     p.add_argument("--data-dir", help="override the data module's data_dir")
+    p.add_argument("--download", action="store_true", help="let the data module download its data set (needs internet)")
     args = p.parse_args(argv)
     options = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
     if args.config:
@@ -68,7 +69,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
             raise UserError(f"{path}: unknown key(s) {unknown}; accepted: {sorted(DEFAULTS)}")
         options.update(loaded)
     for key, value in vars(args).items():
-        if value is not None and key not in ("config", "data_dir"):
+        if value is not None and key not in ("config", "data_dir", "download"):
             options[key] = value
     if args.data_dir:
         options["data"] = {

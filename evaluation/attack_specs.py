@@ -1,7 +1,10 @@
 """Turning ``--attacks fgsm,pgd,cw --eps 2,4,8`` into a list of concrete attack runs."""
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+import yaml
 
 from attacks import ATTACKS, build_attack
 from attacks.base import Attack
@@ -18,10 +21,12 @@ class AttackRun:
     name: str
     eps: float | None = None
     params: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    inline: str = ""  # parameters written in the attack list, part of the id
 
     @property
     def id(self) -> str:
-        return self.name if self.eps is None else f"{self.name}@{self.eps * 255:.4g}/255"
+        base = f"{self.name}({self.inline})" if self.inline else self.name
+        return base if self.eps is None else f"{base}@{self.eps * 255:.4g}/255"
 
     def build(self) -> Attack | None:
         return None if self.name == CLEAN else build_attack(self.name, eps=self.eps, **self.params)
@@ -47,15 +52,47 @@ def parse_eps(text: str) -> list[float]:
     return values
 
 
+def split_attack_list(text: str) -> list[tuple[str, dict[str, Any], str]]:
+    """``"clean,pgd(steps=50),hopskipjump(queries=200)"`` -> [(name, inline params, inline text)].
+    Commas inside parentheses separate parameters, not attacks."""
+    items, depth, current = [], 0, ""
+    for ch in text + ",":
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            if current.strip():
+                items.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    if depth != 0:
+        raise UserError(f"--attacks {text!r}: unbalanced parentheses")
+    parsed = []
+    for item in items:
+        match = re.fullmatch(r"([A-Za-z_0-9]+)(?:\((.*)\))?", item)
+        if not match:
+            raise UserError(f"--attacks: cannot read {item!r}; write NAME or NAME(key=value,...)")
+        inline_text, inline = match.group(2) or "", {}
+        for pair in filter(None, (p.strip() for p in inline_text.split(","))):
+            key, sep, value = pair.partition("=")
+            if not sep:
+                raise UserError(f"--attacks: {item!r}: {pair!r} is not key=value")
+            inline[key.strip()] = yaml.safe_load(value.strip())
+        parsed.append((match.group(1), inline, inline_text.replace(" ", "")))
+    return parsed
+
+
 def expand_attacks(
-    names: list[str], eps_values: list[float], params: dict[str, dict[str, Any]] | None = None
+    attack_list: str | list[str], eps_values: list[float], params: dict[str, dict[str, Any]] | None = None
 ) -> list[AttackRun]:
     """One run per (attack, eps) for L-inf attacks, one per minimum-norm attack, and
-    ``clean`` as given; unknown names list the accepted ones and every attack is built
-    once here so bad parameters fail before anything runs."""
+    ``clean`` as given. Parameters come from ``params[name]`` (the config's
+    ``attack_params``), overridden by those written inline (``pgd(steps=50)``). Unknown
+    names list the accepted ones, and every attack is built once here so that bad
+    parameters fail before anything runs."""
     params = params or {}
+    text = attack_list if isinstance(attack_list, str) else ",".join(attack_list)
     runs: list[AttackRun] = []
-    for name in names:
+    for name, inline, inline_text in split_attack_list(text):
         if name == CLEAN:
             runs.append(AttackRun(CLEAN))
             continue
@@ -63,7 +100,7 @@ def expand_attacks(
             raise UserError(f"unknown attack {name!r}; accepted: {', '.join([CLEAN, *sorted(ATTACKS)])}")
         budgets = eps_values if ATTACKS[name].eps_mode == "required" else [None]
         for eps in budgets:
-            run = AttackRun(name, eps, dict(params.get(name, {})))
+            run = AttackRun(name, eps, {**params.get(name, {}), **inline}, inline_text)
             try:
                 run.build()
             except (ValueError, TypeError) as err:

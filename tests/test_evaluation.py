@@ -66,10 +66,18 @@ def test_eps_parsing_and_attack_expansion():
     for bad in ("", "abc", "300", "-1"):
         with pytest.raises(UserError):
             parse_eps(bad)
-    runs = expand_attacks(["clean", "pgd", "cw"], parse_eps("2,8"))
+    runs = expand_attacks("clean,pgd,cw", parse_eps("2,8"), {"cw": {"steps": 10}})
     assert [r.id for r in runs] == ["clean", "pgd@2/255", "pgd@8/255", "cw"]
+    assert runs[3].build().params()["steps"] == 10
+    runs = expand_attacks("hopskipjump(queries=200), hopskipjump(queries=1000, gamma=2.0), pgd(steps=3)", [8 / 255])
+    assert [r.id for r in runs] == ["hopskipjump(queries=200)", "hopskipjump(queries=1000,gamma=2.0)", "pgd(steps=3)@8/255"]
+    assert runs[1].params == {"queries": 1000, "gamma": 2.0} and runs[2].build().params()["steps"] == 3
+    with pytest.raises(UserError, match="pgd.*unknown parameter"):
+        expand_attacks("pgd(stepz=3)", [0.03])
+    with pytest.raises(UserError, match="unbalanced"):
+        expand_attacks("pgd(steps=3", [0.03])
     with pytest.raises(UserError, match="unknown attack 'pgdd'; accepted: clean, .*pgd"):
-        expand_attacks(["pgdd"], [0.03])
+        expand_attacks("pgdd", [0.03])
 
 
 def test_sample_indices_are_seeded_and_chunks_fixed():

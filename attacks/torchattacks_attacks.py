@@ -1,0 +1,155 @@
+"""White-box gradient attacks wrapped from torchattacks (the implementations paper 002 used).
+
+torchattacks fixes the device when an attack object is built, so each call builds a
+fresh one for the model it is given (cheap). ``set_normalization_used`` is never called:
+normalisation lives inside the model, so torchattacks works in [0, 1] pixel space.
+"""
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from attacks.base import Attack, check_eps
+
+
+class _Torchattack(Attack):
+    library = "torchattacks"
+    _class: ClassVar[str]  # the torchattacks class name
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {k: v for k, v in self.params().items() if k not in ("name", "library", "norm") and v is not None}
+
+    def _run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        import torchattacks
+
+        attack = getattr(torchattacks, self._class)(model, **self._kwargs())
+        attack.set_device(images.device)  # also covers a model without parameters
+        return attack(images, labels)
+
+
+class _LinfTorchattack(_Torchattack):
+    norm = "linf"
+    eps_mode = "required"
+
+    def __init__(self, eps: float) -> None:
+        self.eps = check_eps(self.name, eps, self.norm)
+
+
+class FGSM(_LinfTorchattack):
+    """FGSM, Goodfellow et al. 2015 ("Explaining and Harnessing Adversarial Examples");
+    wraps ``torchattacks.FGSM``.
+
+    Distance measure: Linf
+
+    Arguments:
+        eps (float): maximum perturbation, in [0, 1] pixel units (8/255 = 0.0314). Required.
+    """
+
+    name = "fgsm"
+    _class = "FGSM"
+
+
+class PGD(_LinfTorchattack):
+    """PGD, Madry et al. 2018 ("Towards Deep Learning Models Resistant to Adversarial Attacks");
+    wraps ``torchattacks.PGD``.
+
+    Distance measure: Linf
+
+    Arguments:
+        eps (float): maximum perturbation, in [0, 1] pixel units (8/255 = 0.0314). Required.
+        alpha (float): step size. Default: 2/255.
+        steps (int): number of steps. Default: 10.
+        random_start (bool): start from a uniform random point of the eps ball. Default: True.
+    """
+
+    name = "pgd"
+    _class = "PGD"
+
+    def __init__(self, eps: float, alpha: float = 2 / 255, steps: int = 10, random_start: bool = True) -> None:
+        super().__init__(eps)
+        self.alpha, self.steps, self.random_start = float(alpha), int(steps), bool(random_start)
+
+
+class BIM(_LinfTorchattack):
+    """BIM (I-FGSM), Kurakin et al. 2017 ("Adversarial Examples in the Physical World");
+    wraps ``torchattacks.BIM``.
+
+    Distance measure: Linf
+
+    Arguments:
+        eps (float): maximum perturbation, in [0, 1] pixel units (8/255 = 0.0314). Required.
+        alpha (float): step size. Default: 2/255.
+        steps (int): number of steps; 0 picks the paper's min(eps*255 + 4, 1.25*eps*255). Default: 10.
+    """
+
+    name = "bim"
+    _class = "BIM"
+
+    def __init__(self, eps: float, alpha: float = 2 / 255, steps: int = 10) -> None:
+        super().__init__(eps)
+        self.alpha, self.steps = float(alpha), int(steps)
+
+
+class MIFGSM(_LinfTorchattack):
+    """MI-FGSM, Dong et al. 2018 ("Boosting Adversarial Attacks with Momentum");
+    wraps ``torchattacks.MIFGSM``.
+
+    Distance measure: Linf
+
+    Arguments:
+        eps (float): maximum perturbation, in [0, 1] pixel units (8/255 = 0.0314). Required.
+        alpha (float): step size. Default: 2/255.
+        steps (int): number of steps. Default: 10.
+        decay (float): momentum factor. Default: 1.0.
+    """
+
+    name = "mifgsm"
+    _class = "MIFGSM"
+
+    def __init__(self, eps: float, alpha: float = 2 / 255, steps: int = 10, decay: float = 1.0) -> None:
+        super().__init__(eps)
+        self.alpha, self.steps, self.decay = float(alpha), int(steps), float(decay)
+
+
+class CW(_Torchattack):
+    """C&W L2, Carlini & Wagner 2017 ("Towards Evaluating the Robustness of Neural Networks");
+    wraps ``torchattacks.CW``. A minimum-norm attack: no eps.
+
+    Distance measure: L2. No binary search over c (torchattacks has none). torchattacks'
+    own default of 50 steps often stops short of the boundary; 100 Adam steps at c=1 is
+    the default here. Images it cannot fool come back unchanged.
+
+    Arguments:
+        c (float): weight of the misclassification term against the L2 term. Default: 1.0.
+        kappa (float): confidence margin. Default: 0.0.
+        steps (int): Adam steps. Default: 100.
+        lr (float): Adam learning rate. Default: 0.01.
+    """
+
+    name = "cw"
+    _class = "CW"
+    norm = "l2"
+
+    def __init__(self, c: float = 1.0, kappa: float = 0.0, steps: int = 100, lr: float = 0.01) -> None:
+        self.c, self.kappa, self.steps, self.lr = float(c), float(kappa), int(steps), float(lr)
+
+
+class DeepFool(_Torchattack):
+    """DeepFool, Moosavi-Dezfooli et al. 2016 ("DeepFool: a simple and accurate method to fool
+    deep neural networks"); wraps ``torchattacks.DeepFool``. A minimum-norm attack: no eps.
+
+    Distance measure: L2. torchattacks loops over the images and takes one backward pass per
+    class per step (fine for 10 classes, slow for 1000).
+
+    Arguments:
+        steps (int): maximum linearisation steps. Default: 50.
+        overshoot (float): step enlargement to cross the boundary. Default: 0.02.
+    """
+
+    name = "deepfool"
+    _class = "DeepFool"
+    norm = "l2"
+
+    def __init__(self, steps: int = 50, overshoot: float = 0.02) -> None:
+        self.steps, self.overshoot = int(steps), float(overshoot)

@@ -1,0 +1,269 @@
+"""Every registered attack on a tiny CNN trained on a trivially separable task.
+
+The task: 3x8x8 images whose class is the brightest colour channel (by a margin of 0.02
+to 0.06), so an L-inf change of 8/255 can flip any of them.
+"""
+
+import importlib
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from attacks import ATTACKS, Attack, AttackError, build_attack
+from attacks.foolbox_attacks import hsj_steps
+
+EPS = 8 / 255
+N_ATTACKED = 24
+
+# name -> (eps, params, smallest share of correctly classified images it must flip)
+CASES = {
+    "fgsm": (EPS, {}, 0.9),
+    "pgd": (EPS, {}, 1.0),
+    "bim": (EPS, {}, 1.0),
+    "mifgsm": (EPS, {}, 1.0),
+    "cw": (None, {}, 0.9),
+    "deepfool": (None, {}, 0.9),
+    "ddn": (None, {}, 1.0),
+    "hopskipjump": (None, {"queries": 500}, 1.0),
+    "gaussian_noise": (None, {}, 0.9),
+    "uniform_noise": (None, {}, 0.9),
+    # the same salt or pepper in every channel shrinks all channel gaps alike: it flips the
+    # brightest-channel task only through the network's nonlinearity
+    "salt_and_pepper": (None, {}, 0.6),
+    "newtonfool": (None, {}, 0.9),
+}
+
+
+def make_data(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    labels = torch.randint(0, 3, (n,), generator=generator)
+    levels = 0.3 + 0.4 * torch.rand(n, 3, generator=generator)
+    others = levels.masked_fill(nn.functional.one_hot(labels, 3).bool(), 0).max(dim=1).values
+    levels[torch.arange(n), labels] = others + 0.02 + 0.04 * torch.rand(n, generator=generator)
+    noise = 0.05 * (2 * torch.rand(n, 3, 8, 8, generator=generator) - 1)
+    images = (levels[:, :, None, None] + noise).clamp(0, 1)
+    return images, images.mean(dim=(2, 3)).argmax(dim=1)  # exactly "the brightest channel"
+
+
+def tiny_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.1),
+        nn.Linear(8, 3),
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: threads only add overhead (and stall badly on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(one_thread):
+    """(model in eval mode, 24 test images it classifies correctly, their labels)."""
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    model = tiny_cnn()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 300)
+    for _ in range(300):
+        x, y = make_data(64, generator)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        schedule.step()
+    model.eval()
+    x, y = make_data(200, generator)
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+    assert correct.float().mean() > 0.98, "the tiny victim did not learn its task"
+    model.zero_grad(set_to_none=True)
+    return model, x[correct][:N_ATTACKED], y[correct][:N_ATTACKED]
+
+
+def test_registry_names():
+    assert set(ATTACKS) == set(CASES)
+    for name, cls in ATTACKS.items():
+        assert issubclass(cls, Attack) and cls.name == name
+        assert cls.__doc__ and "Arguments:" in cls.__doc__ and re.search(r"\b20\d\d\b", cls.__doc__)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_attack_fools_the_tiny_cnn(name, trained):
+    model, x, y = trained
+    eps, params, min_flipped = CASES[name]
+    attack = build_attack(name, eps=eps, **params)
+    # a model in train mode with one part deliberately in eval mode: both must be restored
+    model.train()
+    model[5].eval()
+    bn_stats = model[1].running_mean.clone()
+    x_before = x.clone()
+    torch.manual_seed(1)
+    with torch.no_grad():  # the wrapper re-enables gradients
+        adv = attack(model, x, y)
+
+    assert model.training and not model[5].training and model[1].training
+    assert torch.equal(model[1].running_mean, bn_stats), "the attack ran the model in train mode"
+    assert all(p.grad is None for p in model.parameters()), "the attack left gradients on the model"
+    assert torch.equal(x, x_before)
+    assert adv.shape == x.shape and adv.dtype == x.dtype and adv.device == x.device and not adv.requires_grad
+    assert adv.min() >= 0 and adv.max() <= 1
+    delta = (adv - x).flatten(1)
+    if attack.norm == "linf" and attack.eps is not None:
+        assert delta.abs().max() <= attack.eps + 1e-6
+    assert torch.isfinite(delta.norm(dim=1)).all()
+
+    model.eval()
+    with torch.no_grad():
+        flipped = (model(adv).argmax(1) != y).float().mean().item()
+    assert flipped >= min_flipped, f"{name} flipped only {flipped:.0%}"
+    if eps is None:  # no budget: perturbations still far from the whole image range
+        assert delta.norm(dim=1).median() < 0.5 * math.sqrt(x[0].numel())
+    if attack.norm == "l2" and eps is None:  # gradient minimum-norm attacks: near the 8/255 L-inf ball's L2 (0.43)
+        assert delta.norm(dim=1).median() < 1.0
+
+
+def test_hopskipjump_with_a_linf_budget_and_its_query_budget(trained):
+    model, x, y = trained
+
+    class Counting(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner, self.calls = inner, 0
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            return self.inner(images)
+
+    counted = Counting(model)
+    attack = build_attack("hopskipjump", eps=0.1, queries=300, constraint="linf")
+    torch.manual_seed(2)
+    adv = attack(counted, x, y)
+    assert attack.norm == "linf" and attack.steps_for(tuple(x.shape[1:])) == 1
+    assert (adv - x).abs().max() <= 0.1 + 1e-6
+    with torch.no_grad():
+        assert (model(adv).argmax(1) != y).float().mean() >= 0.75
+    # foolbox queries every image of the batch at each model call
+    steps, estimate = hsj_steps(300, 3 * 8 * 8, "linf", 1.0, 100, 10000)
+    assert steps == 1 and estimate <= 300
+    assert abs(counted.calls - estimate) <= 0.1 * estimate, f"{counted.calls} model calls, {estimate} estimated"
+    assert hsj_steps(200, 3 * 32 * 32, "l2", 1.0, 100, 10000)[0] == 1
+    assert hsj_steps(1000, 3 * 32 * 32, "l2", 1.0, 100, 10000)[0] == 4
+    assert hsj_steps(2500, 3 * 32 * 32, "l2", 1.0, 100, 10000)[0] == 9
+
+
+def test_l2_projection_safety_net():
+    class Overshoot(Attack):
+        name, norm, eps_mode = "overshoot", "l2", "required"
+
+        def __init__(self, eps: float) -> None:
+            self.eps = eps
+
+        def _run(self, model, images, labels):
+            return images + torch.randn_like(images)
+
+    x = torch.rand(4, 3, 8, 8)
+    adv = Overshoot(0.5)(nn.Flatten(), x, torch.zeros(4, dtype=torch.long))
+    assert adv.min() >= 0 and adv.max() <= 1
+    assert ((adv - x).flatten(1).norm(dim=1) <= 0.5 + 1e-5).all()
+
+
+def test_bad_inputs_are_refused(trained):
+    model, x, y = trained
+    attack = build_attack("fgsm", eps=EPS)
+    with pytest.raises(ValueError, match=r"\[0, 1\].*found values in \[-0\.\d+, 0\.\d+\]"):
+        attack(model, x - 0.5, y)
+    with pytest.raises(ValueError, match="float tensor"):
+        attack(model, (x * 255).to(torch.uint8), y)
+    with pytest.raises(ValueError, match="float tensor"):
+        attack(model, x.numpy(), y)
+    with pytest.raises(ValueError, match="shape"):
+        attack(model, x, y[:-1])
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        attack(model, x[0], y[:1])
+    with pytest.raises(ValueError, match="integer"):
+        attack(model, x, y.float())
+    with torch.inference_mode(), pytest.raises(ValueError, match="inference_mode"):
+        attack(model, x, y)
+    assert attack(model, x[:0], y[:0]).shape == (0, 3, 8, 8)
+
+
+def test_build_attack_refuses_bad_names_budgets_and_parameters():
+    with pytest.raises(ValueError, match="unknown attack 'pgdd'.*fgsm, pgd, bim.*newtonfool"):
+        build_attack("pgdd", eps=EPS)
+    for eps in (8, 0, -0.1, float("nan"), "8/255"):
+        with pytest.raises(ValueError, match=r"pixel units"):
+            build_attack("pgd", eps=eps)
+    with pytest.raises(ValueError, match="pgd: eps is required"):
+        build_attack("pgd")
+    with pytest.raises(ValueError, match="cw is a minimum-norm attack"):
+        build_attack("cw", eps=EPS)
+    with pytest.raises(ValueError, match="unknown parameter.*stepz.*accepted: alpha, steps, random_start"):
+        build_attack("pgd", eps=EPS, stepz=5)
+    with pytest.raises(ValueError, match="constraint"):
+        build_attack("hopskipjump", constraint="l1")
+    with pytest.raises(AttackError):  # also a UserError: entry points print it on one line
+        build_attack("nope")
+    assert build_attack("hopskipjump", eps=2.0).eps == 2.0  # an L2 budget may exceed 1
+
+
+def test_params_are_json_and_tell_settings_apart():
+    for name, (eps, params, _) in CASES.items():
+        record = build_attack(name, eps=eps, **params).params()
+        assert json.loads(json.dumps(record)) == record
+        assert record["name"] == name and record["eps"] == eps
+    pgd = build_attack("pgd", eps=EPS).params()
+    assert pgd["steps"] == 10 and pgd["alpha"] == pytest.approx(2 / 255) and pgd["random_start"] is True
+    assert pgd != build_attack("pgd", eps=EPS, steps=20).params()
+    assert pgd != build_attack("pgd", eps=4 / 255).params()
+    assert build_attack("cw").params() != build_attack("cw", c=10).params()
+    assert build_attack("hopskipjump").params() != build_attack("hopskipjump", queries=200).params()
+
+
+def test_advertorch_shim():
+    importlib.import_module("attacks.advertorch_compat")
+    advertorch_attacks = importlib.import_module("advertorch.attacks")  # fails on torch>=1.9 without the shim
+    assert advertorch_attacks.DDNL2Attack is not None
+
+    zero_gradients = sys.modules["torch.autograd.gradcheck"].zero_gradients
+    t = torch.ones(3, requires_grad=True)
+    (2 * t).sum().backward()
+    zero_gradients(t)
+    assert torch.equal(t.grad, torch.zeros(3))
+    u = torch.ones(2, requires_grad=True)
+    (u * 3).sum().backward()
+    zero_gradients([u, torch.zeros(1)])
+    assert torch.equal(u.grad, torch.zeros(2))
+
+
+def test_non_finite_library_output_is_replaced_by_the_clean_image(trained):
+    model, x, y = trained
+    saturated = nn.Sequential(model, nn.Identity())
+    saturated[1] = type("Scale", (nn.Module,), {"forward": lambda self, z: 1000 * z})()
+    adv = build_attack("newtonfool", steps=5)(saturated, x, y)
+    assert torch.isfinite(adv).all() and adv.min() >= 0 and adv.max() <= 1
+
+
+def test_import_is_cheap():
+    """foolbox and advertorch load only when one of their attacks runs."""
+    code = (
+        "import sys, attacks; print(sorted(m for m in ('foolbox', 'advertorch', 'torchattacks') if m in sys.modules))"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
