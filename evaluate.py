@@ -43,7 +43,9 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML with any of the options below (bare names resolve against configs/)")
     p.add_argument("--defense", help="defense name (default: none)")
-    p.add_argument("--attacks", help="comma list, 'clean' included, NAME(key=value,...) for parameters (default: clean,pgd)")
+    p.add_argument(
+        "--attacks", help="comma list, 'clean' included, NAME(key=value,...) for parameters (default: clean,pgd)"
+    )
     p.add_argument("--eps", help="L-inf budgets in /255 units, comma list (default: 8); values < 1 are pixel fractions")
     p.add_argument("--num-samples", type=int, help="test images drawn at random (default: 1000); 0 for all")
     p.add_argument("--seed", type=int, help="seed of the sample and of the attacks (default: 0)")

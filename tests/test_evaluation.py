@@ -70,7 +70,11 @@ def test_eps_parsing_and_attack_expansion():
     assert [r.id for r in runs] == ["clean", "pgd@2/255", "pgd@8/255", "cw"]
     assert runs[3].build().params()["steps"] == 10
     runs = expand_attacks("hopskipjump(queries=200), hopskipjump(queries=1000, gamma=2.0), pgd(steps=3)", [8 / 255])
-    assert [r.id for r in runs] == ["hopskipjump(queries=200)", "hopskipjump(queries=1000,gamma=2.0)", "pgd(steps=3)@8/255"]
+    assert [r.id for r in runs] == [
+        "hopskipjump(queries=200)",
+        "hopskipjump(queries=1000,gamma=2.0)",
+        "pgd(steps=3)@8/255",
+    ]
     assert runs[1].params == {"queries": 1000, "gamma": 2.0} and runs[2].build().params()["steps"] == 3
     with pytest.raises(UserError, match="pgd.*unknown parameter"):
         expand_attacks("pgd(stepz=3)", [0.03])
