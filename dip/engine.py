@@ -1,0 +1,117 @@
+"""Fitting deep image priors to a batch of images at once, streaming the trace.
+
+B images are fitted by B independent skip networks stacked into one grouped module
+(``dip.skip_net``); the per-image MSE losses are summed, so each network's gradient is
+its own loss's gradient, and Adam is element-wise, so one optimizer over the stack
+updates each network exactly as its own optimizer would. Each image's network weights
+and noise input are drawn from its own seed (its dataset index), so its trace does not
+depend on the batch it shares, the device count or the shard.
+
+The trace is streamed: every ``observe_every``-th iterate is handed to an observer (a
+selection rule) and then dropped, so memory does not grow with the iteration count.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from dip.skip_net import skip, stack_networks
+
+# observer(t, images x(t) [B, C, H, W], per-image MSE(x(t), x0) [B]) -> per-image "done" mask or None
+Observer = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None]
+
+
+@dataclass
+class DIPSettings:
+    """Arguments (defaults: paper 002, App. B, CIFAR-10):
+    network: ``dip.skip_net.skip`` arguments. Default: the CIFAR network.
+    noise_scale: z ~ U(0, noise_scale) (1/30 CIFAR, 1/100 ImageNet). Default: 1/30.
+    iterations: T. Default: 1000.
+    lr: Adam learning rate. Default: 0.01.
+    observe_every: iterate interval handed to the observer (T/200 maps 200 images). Default: 5.
+    init: "xavier" (Algorithm 1, line 1) or "default" (PyTorch's, the official DIP code's). Default: "xavier".
+    exact_cpu: on CPU, use PyTorch's native convolutions instead of oneDNN. Default: True.
+
+    Why ``exact_cpu``: in float32 a DIP fit is numerically chaotic. Conv biases before
+    BatchNorm, and BatchNorm scales followed by another BatchNorm, have a true gradient
+    of zero; Adam divides their round-off gradients (~1e-9) by their own magnitude and
+    moves them by a full lr step, and with the tiny activations of a U(0, 1/30) input
+    the BatchNorm eps makes those moves matter. oneDNN's grouped and ungrouped kernels
+    round differently, so a batched fit drifted 0.35 from the same fits run one by one
+    after 50 steps; the native kernels agree bit for bit (and ran as fast here). On GPU
+    cuDNN picks kernels per shape: expect batched and looped fits to differ there.
+    """
+
+    network: dict[str, Any] = field(default_factory=dict)
+    noise_scale: float = 1 / 30
+    iterations: int = 1000
+    lr: float = 0.01
+    observe_every: int = 5
+    init: str = "xavier"
+    exact_cpu: bool = True
+
+    def __post_init__(self) -> None:
+        if self.init not in ("xavier", "default"):
+            raise ValueError(f"unknown init {self.init!r}; accepted: xavier, default")
+        if self.iterations < 1 or self.observe_every < 1:
+            raise ValueError(f"iterations ({self.iterations}) and observe_every ({self.observe_every}) must be >= 1")
+
+
+def _seeded_network_and_noise(
+    settings: DIPSettings, seed: int, channels: int, size: tuple[int, int]
+) -> tuple[nn.Module, torch.Tensor]:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = skip(output_channels=channels, **settings.network)
+        if settings.init == "xavier":
+            for m in net.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.xavier_uniform_(m.weight)
+        input_channels = settings.network.get("input_channels", 4)
+        noise = torch.rand(input_channels, *size) * settings.noise_scale
+    return net, noise
+
+
+def build_dip_batch(
+    settings: DIPSettings, seeds: Sequence[int], channels: int, size: tuple[int, int]
+) -> tuple[nn.Module, torch.Tensor]:
+    """The grouped network of ``len(seeds)`` DIPs and their stacked noise [1, B*C_z, H, W]."""
+    singles = [_seeded_network_and_noise(settings, int(s), channels, size) for s in seeds]
+    grouped = skip(output_channels=channels, groups=len(seeds), **settings.network)
+    stack_networks([net for net, _ in singles], grouped)
+    noise = torch.cat([z for _, z in singles]).unsqueeze(0)
+    return grouped, noise
+
+
+def fit_dip(
+    images: torch.Tensor, seeds: Sequence[int], settings: DIPSettings, observer: Observer | None = None
+) -> torch.Tensor:
+    """Fit one DIP per image (Algorithm 1, lines 2-8 of paper 002) and return the last
+    iterate x(T-1) [B, C, H, W]. ``observer`` sees x(t) for t = 0, k, 2k, ... and T-1; if it
+    returns a mask of finished images for all of them, fitting stops early."""
+    b, c, h, w = images.shape
+    if len(seeds) != b:
+        raise ValueError(f"{b} images but {len(seeds)} seeds")
+    net, noise = build_dip_batch(settings, seeds, c, (h, w))
+    net, noise = net.to(images.device).train(), noise.to(images.device)
+    target = images.detach().reshape(1, b * c, h, w)
+    optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr)
+    last = settings.iterations - 1
+    exact = settings.exact_cpu and images.device.type == "cpu"
+    with torch.enable_grad(), torch.backends.mkldnn.flags(enabled=not exact):
+        for t in range(settings.iterations):
+            optimizer.zero_grad(set_to_none=True)
+            out = net(noise)
+            per_image = (out - target).pow(2).reshape(b, -1).mean(1)
+            if observer is not None and (t % settings.observe_every == 0 or t == last):
+                done = observer(t, out.detach().reshape(b, c, h, w), per_image.detach())
+                if done is not None and bool(done.all()):
+                    break
+            if t == last:
+                break
+            per_image.sum().backward()
+            optimizer.step()
+    return out.detach().reshape(b, c, h, w)

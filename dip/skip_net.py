@@ -1,0 +1,203 @@
+"""The skip/U-Net generator of the official deep-image-prior code (``models/skip.py``;
+Ulyanov et al. 2018), as used by papers 002 (App. B, Fig. 8), 001 and 004 (Sec. 4.1).
+
+Per scale i: a *down* branch (conv k_d stride 2 + BN + act, conv k_d + BN + act, the
+deeper scales, upsampling), a *skip* branch (conv k_s + BN + act, n_s[i] channels; absent
+when n_s[i] = 0), their concatenation, then BN, conv k_u + BN + act and (``need1x1_up``) a
+1x1 conv + BN + act. A final 1x1 conv maps to the image channels, then a sigmoid.
+
+``groups=B`` builds B independent networks in one module: every conv is grouped, every
+BatchNorm covers B*C channels, and the concatenation interleaves per network, so on an
+input of shape [1, B*C_in, H, W] network b sees only its own channels. BatchNorm over a
+[1, B*C, H, W] tensor normalises each network's channels over its own image, exactly as
+B separate networks fed batches of one. Convolutions keep the size ("same" padding, also
+for the even kernels of App. B's small and large networks).
+"""
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Swish(nn.Module):
+    """x * sigmoid(x) (Ramachandran et al. 2017; paper 001's DIP activation)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(x)
+
+
+def _activation(name: str) -> nn.Module:
+    if name == "LeakyReLU":
+        return nn.LeakyReLU(0.2, inplace=True)
+    if name == "Swish":
+        return Swish()
+    if name == "ReLU":
+        return nn.ReLU(inplace=True)
+    raise ValueError(f"unknown activation {name!r}; accepted: LeakyReLU, Swish, ReLU")
+
+
+class SamePadConv(nn.Module):
+    """Conv2d whose output is ceil(H / stride): padding (k-1)//2 before, the rest after,
+    reflected or zero. Grouped over ``groups`` independent networks."""
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        kernel: int,
+        stride: int = 1,
+        pad: str = "reflection",
+        bias: bool = True,
+        groups: int = 1,
+    ) -> None:
+        super().__init__()
+        if pad not in ("reflection", "zero"):
+            raise ValueError(f"unknown padding {pad!r}; accepted: reflection, zero")
+        self.kernel, self.stride, self.mode = kernel, stride, "reflect" if pad == "reflection" else "constant"
+        self.conv = nn.Conv2d(c_in * groups, c_out * groups, kernel, stride, bias=bias, groups=groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total_h = max((-(-x.shape[-2] // self.stride) - 1) * self.stride + self.kernel - x.shape[-2], 0)
+        total_w = max((-(-x.shape[-1] // self.stride) - 1) * self.stride + self.kernel - x.shape[-1], 0)
+        if total_h or total_w:
+            pads = (total_w // 2, total_w - total_w // 2, total_h // 2, total_h - total_h // 2)
+            # Reflection needs pad < size; deep scales of a small image fall back to replication.
+            mode = "replicate" if self.mode == "reflect" and max(pads) >= min(x.shape[-2:]) else self.mode
+            x = F.pad(x, pads, mode=mode)
+        return self.conv(x)
+
+
+class GroupedConcat(nn.Module):
+    """Concatenate branch outputs channel-wise *per network*: for B networks, network b's
+    channels of every branch end up contiguous, as a grouped conv that follows expects.
+    Branches are cropped to their smallest spatial size (as the official Concat does)."""
+
+    def __init__(self, groups: int, *branches: nn.Module) -> None:
+        super().__init__()
+        self.groups = groups
+        self.branches = nn.ModuleList(branches)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [branch(x) for branch in self.branches]
+        h, w = min(o.shape[-2] for o in outs), min(o.shape[-1] for o in outs)
+        cropped = []
+        for o in outs:
+            dy, dx = (o.shape[-2] - h) // 2, (o.shape[-1] - w) // 2
+            o = o[..., dy : dy + h, dx : dx + w]
+            cropped.append(o.reshape(o.shape[0], self.groups, -1, h, w))
+        out = torch.cat(cropped, dim=2)
+        return out.reshape(out.shape[0], -1, h, w)
+
+
+def _per_scale(value: int | Sequence[int] | str | Sequence[str], n: int, what: str) -> list:
+    values = [value] * n if isinstance(value, int | str) else list(value)
+    if len(values) != n:
+        raise ValueError(f"{what} has {len(values)} entries for {n} scales")
+    return values
+
+
+def skip(
+    input_channels: int = 4,
+    output_channels: int = 3,
+    channels_down: Sequence[int] = (32, 32, 32),
+    channels_up: Sequence[int] = (32, 32, 32),
+    channels_skip: Sequence[int] = (3, 3, 3),
+    kernel_down: int | Sequence[int] = 3,
+    kernel_up: int | Sequence[int] = 3,
+    kernel_skip: int | Sequence[int] = 1,
+    upsample_mode: str = "bilinear",
+    activation: str = "LeakyReLU",
+    pad: str = "reflection",
+    need_sigmoid: bool = True,
+    need_bias: bool = True,
+    need1x1_up: bool = True,
+    groups: int = 1,
+) -> nn.Sequential:
+    """Build the skip network (defaults: paper 002's CIFAR-10 network, App. B).
+
+    Arguments:
+        input_channels: channels of the noise input z. Default: 4.
+        output_channels: image channels. Default: 3.
+        channels_down: n_d per scale. Default: (32, 32, 32).
+        channels_up: n_u per scale. Default: (32, 32, 32).
+        channels_skip: n_s per scale (0: no skip at that scale). Default: (3, 3, 3).
+        kernel_down, kernel_up, kernel_skip: k_d, k_u, k_s (one value or one per scale). Default: 3, 3, 1.
+        upsample_mode: "bilinear" or "nearest". Default: "bilinear".
+        activation: "LeakyReLU" (0.2), "Swish" or "ReLU". Default: "LeakyReLU".
+        pad: "reflection" or "zero". Default: "reflection".
+        need_sigmoid: sigmoid on the output. Default: True.
+        need_bias: conv biases. Default: True.
+        need1x1_up: the 1x1 conv after each up conv. Default: True.
+        groups: independent networks stacked in one module. Default: 1.
+    """
+    n = len(channels_down)
+    if len(channels_up) != n or len(channels_skip) != n:
+        raise ValueError(
+            f"channels_down/up/skip need one entry per scale: got {n}, {len(channels_up)}, {len(channels_skip)}"
+        )
+    if upsample_mode not in ("bilinear", "nearest"):
+        raise ValueError(f"unknown upsample_mode {upsample_mode!r}; accepted: bilinear, nearest")
+    k_down, k_up, k_skip = (
+        _per_scale(k, n, name)
+        for k, name in ((kernel_down, "kernel_down"), (kernel_up, "kernel_up"), (kernel_skip, "kernel_skip"))
+    )
+    g = groups
+
+    def conv(c_in: int, c_out: int, k: int, stride: int = 1) -> nn.Module:
+        return SamePadConv(c_in, c_out, k, stride, pad, need_bias, g)
+
+    def bn_act(c: int) -> list[nn.Module]:
+        return [nn.BatchNorm2d(c * g), _activation(activation)]
+
+    def upsample() -> nn.Module:
+        return nn.Upsample(
+            scale_factor=2, mode=upsample_mode, **({"align_corners": False} if upsample_mode == "bilinear" else {})
+        )
+
+    def scale(i: int, c_in: int) -> list[nn.Module]:
+        deeper: list[nn.Module] = [conv(c_in, channels_down[i], k_down[i], 2), *bn_act(channels_down[i])]
+        deeper += [conv(channels_down[i], channels_down[i], k_down[i]), *bn_act(channels_down[i])]
+        if i < n - 1:
+            deeper += scale(i + 1, channels_down[i])
+            c_deeper = channels_up[i + 1]
+        else:
+            c_deeper = channels_down[i]
+        deeper.append(upsample())
+        c_cat = c_deeper + channels_skip[i]
+        if channels_skip[i]:
+            skip_branch = nn.Sequential(conv(c_in, channels_skip[i], k_skip[i]), *bn_act(channels_skip[i]))
+            layers: list[nn.Module] = [GroupedConcat(g, skip_branch, nn.Sequential(*deeper))]
+        else:
+            layers = [nn.Sequential(*deeper)]
+        layers += [nn.BatchNorm2d(c_cat * g), conv(c_cat, channels_up[i], k_up[i]), *bn_act(channels_up[i])]
+        if need1x1_up:
+            layers += [conv(channels_up[i], channels_up[i], 1), *bn_act(channels_up[i])]
+        return layers
+
+    layers = [*scale(0, input_channels), conv(channels_up[0], output_channels, 1)]
+    if need_sigmoid:
+        layers.append(nn.Sigmoid())
+    return nn.Sequential(*layers)
+
+
+def stack_networks(networks: Sequence[nn.Module], grouped: nn.Module) -> nn.Module:
+    """Copy B single networks (``groups=1``) into the slices of ``grouped`` (same builder
+    arguments, ``groups=B``), so that network b of the stack starts exactly as ``networks[b]``."""
+    layer_types = (nn.Conv2d, nn.BatchNorm2d)
+    target = [m for m in grouped.modules() if isinstance(m, layer_types)]
+    sources = [[m for m in net.modules() if isinstance(m, layer_types)] for net in networks]
+    if any(len(s) != len(target) for s in sources):
+        raise ValueError("networks and grouped were not built with the same arguments")
+    with torch.no_grad():
+        for j, layer in enumerate(target):
+            for name, tensor in [*layer.named_parameters(recurse=False), *layer.named_buffers(recurse=False)]:
+                if name == "num_batches_tracked":
+                    continue
+                parts = [
+                    dict([*s[j].named_parameters(recurse=False), *s[j].named_buffers(recurse=False)])[name]
+                    for s in sources
+                ]
+                tensor.copy_(torch.cat(parts, dim=0))
+    return grouped
