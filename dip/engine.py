@@ -106,7 +106,9 @@ def fit_dip(
             optimizer.zero_grad(set_to_none=True)
             out = net(noise)
             per_image = (out - target).pow(2).reshape(b, -1).mean(1)
-            if observer is not None and (t % settings.observe_every == 0 or t == last):
+            if observer is not None and (
+                t % settings.observe_every == 0 or t >= settings.iterations - max(observe_tail, 1)
+            ):
                 done = observer(t, out.detach().reshape(b, c, h, w), per_image.detach())
                 if done is not None and bool(done.all()):
                     break

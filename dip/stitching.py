@@ -1,0 +1,99 @@
+"""DIP stitching: Ding et al., "Delving into Deep Image Prior for Adversarial Defense"
+(ACM MM 2021, paper 002), Algorithm 1 and Eq. 3-7, as a streaming rule over a DIP trace.
+
+Per image, on the sampled iterates x(t) of its DIP trace:
+  cross-boundary (Eq. 3, Alg. 1 l. 9-12): t is kept when y(t) != y(t+1), SSIM(x(t), x0) >= tau
+      and t >= t0, where y(t) = argmax f(x(t)) and t+1 is the next sampled iterate;
+  on-boundary (Eq. 4-5): x_db = a x(t) + (1 - a) x(t+1), a on a grid of N+1 points in [0, 1]
+      minimising |f_y(t)(x_db) - f_y(t+1)(x_db)| (softmax), all grid points in one batch;
+  on-manifold (Eq. 6): x_man = x_db + beta (x_db - x0) for the last K cross-boundary t;
+  stitching (Eq. 7): x_rec = mean of the x_man. No crossing: the mean of the last K
+      iterates x(T-K) ... x(T-1), beta = 0.
+Only the previous sampled iterate, the last K on-boundary images and the last K iterates
+are kept, so memory does not grow with T.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from evaluation.metrics import per_image_ssim
+
+
+@dataclass
+class StitchSettings:
+    """Arguments (defaults: paper 002, Sec. 4.1):
+    tau: SSIM threshold for cross-boundary iterates. Default: 0.7.
+    t0: warm-up, in DIP iterations (the paper does not say whether t counts iterations or
+        the 200 sampled images). Default: 50.
+    k: cross-boundary images kept (the last K). Default: 15.
+    beta: on-manifold step size. Default: 0.5.
+    grid: N, sections of the alpha grid. Default: 100.
+    """
+
+    tau: float = 0.7
+    t0: int = 50
+    k: int = 15
+    beta: float = 0.5
+    grid: int = 100
+
+
+class StitchRule:
+    """Observer for ``dip.fit_dip`` that implements Algorithm 1 on the fly for B images."""
+
+    def __init__(self, clean_input: torch.Tensor, classifier: nn.Module, settings: StitchSettings) -> None:
+        self.x0 = clean_input  # the image being defended (adversarial or not)
+        self.classifier, self.s = classifier, settings
+        b = len(clean_input)
+        self.prev: tuple[int, torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # t, x, label, ssim
+        self.boundary: list[list[torch.Tensor]] = [[] for _ in range(b)]
+        self.tail: list[torch.Tensor] = []
+        self.crossings = torch.zeros(b, dtype=torch.long)
+        self.trace: list[tuple[int, torch.Tensor]] | None = None  # (t, probs) when diagnostics are wanted
+
+    @torch.no_grad()
+    def _probs(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x).float().softmax(1)
+
+    @torch.no_grad()
+    def __call__(self, t: int, x: torch.Tensor, mse: torch.Tensor) -> None:
+        self.tail = [*self.tail[-(self.s.k - 1) :], x] if self.s.k > 1 else [x]
+        probs = self._probs(x)
+        label, ssim = probs.argmax(1), per_image_ssim(x, self.x0)
+        if self.trace is not None:
+            self.trace.append((t, probs.cpu()))
+        if self.prev is not None:
+            t_prev, x_prev, label_prev, ssim_prev = self.prev
+            crossed = (label != label_prev) & (ssim_prev >= self.s.tau) & (t_prev >= self.s.t0)
+            if crossed.any():
+                rows = crossed.nonzero().flatten()
+                x_db = self._on_boundary(x_prev[rows], x[rows], label_prev[rows], label[rows])
+                for j, i in enumerate(rows.tolist()):
+                    self.boundary[i] = [*self.boundary[i][-(self.s.k - 1) :], x_db[j]] if self.s.k > 1 else [x_db[j]]
+                self.crossings[rows.cpu()] += 1
+        self.prev = (t, x, label, ssim)
+
+    def _on_boundary(self, x_a: torch.Tensor, x_b: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor) -> torch.Tensor:
+        """Eq. 4-5: grid search of alpha, the N+1 interpolations of all crossings in one batch."""
+        n, alphas = len(x_a), torch.linspace(0, 1, self.s.grid + 1, device=x_a.device)
+        mix = alphas.view(1, -1, 1, 1, 1) * x_a[:, None] + (1 - alphas.view(1, -1, 1, 1, 1)) * x_b[:, None]
+        probs = self._probs(mix.flatten(0, 1)).view(n, len(alphas), -1)
+        gap = (
+            probs.gather(2, y_a.view(n, 1, 1).expand(n, len(alphas), 1))
+            - probs.gather(2, y_b.view(n, 1, 1).expand(n, len(alphas), 1))
+        ).abs()
+        best = gap.squeeze(2).argmin(1)
+        return mix[torch.arange(n), best]
+
+    def result(self) -> torch.Tensor:
+        """Eq. 6-7, or the no-crossing fallback."""
+        fallback = torch.stack(self.tail).mean(0)
+        out = []
+        for i, kept in enumerate(self.boundary):
+            if kept:
+                x_db = torch.stack(kept)
+                out.append((x_db + self.s.beta * (x_db - self.x0[i])).mean(0))
+            else:
+                out.append(fallback[i])
+        return torch.stack(out).clamp(0, 1)

@@ -1,0 +1,58 @@
+"""Algorithm 1 of paper 002 on hand-made traces with known answers."""
+
+import pytest
+import torch
+from torch import nn
+
+from dip.stitching import StitchRule, StitchSettings
+
+
+class MeanThreshold(nn.Module):
+    """Class 1 iff the image mean exceeds 0.5 (a known decision boundary)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.flatten(1).mean(1, keepdim=True) - 0.5
+        return torch.cat([-50 * m, 50 * m], dim=1)
+
+
+def _run(values: list[float], x0_value: float, **settings) -> StitchRule:
+    x0 = torch.full((1, 3, 16, 16), x0_value)
+    rule = StitchRule(x0, MeanThreshold(), StitchSettings(**settings))
+    for step, v in enumerate(values):
+        rule(5 * step, torch.full((1, 3, 16, 16), v), torch.zeros(1))
+    return rule
+
+
+def test_crossings_are_interpolated_onto_the_boundary_and_pushed_off_x0():
+    # Two crossings (0.45 -> 0.55 at t=10, 0.6 -> 0.4 at t=20); both on-boundary images are 0.5,
+    # x_man = 0.5 + 0.5 * (0.5 - 0.2) = 0.65 (Eq. 6), their mean too (Eq. 7).
+    rule = _run([0.3, 0.4, 0.45, 0.55, 0.6, 0.4, 0.35], x0_value=0.2, tau=0.0, t0=0)
+    assert rule.crossings.tolist() == [2]
+    assert torch.allclose(rule.result(), torch.full((1, 3, 16, 16), 0.65), atol=1e-6)
+
+
+def test_grid_search_lands_within_half_a_section():
+    # Boundary at alpha = 0.02 / 0.11 (off the grid): |x_db - 0.5| <= |x(t) - x(t+1)| / (2N).
+    rule = _run([0.41, 0.52], x0_value=0.5, tau=0.0, t0=0, beta=0.0)
+    assert abs(rule.result().mean().item() - 0.5) <= 0.11 / 200 + 1e-7
+
+
+def test_warmup_ssim_threshold_and_k_select_the_crossings():
+    values = [0.3, 0.45, 0.55, 0.6, 0.4]  # crossings at t=5 and t=15
+    assert _run(values, 0.2, tau=0.0, t0=6).crossings.tolist() == [1]  # t=5 < t0
+    assert _run(values, 0.2, tau=0.99, t0=0).crossings.tolist() == [0]  # SSIM(x(t), x0) < tau
+    rule = _run(values, 0.2, tau=0.0, t0=0, k=1)
+    assert len(rule.boundary[0]) == 1
+
+
+def test_no_crossing_falls_back_to_the_mean_of_the_last_k_iterates_without_beta():
+    rule = _run([0.1, 0.2, 0.3, 0.4], x0_value=0.0, tau=0.0, t0=0, k=2)
+    assert rule.crossings.tolist() == [0]
+    assert torch.allclose(rule.result(), torch.full((1, 3, 16, 16), 0.35))
+
+
+@pytest.mark.parametrize("k", [3, 15])
+def test_memory_is_bounded_by_k(k):
+    rule = _run([0.3, 0.7] * 50, x0_value=0.5, tau=0.0, t0=0, k=k)
+    assert rule.crossings.item() == 99
+    assert len(rule.boundary[0]) == k and len(rule.tail) == k
