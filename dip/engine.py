@@ -87,11 +87,16 @@ def build_dip_batch(
 
 
 def fit_dip(
-    images: torch.Tensor, seeds: Sequence[int], settings: DIPSettings, observer: Observer | None = None
+    images: torch.Tensor,
+    seeds: Sequence[int],
+    settings: DIPSettings,
+    observer: Observer | None = None,
+    observe_tail: int = 0,
 ) -> torch.Tensor:
     """Fit one DIP per image (Algorithm 1, lines 2-8 of paper 002) and return the last
-    iterate x(T-1) [B, C, H, W]. ``observer`` sees x(t) for t = 0, k, 2k, ... and T-1; if it
-    returns a mask of finished images for all of them, fitting stops early."""
+    iterate x(T-1) [B, C, H, W]. ``observer`` sees x(t) for t = 0, k, 2k, ... (k =
+    ``observe_every``), for every t of the last ``observe_tail`` iterations, and for T-1; if
+    it returns a mask saying every image is finished, fitting stops early."""
     b, c, h, w = images.shape
     if len(seeds) != b:
         raise ValueError(f"{b} images but {len(seeds)} seeds")
