@@ -17,7 +17,7 @@ import yaml
 
 from common.atomic_files import atomic_write_text
 from common.config_files import resolve_config
-from common.errors import UserError
+from common.errors import UserError, run_main
 
 DEFAULTS: dict[str, Any] = {
     "data": {"class_path": "datamodules.CIFAR10DataModule", "init_args": {}},
@@ -224,8 +224,4 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

@@ -10,11 +10,11 @@ import sys
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from common.checkpoint_io import save_checkpoint
 from common.config_files import resolve_config_args
-from common.errors import UserError
+from common.errors import UserError, run_main
 
 
 class TrainCLI(LightningCLI):
@@ -25,17 +25,22 @@ class TrainCLI(LightningCLI):
         parser.add_argument("--test", type=bool, default=True, help="test the best checkpoint after fitting")
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = resolve_config_args(sys.argv[1:] if argv is None else argv)
-    cli = TrainCLI(
+def build_cli(argv: list[str], save_config: bool = True) -> TrainCLI:
+    """Parse ``argv`` (config names resolved) and instantiate trainer, model and data."""
+    return TrainCLI(
         pl.LightningModule,
         pl.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         run=False,
-        args=argv,
+        args=resolve_config_args(argv),
+        save_config_callback=SaveConfigCallback if save_config else None,
         save_config_kwargs={"overwrite": True},
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli = build_cli(sys.argv[1:] if argv is None else argv)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     trainer.fit(model, datamodule=data)
     callback = trainer.checkpoint_callback
@@ -57,8 +62,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

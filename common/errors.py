@@ -5,6 +5,9 @@ one line instead of a traceback, so every message must say what was wrong and wh
 accepted.
 """
 
+import sys
+from collections.abc import Callable
+
 
 class UserError(Exception):
     """Bad input from the user: a config value, a path, a checkpoint, a name."""
@@ -16,3 +19,12 @@ class DataNotFoundError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint file is missing, unreadable, unsafe to load or of the wrong kind."""
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """Run an entry point; a :class:`UserError` becomes ``error: ...`` on stderr and exit 2."""
+    try:
+        main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

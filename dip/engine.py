@@ -11,6 +11,7 @@ The trace is streamed: every ``observe_every``-th iterate is handed to an observ
 selection rule) and then dropped, so memory does not grow with the iteration count.
 """
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,9 @@ import torch
 from torch import nn
 
 from dip.skip_net import skip, stack_networks
+
+# Toggling oneDNN off (exact_cpu) makes torch warn about Intel-GPU TF32 on every call.
+warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
 
 # observer(t, images x(t) [B, C, H, W], per-image MSE(x(t), x0) [B]) -> per-image "done" mask or None
 Observer = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None]

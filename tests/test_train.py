@@ -36,19 +36,8 @@ def test_bare_config_names_resolve_against_configs_dir(tmp_path):
 @pytest.mark.parametrize("name", SHIPPED_CONFIGS)
 def test_shipped_configs_parse_and_build(name, tmp_path, monkeypatch):
     """Every shipped config instantiates its model and data module (no fitting)."""
-    import lightning.pytorch as pl
-    from lightning.pytorch.cli import LightningCLI
-
     monkeypatch.chdir(tmp_path)
-    cli = LightningCLI(
-        pl.LightningModule,
-        pl.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        run=False,
-        args=resolve_config_args(["--config", name, "--trainer.logger", "false"]),
-        save_config_callback=None,
-    )
+    cli = train.build_cli(["--config", name, "--trainer.logger", "false"], save_config=False)
     assert cli.model.hparams.arch and cli.datamodule.batch_size > 0
 
 
