@@ -116,31 +116,10 @@ def check_out_dir(out: Path, manifest: dict[str, Any]) -> None:
         raise UserError(f"--out {out} holds samples.jsonl without run.json; choose another --out or delete that folder")
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    import lightning.pytorch as pl
-    from lightning.pytorch.utilities import rank_zero_only
-
-    from datamodules.data_paths import cache_root
-    from defenses import build_defense
-    from evaluation import report
-    from evaluation.adversarial_cache import AdversarialCache, file_sha256
-    from evaluation.attack_specs import expand_attacks, parse_eps
-    from evaluation.chunks import sample_indices
-    from evaluation.sample_log import SampleLog, read_records, unique_records
-    from lightning_modules.robustness_eval import RobustnessEvaluation
+def load_victim_and_data(o: dict[str, Any]):
+    """The victim, the data module and its test set, checked against each other."""
     from nets import load_classifier
 
-    argv = sys.argv[1:] if argv is None else argv
-    o = parse_args(argv)
-    for key in ("num_samples", "batch_size", "devices"):
-        if not isinstance(o[key], int) or o[key] < (0 if key == "num_samples" else 1):
-            raise UserError(
-                f"--{key.replace('_', '-')} must be a {'non-negative' if key == 'num_samples' else 'positive'} integer, got {o[key]!r}"
-            )
-    defense = build_defense(o["defense"], **o["defense_params"].get(o["defense"], {}))
-    runs = expand_attacks(
-        [a.strip() for a in o["attacks"].split(",") if a.strip()], parse_eps(o["eps"]), o["attack_params"]
-    )
     victim_path = Path(o["victim"])
     if not victim_path.is_absolute() and not victim_path.exists() and (REPO / victim_path).exists():
         victim_path = REPO / victim_path
@@ -156,9 +135,32 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     in_channels = classifier.checkpoint_config.get("in_channels")
     sample_shape = tuple(dataset[0][0].shape)
     if in_channels and sample_shape[0] != in_channels:
-        raise UserError(
-            f"victim {victim_path} takes {in_channels}-channel images but the data set has shape {sample_shape}"
-        )
+        raise UserError(f"victim {victim_path} takes {in_channels}-channel images; the data set's are {sample_shape}")
+    return classifier, victim_path, dm, dataset, data_classes or victim_classes or 10
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    import lightning.pytorch as pl
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from datamodules.data_paths import cache_root
+    from defenses import build_defense
+    from evaluation import report
+    from evaluation.adversarial_cache import AdversarialCache, file_sha256
+    from evaluation.attack_specs import expand_attacks, parse_eps
+    from evaluation.chunks import sample_indices
+    from evaluation.sample_log import SampleLog, read_records, unique_records
+    from lightning_modules.robustness_eval import RobustnessEvaluation
+
+    argv = sys.argv[1:] if argv is None else argv
+    o = parse_args(argv)
+    for key, least in (("num_samples", 0), ("batch_size", 1), ("devices", 1)):
+        if not isinstance(o[key], int) or o[key] < least:
+            raise UserError(f"--{key.replace('_', '-')} must be an integer >= {least}, got {o[key]!r}")
+    # Everything is checked before anything is written.
+    defense = build_defense(o["defense"], **o["defense_params"].get(o["defense"], {}))
+    runs = expand_attacks(o["attacks"], parse_eps(o["eps"]), o["attack_params"])
+    classifier, victim_path, dm, dataset, num_classes = load_victim_and_data(o)
     indices = sample_indices(len(dataset), o["num_samples"] or None, o["seed"])
 
     out = Path(o["out"])
@@ -202,7 +204,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if not trainer.is_global_zero:
         return []
     records = list(unique_records(read_records(log.path)).values())
-    rows = report.build_rows(records, runs, data_classes or 10)
+    rows = report.build_rows(records, runs, num_classes)
     header = {
         "defense": o["defense"],
         "victim": str(o["victim"]),

@@ -28,9 +28,17 @@ class Defense:
 
 
 class Purifier(Defense):
-    kind = "purifier"
+    """``uses_labels``: an analysis mode (an oracle) that is given the true labels.
+    ``last_details``: per-image extra fields of the last call (iterations used, ...), which
+    the evaluation adds to its records."""
 
-    def purify(self, images: torch.Tensor, classifier: nn.Module, indices: torch.Tensor) -> torch.Tensor:
+    kind = "purifier"
+    uses_labels: bool = False
+    last_details: list[dict[str, Any]] | None = None
+
+    def purify(
+        self, images: torch.Tensor, classifier: nn.Module, indices: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Return reconstructions in [0, 1] with the shape of ``images``."""
         raise NotImplementedError
 
@@ -49,5 +57,7 @@ class IdentityDefense(Purifier):
 
     name = "none"
 
-    def purify(self, images: torch.Tensor, classifier: nn.Module, indices: torch.Tensor) -> torch.Tensor:
+    def purify(
+        self, images: torch.Tensor, classifier: nn.Module, indices: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return images

@@ -1,4 +1,4 @@
-"""Deep-image-prior purifiers: one batched DIP engine, one selection rule each."""
+"""Deep-image-prior purifiers: one batched DIP engine (``dip.engine``), one selection rule each."""
 
 from typing import Any
 
@@ -7,11 +7,13 @@ from torch import nn
 
 from defenses.base import Purifier
 from defenses.registry import register_defense
+from dip.dipdefend import DIPDefendRule, DIPDefendSettings
+from dip.early_stopping import MSEEarlyStop, OracleTop5Stop
 from dip.engine import DIPSettings, fit_dip
 from dip.stitching import StitchRule, StitchSettings
 
-# Paper 002, App. B.
 DIP_NETWORKS: dict[str, dict[str, Any]] = {
+    # Paper 002, App. B.
     "cifar": {
         "channels_down": [32] * 3,
         "channels_up": [32] * 3,
@@ -47,76 +49,234 @@ DIP_NETWORKS: dict[str, dict[str, Any]] = {
         "kernel_down": 4,
         "kernel_up": 4,
     },
+    # DIPDefend's CIFAR network (Dai et al. 2020): one input channel, no skip connections.
+    "dipdefend_cifar": {
+        "input_channels": 1,
+        "channels_down": [4, 8, 16],
+        "channels_up": [4, 8, 16],
+        "channels_skip": [0, 0, 0],
+    },
+    # The official DIP denoising network with Swish (paper 001).
+    "deep_protection": {
+        "input_channels": 32,
+        "channels_down": [128] * 5,
+        "channels_up": [128] * 5,
+        "channels_skip": [4] * 5,
+        "activation": "Swish",
+    },
 }
 
 
-class DIPStitch(Purifier):
-    """``dip_stitch``: Ding et al. 2021 (paper 002), Algorithm 1 (see ``dip/stitching.py``).
+class DIPPurifier(Purifier):
+    """Shared by the DIP defenses: builds the engine settings, seeds each image's DIP from
+    (seed, dataset index), and fits ``dip_batch`` images at a time. Subclasses make the rule.
 
-    Arguments:
-        network: a name from ``DIP_NETWORKS`` or ``dip.skip`` arguments. Default: "cifar".
-        iterations: T (1000 CIFAR, 3000 ImageNet). Default: 1000.
-        lr: Adam learning rate. Default: 0.01.
-        noise_scale: z ~ U(0, noise_scale) (1/30 CIFAR, 1/100 ImageNet). Default: 1/30.
-        observe_every: the classifier sees every k-th iterate (T/200). Default: 5.
-        tau, t0, k, beta, grid: the rule's settings (0.7, 50, 15, 0.5, 100).
-        dip_batch: images fitted at once (changes speed, not results). Default: 32.
-        seed: each image's DIP is seeded from (seed, dataset index). Default: 0.
+    Arguments (engine): network (a ``DIP_NETWORKS`` name or ``dip.skip`` arguments),
+    iterations, lr (0.01), noise_scale, observe_every, optimize_input (False),
+    dip_batch (32; speed only), seed (0).
     """
 
-    name = "dip_stitch"
+    observe_tail = 0
 
     def __init__(
-        self,
-        network: str | dict[str, Any] = "cifar",
-        iterations: int = 1000,
-        lr: float = 0.01,
-        noise_scale: float = 1 / 30,
-        observe_every: int = 5,
-        tau: float = 0.7,
-        t0: int = 50,
-        k: int = 15,
-        beta: float = 0.5,
-        grid: int = 100,
-        dip_batch: int = 32,
-        seed: int = 0,
+        self, network, iterations, lr, noise_scale, observe_every, dip_batch, seed, optimize_input=False
     ) -> None:
         if isinstance(network, str) and network not in DIP_NETWORKS:
             raise ValueError(
                 f"unknown DIP network {network!r}; accepted: {', '.join(DIP_NETWORKS)} or skip() arguments"
             )
-        self.network = network
         self.dip = DIPSettings(
             network=DIP_NETWORKS[network] if isinstance(network, str) else dict(network),
             noise_scale=noise_scale,
             iterations=iterations,
             lr=lr,
             observe_every=observe_every,
+            optimize_input=optimize_input,
         )
-        self.rule = StitchSettings(tau=tau, t0=t0, k=k, beta=beta, grid=grid)
         self.dip_batch, self.seed = dip_batch, seed
 
+    def rule_settings(self) -> dict[str, Any]:
+        return {}
+
     def params(self) -> dict[str, Any]:
-        return {
-            "network": self.dip.network,
-            **{k: v for k, v in vars(self.dip).items() if k != "network"},
-            **vars(self.rule),
-            "seed": self.seed,
-        }
+        return {**vars(self.dip), **self.rule_settings(), "seed": self.seed}
 
-    def image_seeds(self, indices: torch.Tensor) -> list[int]:
-        return [self.seed * 1_000_003 + int(i) for i in indices]
+    def make_rule(self, images: torch.Tensor, classifier: nn.Module, labels: torch.Tensor | None):
+        """The observer that selects the output, or None for the last iterate."""
+        raise NotImplementedError
 
-    def purify(self, images: torch.Tensor, classifier: nn.Module, indices: torch.Tensor) -> torch.Tensor:
-        out = []
+    def details(
+        self, rule, images: torch.Tensor, classifier: nn.Module, labels: torch.Tensor | None
+    ) -> list[dict[str, Any]]:
+        return [{} for _ in images]
+
+    def purify(
+        self, images: torch.Tensor, classifier: nn.Module, indices: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        out, details = [], []
         for start in range(0, len(images), self.dip_batch):
-            x = images[start : start + self.dip_batch]
-            rule = StitchRule(x, classifier, self.rule)
-            fit_dip(
-                x, self.image_seeds(indices[start : start + self.dip_batch]), self.dip, rule, observe_tail=self.rule.k
-            )
-            out.append(rule.result())
+            part = slice(start, start + self.dip_batch)
+            x, y = images[part], None if labels is None else labels[part]
+            rule = self.make_rule(x, classifier, y)
+            seeds = [self.seed * 1_000_003 + int(i) for i in indices[part]]
+            last = fit_dip(x, seeds, self.dip, rule, observe_tail=self.observe_tail)
+            out.append((last if rule is None else rule.result()).clamp(0, 1))
+            details += self.details(rule, out[-1], classifier, y)
+        self.last_details = details
         return torch.cat(out)
 
 
-register_defense("dip_stitch", DIPStitch)
+class DIPStitch(DIPPurifier):
+    """``dip_stitch``: Ding et al. 2021 (paper 002), Algorithm 1, Eq. 3-7 (``dip/stitching.py``).
+
+    Arguments: network "cifar", iterations 1000, lr 0.01, noise_scale 1/30, observe_every 5
+    (T/200), tau 0.7, t0 50 (iterations), k 15, beta 0.5, grid 100, dip_batch 32, seed 0.
+    ImageNet: network "imagenet", iterations 3000, noise_scale 1/100, observe_every 15.
+    """
+
+    name = "dip_stitch"
+
+    def __init__(
+        self,
+        network="cifar",
+        iterations=1000,
+        lr=0.01,
+        noise_scale=1 / 30,
+        observe_every=5,
+        tau=0.7,
+        t0=50,
+        k=15,
+        beta=0.5,
+        grid=100,
+        dip_batch=32,
+        seed=0,
+    ) -> None:
+        super().__init__(network, iterations, lr, noise_scale, observe_every, dip_batch, seed)
+        self.rule = StitchSettings(tau=tau, t0=t0, k=k, beta=beta, grid=grid)
+        self.observe_tail = k
+
+    def rule_settings(self) -> dict[str, Any]:
+        return vars(self.rule)
+
+    def make_rule(self, images, classifier, labels):
+        return StitchRule(images, classifier, self.rule)
+
+    def details(self, rule, images, classifier, labels):
+        return [{"crossings": int(c)} for c in rule.crossings]
+
+
+class DIPDefend(DIPPurifier):
+    """``dipdefend``: Dai et al. 2020, the baseline of paper 002 (``dip/dipdefend.py``).
+
+    Arguments: network "dipdefend_cifar" (their CIFAR net), iterations 4000, lr 0.01,
+    noise_scale 1/10, optimize_input True (they optimise the input too), lam 0.002,
+    patch 32, dip_batch 32, seed 0. The PSNR curve is read at every iterate.
+    """
+
+    name = "dipdefend"
+
+    def __init__(
+        self,
+        network="dipdefend_cifar",
+        iterations=4000,
+        lr=0.01,
+        noise_scale=0.1,
+        optimize_input=True,
+        lam=0.002,
+        patch=32,
+        dip_batch=32,
+        seed=0,
+    ) -> None:
+        super().__init__(network, iterations, lr, noise_scale, 1, dip_batch, seed, optimize_input)
+        self.rule = DIPDefendSettings(lam=lam, patch=patch)
+
+    def rule_settings(self) -> dict[str, Any]:
+        return vars(self.rule)
+
+    def make_rule(self, images, classifier, labels):
+        return DIPDefendRule(images, self.rule)
+
+    def details(self, rule, images, classifier, labels):
+        return [{"iterations": int(t) + 1} for t in rule.best_t]
+
+
+class DeepProtection(DIPPurifier):
+    """``deep_protection``: Ambati & Kulkarni (paper 001): a Swish DIP denoiser stopped at a
+    fixed iteration (static mode, 1750 at 224 px), or, with ``oracle=True``, Sec. 4.1's
+    automatic termination for analysis (``dip/early_stopping.py``): given the true labels,
+    check every 50 iterations (up to 3000) and stop when the true label is in the top 5 and
+    the adversarial label is not. Records say whether a wrong answer over- or underfit.
+
+    Arguments: network "deep_protection" (official denoiser, Swish), iterations 1750,
+    lr 0.01, noise_scale 0.1, oracle False, check_every 50, dip_batch 8, seed 0.
+    """
+
+    name = "deep_protection"
+
+    def __init__(
+        self,
+        network="deep_protection",
+        iterations=1750,
+        lr=0.01,
+        noise_scale=0.1,
+        oracle=False,
+        check_every=50,
+        dip_batch=8,
+        seed=0,
+    ) -> None:
+        super().__init__(network, iterations, lr, noise_scale, check_every, dip_batch, seed)
+        self.oracle = oracle
+        self.uses_labels = oracle
+
+    def rule_settings(self) -> dict[str, Any]:
+        return {"oracle": self.oracle}
+
+    def make_rule(self, images, classifier, labels):
+        if self.oracle:
+            if labels is None:
+                raise ValueError("deep_protection with oracle=True needs the true labels")
+            with torch.no_grad():
+                adversarial = classifier(images).argmax(1)
+            return OracleTop5Stop(images, classifier, labels, adversarial)
+        return None  # static termination: the last iterate
+
+    def details(self, rule, images, classifier, labels):
+        if not self.oracle:
+            return [{"iterations": self.dip.iterations} for _ in images]
+        with torch.no_grad():
+            correct = classifier(images).argmax(1) == labels
+        return [
+            {"iterations": int(t), "error_type": e}
+            for t, e in zip(rule.iterations, rule.error_types(correct), strict=True)
+        ]
+
+
+class DIPInc(DIPPurifier):
+    """``dip_inc``: the DIP variant of INC, Ilyas et al. (paper 004, Sec. 2.4, 4.4): early
+    stopping at ``iterations`` (500; 100 for large eps) or when MSE < ``threshold``
+    (0.005 on [-1, 1] images = 0.00125 here).
+
+    Arguments: network "cifar", iterations 500, lr 0.01, noise_scale 1/30, threshold 0.00125,
+    dip_batch 32, seed 0.
+    """
+
+    name = "dip_inc"
+
+    def __init__(
+        self, network="cifar", iterations=500, lr=0.01, noise_scale=1 / 30, threshold=0.00125, dip_batch=32, seed=0
+    ) -> None:
+        super().__init__(network, iterations, lr, noise_scale, 1, dip_batch, seed)
+        self.threshold = threshold
+
+    def rule_settings(self) -> dict[str, Any]:
+        return {"threshold": self.threshold}
+
+    def make_rule(self, images, classifier, labels):
+        return MSEEarlyStop(images, self.threshold)
+
+    def details(self, rule, images, classifier, labels):
+        return [{"iterations": int(t)} for t in rule.iterations]
+
+
+for _cls in (DIPStitch, DIPDefend, DeepProtection, DIPInc):
+    register_defense(_cls.name, _cls)

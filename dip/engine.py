@@ -38,6 +38,7 @@ class DIPSettings:
     observe_every: iterate interval handed to the observer (T/200 maps 200 images). Default: 5.
     init: "xavier" (Algorithm 1, line 1) or "default" (PyTorch's, the official DIP code's). Default: "xavier".
     exact_cpu: on CPU, use PyTorch's native convolutions instead of oneDNN. Default: True.
+    optimize_input: optimise the noise input z with the network (DIPDefend does). Default: False.
 
     Why ``exact_cpu``: in float32 a DIP fit is numerically chaotic. Conv biases before
     BatchNorm, and BatchNorm scales followed by another BatchNorm, have a true gradient
@@ -56,6 +57,7 @@ class DIPSettings:
     observe_every: int = 5
     init: str = "xavier"
     exact_cpu: bool = True
+    optimize_input: bool = False
 
     def __post_init__(self) -> None:
         if self.init not in ("xavier", "default"):
@@ -107,7 +109,11 @@ def fit_dip(
     net, noise = build_dip_batch(settings, seeds, c, (h, w))
     net, noise = net.to(images.device).train(), noise.to(images.device)
     target = images.detach().reshape(1, b * c, h, w)
-    optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr)
+    params = list(net.parameters())
+    if settings.optimize_input:
+        noise = nn.Parameter(noise)
+        params.append(noise)
+    optimizer = torch.optim.Adam(params, lr=settings.lr)
     last = settings.iterations - 1
     exact = settings.exact_cpu and images.device.type == "cpu"
     with torch.enable_grad(), torch.backends.mkldnn.flags(enabled=not exact):

@@ -133,7 +133,8 @@ def plot_accuracy_vs_eps(out: Path, rows: list[dict[str, Any]], title: str) -> P
 
 
 def plot_examples(out: Path, examples_dir: Path, run_ids: list[str], class_names: list[str] | None) -> Path | None:
-    """One figure per attack run: rows clean / adversarial / defended, with predictions."""
+    """One block per attack run: rows clean / adversarial / defended, each image titled with
+    the victim's prediction (green: correct, red: wrong)."""
     import matplotlib
 
     matplotlib.use("Agg")

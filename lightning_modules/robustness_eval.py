@@ -142,7 +142,8 @@ class RobustnessEvaluation(pl.LightningModule):
             defended, logits = adversarial, adv_logits
         else:
             with torch.enable_grad():
-                defended = self.defense.purify(adversarial, self.classifier, indices).detach()
+                given = labels if self.defense.uses_labels else None
+                defended = self.defense.purify(adversarial, self.classifier, indices, given).detach()
             logits = self._classify(defended)
         seconds = (time.perf_counter() - started) / len(indices)
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(labels[:, None]).any(1)
@@ -169,6 +170,8 @@ class RobustnessEvaluation(pl.LightningModule):
             }
             if scores is not None:
                 record.update(score=float(scores[i]), flagged=bool(scores[i] >= self.defense.threshold))
+            elif self.defense.last_details:
+                record.update(self.defense.last_details[i])
             records.append(record)
         self.sample_log.append(records)
         if self.examples_dir is not None and int(indices[0]) == self.first_index:
@@ -179,6 +182,7 @@ class RobustnessEvaluation(pl.LightningModule):
                     "adversarial": adversarial[:k].cpu(),
                     "defended": defended[:k].cpu(),
                     "labels": labels[:k].cpu(),
+                    "clean_pred": clean_pred[:k].cpu(),
                     "adv_pred": adv_pred[:k].cpu(),
                     "pred": pred[:k].cpu(),
                 },

@@ -1,0 +1,95 @@
+"""DIPDefend, DIP-INC and Deep Protection stopping rules on traces with known answers."""
+
+import pytest
+import torch
+from torch import nn
+
+from defenses import build_defense
+from dip.dipdefend import DIPDefendRule, DIPDefendSettings, psnr_curve_value
+from dip.early_stopping import MSEEarlyStop, OracleTop5Stop
+
+
+def _holt_reference(curve: list[float], lam: float) -> int:
+    """Scalar Holt smoothing as DIPDefend writes it: the last t where the level peaked."""
+    level, trend, best, best_t = curve[0], curve[1] - curve[0], curve[0], 1
+    for t in range(2, len(curve)):
+        previous = level
+        level = lam * curve[t] + (1 - lam) * (level + trend)
+        trend = lam * (level - previous) + (1 - lam) * trend
+        if level > best:
+            best, best_t = level, t
+    return best_t
+
+
+@pytest.mark.parametrize("lam", [0.002, 0.05])
+def test_dipdefend_picks_the_peak_of_the_smoothed_psnr_curve(lam):
+    x0 = torch.full((1, 3, 8, 8), 0.5)
+    # PSNR rises from 10 dB to 30 dB at t = 300, then falls: the fit starts to copy the noise.
+    curve = [10 + 20 * min(t, 300) / 300 - 15 * max(t - 300, 0) / 300 for t in range(900)]
+    rule = DIPDefendRule(x0, DIPDefendSettings(lam=lam))
+    for t, psnr in enumerate(curve):
+        delta = 10 ** (-psnr / 20)  # MSE = delta^2 -> PSNR = psnr
+        x = x0 + delta
+        assert abs(psnr_curve_value(x, x0).item() - psnr) < 1e-3
+        rule(t, x, torch.zeros(1))
+    expected = _holt_reference(curve, lam)
+    assert int(rule.best_t) == expected
+    assert 1 < expected < 899
+    assert torch.allclose(rule.result(), x0 + 10 ** (-curve[expected] / 20))
+
+
+def test_psnr_curve_takes_the_worst_tile_on_large_images():
+    x0 = torch.zeros(1, 3, 64, 64)
+    x = x0.clone()
+    x[..., :32, :32] = 0.1  # one bad tile: MSE 0.01 there, 0.0025 over the image
+    assert abs(psnr_curve_value(x, x0).item() - 20.0) < 1e-4
+    assert abs(psnr_curve_value(x, x0, patch=64).item() - 26.0206) < 1e-3
+
+
+def test_mse_early_stop_freezes_each_image_at_its_first_iterate_under_threshold():
+    x0 = torch.zeros(2, 1, 4, 4)
+    rule = MSEEarlyStop(x0, threshold=0.002)
+    streams = [[0.01, 0.005, 0.001, 0.0005], [0.01, 0.009, 0.008, 0.0001]]
+    for t in range(4):
+        done = rule(t, torch.full((2, 1, 4, 4), float(t)), torch.tensor([streams[0][t], streams[1][t]]))
+    assert done.all() and rule.iterations.tolist() == [3, 4]
+    assert rule.result()[0].unique().item() == 2.0 and rule.result()[1].unique().item() == 3.0
+
+
+class NearestClass(nn.Module):
+    """Ten classes; a constant image of value v scores class c by -|c - 10 v|."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = x.flatten(1).mean(1, keepdim=True)
+        return -(torch.arange(10.0) - 10 * v).abs()
+
+
+def test_oracle_top5_stop_and_the_overfit_underfit_split():
+    x0 = torch.zeros(2, 1, 4, 4)
+    rule = OracleTop5Stop(x0, NearestClass(), labels=torch.tensor([2, 2]), adversarial_labels=torch.tensor([8, 8]))
+    # Image 0 passes through v = 0.2 (true label top-1 and top-5, adversarial label out): stops.
+    # Image 1 stays near 0.8 (adversarial label in the top 5) and never stops.
+    for t, (a, b) in enumerate([(0.8, 0.8), (0.5, 0.75), (0.2, 0.8), (0.8, 0.8)]):
+        x = torch.stack([torch.full((1, 4, 4), a), torch.full((1, 4, 4), b)])
+        rule(50 * t, x, torch.zeros(2))
+    assert rule.stopped.tolist() == [True, False] and rule.iterations.tolist() == [101, 151]
+    assert rule.error_types(torch.tensor([False, False])) == ["overfit", "underfit"]
+    assert rule.error_types(torch.tensor([True, False])) == ["correct", "underfit"]
+
+
+def test_dip_defenses_build_and_run_with_their_details():
+    images, indices = torch.rand(2, 3, 16, 16), torch.tensor([4, 9])
+    classifier = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 10)).eval()
+    inc = build_defense("dip_inc", iterations=30, threshold=0.05)
+    out = inc.purify(images, classifier, indices)
+    assert out.shape == images.shape and all(1 <= d["iterations"] <= 30 for d in inc.last_details)
+    dipdefend = build_defense("dipdefend", iterations=20)
+    assert dipdefend.purify(images, classifier, indices).shape == images.shape
+    oracle = build_defense("deep_protection", network="small", iterations=100, oracle=True)
+    assert oracle.uses_labels
+    with pytest.raises(ValueError, match="needs the true labels"):
+        oracle.purify(images, classifier, indices)
+    oracle.purify(images, classifier, indices, labels=torch.tensor([1, 2]))
+    assert {d["error_type"] for d in oracle.last_details} <= {"correct", "overfit", "underfit"}
+    with pytest.raises(ValueError, match="unknown DIP network 'huge'"):
+        build_defense("dip_stitch", network="huge")
