@@ -130,7 +130,8 @@ class DIPStitch(DIPPurifier):
     """``dip_stitch``: Ding et al. 2021 (paper 002), Algorithm 1, Eq. 3-7 (``dip/stitching.py``).
 
     Arguments: network "cifar", iterations 1000, lr 0.01, noise_scale 1/30, observe_every 5
-    (T/200), tau 0.7, t0 50 (iterations), k 15, beta 0.5, grid 100, dip_batch 32, seed 0.
+    (T/200), tau 0.7, t0 50 (iterations), k 15, beta 0.5, grid 100, search "grid" (or
+    "bisection" for large victims), dip_batch 32, seed 0.
     ImageNet: network "imagenet", iterations 3000, noise_scale 1/100, observe_every 15.
     """
 

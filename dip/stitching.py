@@ -13,6 +13,7 @@ Only the previous sampled iterate, the last K on-boundary images and the last K 
 are kept, so memory does not grow with T.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,10 @@ class StitchSettings:
     k: cross-boundary images kept (the last K). Default: 15.
     beta: on-manifold step size. Default: 0.5.
     grid: N, sections of the alpha grid. Default: 100.
+    search: "grid" (Eq. 5: all N+1 interpolations through the victim) or "bisection" on
+        p_y(t) - p_y(t+1) (ceil(log2 N) + 1 victim calls per crossing instead of N+1, for
+        large victims; it finds a root of the gap, which is the grid's alpha to within 1/N
+        when the gap crosses zero once). Default: "grid".
     """
 
     tau: float = 0.7
@@ -37,6 +42,17 @@ class StitchSettings:
     k: int = 15
     beta: float = 0.5
     grid: int = 100
+    search: str = "grid"
+
+    def __post_init__(self) -> None:
+        if self.search not in ("grid", "bisection"):
+            raise ValueError(f"unknown search {self.search!r}; accepted: grid, bisection")
+
+
+def _mix(x_a: torch.Tensor, x_b: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Eq. 4: alpha x(t) + (1 - alpha) x(t+1), one alpha per image."""
+    a = alpha.view(-1, *[1] * (x_a.dim() - 1))
+    return a * x_a + (1 - a) * x_b
 
 
 class StitchRule:
@@ -75,6 +91,25 @@ class StitchRule:
         self.prev = (t, x, label, ssim)
 
     def _on_boundary(self, x_a: torch.Tensor, x_b: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor) -> torch.Tensor:
+        if self.s.search == "bisection":
+            return self._bisect(x_a, x_b, y_a, y_b)
+        return self._grid(x_a, x_b, y_a, y_b)
+
+    def _gap(self, x: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor) -> torch.Tensor:
+        probs = self._probs(x)
+        return probs.gather(1, y_a[:, None]).squeeze(1) - probs.gather(1, y_b[:, None]).squeeze(1)
+
+    def _bisect(self, x_a: torch.Tensor, x_b: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor) -> torch.Tensor:
+        """Eq. 5 by bisection: the gap is > 0 at alpha = 1 (x_a) and < 0 at alpha = 0 (x_b)."""
+        lo = torch.zeros(len(x_a), device=x_a.device)
+        hi = torch.ones_like(lo)
+        for _ in range(math.ceil(math.log2(self.s.grid)) + 1):
+            mid = (lo + hi) / 2
+            positive = self._gap(_mix(x_a, x_b, mid), y_a, y_b) > 0
+            hi, lo = torch.where(positive, mid, hi), torch.where(positive, lo, mid)
+        return _mix(x_a, x_b, (lo + hi) / 2)
+
+    def _grid(self, x_a: torch.Tensor, x_b: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor) -> torch.Tensor:
         """Eq. 4-5: grid search of alpha, the N+1 interpolations of all crossings in one batch."""
         n, alphas = len(x_a), torch.linspace(0, 1, self.s.grid + 1, device=x_a.device)
         mix = alphas.view(1, -1, 1, 1, 1) * x_a[:, None] + (1 - alphas.view(1, -1, 1, 1, 1)) * x_b[:, None]

@@ -56,3 +56,21 @@ def test_memory_is_bounded_by_k(k):
     rule = _run([0.3, 0.7] * 50, x0_value=0.5, tau=0.0, t0=0, k=k)
     assert rule.crossings.item() == 99
     assert len(rule.boundary[0]) == k and len(rule.tail) == k
+
+
+def test_bisection_lands_within_one_grid_section_of_the_grid_search():
+    torch.manual_seed(0)
+    classifier = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+    x_a, x_b = torch.rand(6, 3, 8, 8), torch.rand(6, 3, 8, 8)
+    with torch.no_grad():
+        y_a, y_b = classifier(x_a).argmax(1), classifier(x_b).argmax(1)
+    keep = y_a != y_b
+    x_a, x_b, y_a, y_b = x_a[keep], x_b[keep], y_a[keep], y_b[keep]
+    assert len(x_a) >= 3
+    grid = StitchRule(x_a, classifier, StitchSettings(grid=100))._on_boundary(x_a, x_b, y_a, y_b)
+    bisect = StitchRule(x_a, classifier, StitchSettings(grid=100, search="bisection"))._on_boundary(x_a, x_b, y_a, y_b)
+    # Same segment, so alpha differences show as |x_db diff| / |x_a - x_b| (per pixel, taken at the max).
+    alpha_diff = ((grid - bisect).flatten(1).abs().amax(1)) / (x_a - x_b).flatten(1).abs().amax(1)
+    assert (alpha_diff <= 1 / 100 + 1e-6).all()
+    with pytest.raises(ValueError, match="unknown search"):
+        StitchSettings(search="golden")
