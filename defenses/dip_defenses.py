@@ -79,7 +79,15 @@ class DIPPurifier(Purifier):
     observe_tail = 0
 
     def __init__(
-        self, network, iterations, lr, noise_scale, observe_every, dip_batch, seed, optimize_input=False
+        self,
+        network: str | dict[str, Any],
+        iterations: int,
+        lr: float,
+        noise_scale: float,
+        observe_every: int,
+        dip_batch: int,
+        seed: int,
+        optimize_input: bool = False,
     ) -> None:
         if isinstance(network, str) and network not in DIP_NETWORKS:
             raise ValueError(
@@ -139,21 +147,22 @@ class DIPStitch(DIPPurifier):
 
     def __init__(
         self,
-        network="cifar",
-        iterations=1000,
-        lr=0.01,
-        noise_scale=1 / 30,
-        observe_every=5,
-        tau=0.7,
-        t0=50,
-        k=15,
-        beta=0.5,
-        grid=100,
-        dip_batch=32,
-        seed=0,
+        network: str | dict[str, Any] = "cifar",
+        iterations: int = 1000,
+        lr: float = 0.01,
+        noise_scale: float = 1 / 30,
+        observe_every: int = 5,
+        tau: float = 0.7,
+        t0: int = 50,
+        k: int = 15,
+        beta: float = 0.5,
+        grid: int = 100,
+        search: str = "grid",
+        dip_batch: int = 32,
+        seed: int = 0,
     ) -> None:
         super().__init__(network, iterations, lr, noise_scale, observe_every, dip_batch, seed)
-        self.rule = StitchSettings(tau=tau, t0=t0, k=k, beta=beta, grid=grid)
+        self.rule = StitchSettings(tau=tau, t0=t0, k=k, beta=beta, grid=grid, search=search)
         self.observe_tail = k
 
     def rule_settings(self) -> dict[str, Any]:
@@ -178,15 +187,15 @@ class DIPDefend(DIPPurifier):
 
     def __init__(
         self,
-        network="dipdefend_cifar",
-        iterations=4000,
-        lr=0.01,
-        noise_scale=0.1,
-        optimize_input=True,
-        lam=0.002,
-        patch=32,
-        dip_batch=32,
-        seed=0,
+        network: str | dict[str, Any] = "dipdefend_cifar",
+        iterations: int = 4000,
+        lr: float = 0.01,
+        noise_scale: float = 0.1,
+        optimize_input: bool = True,
+        lam: float = 0.002,
+        patch: int = 32,
+        dip_batch: int = 32,
+        seed: int = 0,
     ) -> None:
         super().__init__(network, iterations, lr, noise_scale, 1, dip_batch, seed, optimize_input)
         self.rule = DIPDefendSettings(lam=lam, patch=patch)
@@ -216,14 +225,14 @@ class DeepProtection(DIPPurifier):
 
     def __init__(
         self,
-        network="deep_protection",
-        iterations=1750,
-        lr=0.01,
-        noise_scale=0.1,
-        oracle=False,
-        check_every=50,
-        dip_batch=8,
-        seed=0,
+        network: str | dict[str, Any] = "deep_protection",
+        iterations: int = 1750,
+        lr: float = 0.01,
+        noise_scale: float = 0.1,
+        oracle: bool = False,
+        check_every: int = 50,
+        dip_batch: int = 8,
+        seed: int = 0,
     ) -> None:
         super().__init__(network, iterations, lr, noise_scale, check_every, dip_batch, seed)
         self.oracle = oracle
