@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "out": None,
     "cache_dir": None,
     "num_examples": 8,
+    "save_traces": 0,
 }
 REPO = Path(__file__).resolve().parent
 
@@ -56,6 +57,9 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     )
     p.add_argument("--out", help="output folder (default: runs/<defense>)")
     p.add_argument("--victim", help="victim checkpoint (default: checkpoints/victim_cifar_resnet20.ckpt)")
+    p.add_argument(
+        "--save-traces", type=int, help="DIP defenses: decision-trace plots for the first K images (default: 0)"
+    )
     p.add_argument("--data-dir", help="override the data module's data_dir")
     p.add_argument("--download", action="store_true", help="let the data module download its data set (needs internet)")
     args = p.parse_args(argv)
@@ -154,7 +158,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     argv = sys.argv[1:] if argv is None else argv
     o = parse_args(argv)
-    for key, least in (("num_samples", 0), ("batch_size", 1), ("devices", 1)):
+    for key, least in (("num_samples", 0), ("batch_size", 1), ("devices", 1), ("save_traces", 0)):
         if not isinstance(o[key], int) or o[key] < least:
             raise UserError(f"--{key.replace('_', '-')} must be an integer >= {least}, got {o[key]!r}")
     # Everything is checked before anything is written.
@@ -162,6 +166,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     runs = expand_attacks(o["attacks"], parse_eps(o["eps"]), o["attack_params"])
     classifier, victim_path, dm, dataset, num_classes = load_victim_and_data(o)
     indices = sample_indices(len(dataset), o["num_samples"] or None, o["seed"])
+    if o["save_traces"]:
+        if not hasattr(defense, "trace_indices"):
+            raise UserError(f"--save-traces needs a DIP defense; {o['defense']!r} keeps no decision trace")
+        defense.trace_indices = frozenset(indices[: o["save_traces"]])
 
     out = Path(o["out"])
     dataset_name = type(dm).__name__.removesuffix("DataModule")
@@ -188,6 +196,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     module = RobustnessEvaluation(
         classifier, defense, runs, dataset, indices, o["batch_size"], cache,
         {"victim": victim_hash, "dataset": dataset_name}, log, done, o["seed"], out / "examples", o["num_examples"],
+        out / "traces", getattr(dataset, "classes", None),
     )  # fmt: skip
     trainer = pl.Trainer(
         accelerator=o["accelerator"],

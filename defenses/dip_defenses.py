@@ -77,6 +77,10 @@ class DIPPurifier(Purifier):
     """
 
     observe_tail = 0
+    # Dataset indices whose decision traces are kept (``evaluate.py --save-traces``), and
+    # the traces of the last call by index.
+    trace_indices: frozenset[int] = frozenset()
+    last_traces: dict[int, dict[str, Any]] | None = None
 
     def __init__(
         self,
@@ -121,16 +125,21 @@ class DIPPurifier(Purifier):
     def purify(
         self, images: torch.Tensor, classifier: nn.Module, indices: torch.Tensor, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
-        out, details = [], []
+        out, details, traces = [], [], {}
         for start in range(0, len(images), self.dip_batch):
             part = slice(start, start + self.dip_batch)
             x, y = images[part], None if labels is None else labels[part]
             rule = self.make_rule(x, classifier, y)
+            wanted = [j for j, i in enumerate(indices[part].tolist()) if i in self.trace_indices]
+            if wanted and hasattr(rule, "record_trace"):
+                rule.record_trace()
             seeds = [self.seed * 1_000_003 + int(i) for i in indices[part]]
             last = fit_dip(x, seeds, self.dip, rule, observe_tail=self.observe_tail)
             out.append((last if rule is None else rule.result()).clamp(0, 1))
             details += self.details(rule, out[-1], classifier, y)
-        self.last_details = details
+            if wanted and hasattr(rule, "diagnostics"):
+                traces |= {int(indices[part][j]): rule.diagnostics(j) for j in wanted}
+        self.last_details, self.last_traces = details, traces
         return torch.cat(out)
 
 

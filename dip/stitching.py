@@ -66,7 +66,13 @@ class StitchRule:
         self.boundary: list[list[torch.Tensor]] = [[] for _ in range(b)]
         self.tail: list[torch.Tensor] = []
         self.crossings = torch.zeros(b, dtype=torch.long)
-        self.trace: list[tuple[int, torch.Tensor]] | None = None  # (t, probs) when diagnostics are wanted
+        # Diagnostics (off unless asked for): victim confidences per sampled t, crossing t's.
+        self.trace: list[tuple[int, torch.Tensor]] | None = None
+        self.crossing_times: list[list[int]] = [[] for _ in range(b)]
+
+    def record_trace(self) -> "StitchRule":
+        self.trace = []
+        return self
 
     @torch.no_grad()
     def _probs(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,6 +93,7 @@ class StitchRule:
                 x_db = self._on_boundary(x_prev[rows], x[rows], label_prev[rows], label[rows])
                 for j, i in enumerate(rows.tolist()):
                     self.boundary[i] = [*self.boundary[i][-(self.s.k - 1) :], x_db[j]] if self.s.k > 1 else [x_db[j]]
+                    self.crossing_times[i].append(t_prev)
                 self.crossings[rows.cpu()] += 1
         self.prev = (t, x, label, ssim)
 
@@ -120,6 +127,17 @@ class StitchRule:
         ).abs()
         best = gap.squeeze(2).argmin(1)
         return mix[torch.arange(n), best]
+
+    def diagnostics(self, i: int) -> dict:
+        """Image i's decision trace (sampled t, softmax per t), crossing t's and last on-boundary image."""
+        if self.trace is None:
+            raise RuntimeError("call record_trace() before fitting to keep the decision trace")
+        return {
+            "t": [t for t, _ in self.trace],
+            "probs": torch.stack([p[i] for _, p in self.trace]),
+            "crossings": list(self.crossing_times[i]),
+            "on_boundary": self.boundary[i][-1].cpu() if self.boundary[i] else None,
+        }
 
     def result(self) -> torch.Tensor:
         """Eq. 6-7, or the no-crossing fallback."""

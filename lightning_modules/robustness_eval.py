@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from common.atomic_files import atomic_torch_save
 from defenses.base import Defense, Detector
+from dip.diagnostics import plot_trace
 from evaluation.adversarial_cache import AdversarialCache
 from evaluation.attack_specs import CLEAN, AttackRun
 from evaluation.chunks import ChunkDataset
@@ -39,6 +40,8 @@ class RobustnessEvaluation(pl.LightningModule):
     seed: seeds each chunk's attack randomness with (seed, first index of the chunk).
     examples_dir: where the first chunk's images are kept for the example grid. Default: None.
     num_examples: images kept per attack for that grid. Default: 8.
+    traces_dir: where decision-trace plots go for the images the defense traced. Default: None.
+    class_names: for plot labels. Default: None.
     """
 
     def __init__(
@@ -56,6 +59,8 @@ class RobustnessEvaluation(pl.LightningModule):
         seed: int = 0,
         examples_dir: Path | None = None,
         num_examples: int = 8,
+        traces_dir: Path | None = None,
+        class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.classifier = classifier.eval().requires_grad_(False)
@@ -66,6 +71,7 @@ class RobustnessEvaluation(pl.LightningModule):
         self.sample_log, self.done = sample_log, done
         self.seed = seed
         self.examples_dir, self.num_examples = examples_dir, num_examples
+        self.traces_dir, self.class_names = traces_dir, class_names
         self.first_index = indices[0] if indices else None
         self.progress: tqdm | None = None
 
@@ -174,6 +180,7 @@ class RobustnessEvaluation(pl.LightningModule):
                 record.update(self.defense.last_details[i])
             records.append(record)
         self.sample_log.append(records)
+        self._plot_traces(run, images, adversarial, defended, labels, adv_pred, indices)
         if self.examples_dir is not None and int(indices[0]) == self.first_index:
             k = self.num_examples
             atomic_torch_save(
@@ -188,3 +195,19 @@ class RobustnessEvaluation(pl.LightningModule):
                 },
                 self.examples_dir / f"{run.id.replace('/', '_')}.pt",
             )
+
+    def _plot_traces(self, run: AttackRun, images, adversarial, defended, labels, adv_pred, indices) -> None:
+        traces = getattr(self.defense, "last_traces", None)
+        if not traces or self.traces_dir is None:
+            return
+        position = {int(idx): i for i, idx in enumerate(indices.tolist())}
+        for index, trace in traces.items():
+            i = position[index]
+            strip = {
+                "adversarial" if run.name != CLEAN else "input": adversarial[i].cpu(),
+                "on-boundary": trace["on_boundary"],
+                "reconstructed": defended[i].cpu(),
+                "clean": images[i].cpu(),
+            }
+            path = self.traces_dir / run.id.replace("/", "_") / f"{index}.png"
+            plot_trace(path, trace, strip, int(labels[i]), int(adv_pred[i]), self.class_names)

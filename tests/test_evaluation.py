@@ -223,3 +223,22 @@ def test_ddp_on_two_cpu_processes_counts_every_image_once(tiny_victim, cifar_bat
     )  # fmt: skip
     assert _comparable(single) == _comparable(rows)
     assert np.isfinite([r["ssim"] for r in rows]).all()
+
+
+def test_dip_defense_runs_in_the_harness_and_saves_decision_traces(tiny_victim, cifar_batches_dir, tmp_path):
+    config = tmp_path / "dip.yaml"
+    config.write_text(
+        "defense: dip_stitch\n"
+        "defense_params: {dip_stitch: {network: small, iterations: 40, observe_every: 2, t0: 0, tau: 0.0, dip_batch: 3}}\n"
+    )
+    out = tmp_path / "dip"
+    rows = _run(out, tiny_victim, cifar_batches_dir, "--config", str(config), "--attacks", "clean,fgsm", "--eps", "8",
+                "--num-samples", "5", "--save-traces", "2")  # fmt: skip
+    assert [r["n"] for r in rows] == [5, 5]
+    records = read_records(out / "samples.jsonl")
+    assert all("crossings" in r for r in records)
+    first_two = sample_indices(30, 5, 0)[:2]
+    for run_id in ("clean", "fgsm@8_255"):
+        assert sorted(p.stem for p in (out / "traces" / run_id).glob("*.png")) == sorted(map(str, first_two))
+    with pytest.raises(UserError, match="--save-traces needs a DIP defense"):
+        _run(tmp_path / "none", tiny_victim, cifar_batches_dir, "--save-traces", "1")
