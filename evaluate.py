@@ -26,7 +26,9 @@ DEFAULTS: dict[str, Any] = {
     "defense_params": {},
     "attacks": "clean,pgd",
     "eps": "8",
-    "attack_params": {},
+    # PGD with 50 steps: torchattacks' default 10 leaves 5.5% of the label-smoothed ResNet-20's
+    # answers right at 8/255 (1.5% with 50; README). The other attacks keep the library defaults.
+    "attack_params": {"pgd": {"steps": 50}},
     "num_samples": 1000,
     "seed": 0,
     "batch_size": 100,

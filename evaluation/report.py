@@ -35,8 +35,14 @@ def build_rows(records: list[dict[str, Any]], runs: list[AttackRun], num_classes
     rows = []
     for run in runs:
         if by_run.get(run.id):
-            rows.append({"attack": run.name, "eps": run.eps, **summarise(by_run[run.id], num_classes)})
+            row = {"attack": run.name, "variant": run.inline, "eps": run.eps}
+            rows.append(row | summarise(by_run[run.id], num_classes))
     return rows
+
+
+def display_name(row: dict[str, Any]) -> str:
+    """``pgd``, or ``pgd(steps=50)`` for a run with parameters written in the attack list."""
+    return f"{row['attack']}({row['variant']})" if row.get("variant") else row["attack"]
 
 
 def _eps_label(eps: float | None) -> str:
@@ -48,7 +54,7 @@ def paper_table(rows: list[dict[str, Any]], metric: str, defense: str, percent: 
     the mean over all cells (ACC / mean SSIM) at the end."""
     columns: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
-        columns[row["attack"]].append(row)
+        columns[display_name(row)].append(row)
 
     def fmt(v: float) -> str:
         return f"{100 * v:.1f}" if percent else f"{v:.3f}"
@@ -72,7 +78,7 @@ def detail_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         ips = f"{r['images_per_s']:.1f}" if r["images_per_s"] else "-"
         lines.append(
-            f"| {r['attack']} | {_eps_label(r['eps']) or '-'} | {r['n']} | {100 * r['accuracy']:.1f}% | "
+            f"| {display_name(r)} | {_eps_label(r['eps']) or '-'} | {r['n']} | {100 * r['accuracy']:.1f}% | "
             f"{100 * r['top5']:.1f}% | {r['ssim']:.3f} | {r['mean_l2']:.3f} | {r['mean_linf'] * 255:.2f}/255 | "
             f"{100 * r['attack_success']:.1f}% | {r['seconds'] / r['n']:.4f} | {ips} |"
         )
@@ -110,7 +116,7 @@ def plot_accuracy_vs_eps(out: Path, rows: list[dict[str, Any]], title: str) -> P
     clean = next((r["accuracy"] for r in rows if r["attack"] == CLEAN), None)
     for r in rows:
         if r["eps"] is not None:
-            series[r["attack"]].append((r["eps"] * 255, r["accuracy"]))
+            series[display_name(r)].append((r["eps"] * 255, r["accuracy"]))
     if not series:
         return None
     fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -175,7 +181,7 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     lines = [f"{'attack':<12}{'eps/255':>8}{'n':>6}{'acc':>8}{'top5':>8}{'SSIM':>7}{'L2':>7}{'s/img':>9}"]
     for r in rows:
         lines.append(
-            f"{r['attack']:<12}{_eps_label(r['eps']) or '-':>8}{r['n']:>6}{100 * r['accuracy']:>7.1f}%"
+            f"{display_name(r):<12}{_eps_label(r['eps']) or '-':>8}{r['n']:>6}{100 * r['accuracy']:>7.1f}%"
             f"{100 * r['top5']:>7.1f}%{r['ssim']:>7.3f}{r['mean_l2']:>7.3f}{r['seconds'] / r['n']:>9.4f}"
         )
     return "\n".join(lines)

@@ -138,8 +138,14 @@ class RobustnessEvaluation(pl.LightningModule):
     def _evaluate_run(self, run: AttackRun, images, labels, indices, clean_pred, todo: list[int]) -> None:
         started = time.perf_counter()
         with torch.enable_grad():
-            adversarial = self._adversarial(run, images, labels, indices)
-        attack_seconds = time.perf_counter() - started
+            adversarial = self._adversarial(run, images, labels, indices)  # the whole chunk: one cache entry
+        attack_seconds = (time.perf_counter() - started) / len(indices)
+        # Only the images without a record are defended (a resumed chunk); DIP defenses are
+        # seeded per image, so a subset gets the same results as the whole chunk.
+        sel = torch.tensor(todo, device=images.device)
+        images, labels, indices, clean_pred, adversarial = (
+            t[sel] for t in (images, labels, indices, clean_pred, adversarial)
+        )
         adv_logits = self._classify(adversarial)
         started = time.perf_counter()
         scores = None
@@ -157,7 +163,7 @@ class RobustnessEvaluation(pl.LightningModule):
         l2, linf = perturbation_norms(adversarial, images)
         pred, adv_pred = logits.argmax(1), adv_logits.argmax(1)
         records = []
-        for i in todo:
+        for i in range(len(indices)):
             record = {
                 "index": int(indices[i]),
                 "attack": run.id,
@@ -172,7 +178,7 @@ class RobustnessEvaluation(pl.LightningModule):
                 "l2": float(l2[i]),
                 "linf": float(linf[i]),
                 "seconds": seconds,
-                "attack_seconds": attack_seconds / len(indices),
+                "attack_seconds": attack_seconds,
             }
             if scores is not None:
                 record.update(score=float(scores[i]), flagged=bool(scores[i] >= self.defense.threshold))
@@ -183,18 +189,10 @@ class RobustnessEvaluation(pl.LightningModule):
         self._plot_traces(run, images, adversarial, defended, labels, adv_pred, indices)
         if self.examples_dir is not None and int(indices[0]) == self.first_index:
             k = self.num_examples
-            atomic_torch_save(
-                {
-                    "clean": images[:k].cpu(),
-                    "adversarial": adversarial[:k].cpu(),
-                    "defended": defended[:k].cpu(),
-                    "labels": labels[:k].cpu(),
-                    "clean_pred": clean_pred[:k].cpu(),
-                    "adv_pred": adv_pred[:k].cpu(),
-                    "pred": pred[:k].cpu(),
-                },
-                self.examples_dir / f"{run.id.replace('/', '_')}.pt",
-            )
+            examples = {"clean": images, "adversarial": adversarial, "defended": defended, "labels": labels}
+            examples |= {"clean_pred": clean_pred, "adv_pred": adv_pred, "pred": pred}
+            path = self.examples_dir / f"{run.id.replace('/', '_')}.pt"
+            atomic_torch_save({name: t[:k].cpu() for name, t in examples.items()}, path)
 
     def _plot_traces(self, run: AttackRun, images, adversarial, defended, labels, adv_pred, indices) -> None:
         traces = getattr(self.defense, "last_traces", None)
