@@ -131,8 +131,7 @@ def load_victim_and_data(o: dict[str, Any]):
         victim_path = REPO / victim_path
     classifier = load_classifier(victim_path)
     dm = build_datamodule(o["data"])
-    dm.prepare_data()
-    dm.setup("test")
+    dm.setup("test")  # the test split only: prepare_data would also decode the training split
     dataset = dm.test_dataloader().dataset
     victim_classes = classifier.checkpoint_config.get("num_classes")
     data_classes = getattr(dm, "num_classes", None) or len(getattr(dataset, "classes", []) or []) or None
