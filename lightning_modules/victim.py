@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from common.checkpoint_io import load_state_dict_strict
+from nets import load_classifier
 from nets.registry import build_classifier
 
 
@@ -31,6 +33,8 @@ class VictimClassifier(pl.LightningModule):
         warmup_fraction: share of steps rising to the peak in one-cycle. Default: 0.25.
         label_smoothing: Default: 0.1.
         channels_last: NHWC memory format (faster convolutions on CPU and tensor cores). Default: False.
+        init_checkpoint: start from the weights of this victim checkpoint (fine-tuning, warm
+            restarts); its architecture must match. Default: None.
     """
 
     checkpoint_kind = "victim"
@@ -52,6 +56,7 @@ class VictimClassifier(pl.LightningModule):
         warmup_fraction: float = 0.25,
         label_smoothing: float = 0.1,
         channels_last: bool = False,
+        init_checkpoint: str | None = None,
     ) -> None:
         super().__init__()
         if optimizer not in ("sgd", "adamw"):
@@ -60,6 +65,9 @@ class VictimClassifier(pl.LightningModule):
             raise ValueError(f"unknown scheduler {scheduler!r}; accepted: onecycle, cosine, none")
         self.save_hyperparameters()
         self.model = build_classifier(arch, num_classes, in_channels, image_size, mean, std, pretrained)
+        if init_checkpoint:
+            source = load_classifier(init_checkpoint)
+            load_state_dict_strict(self.model, source.state_dict(), init_checkpoint, f"architecture {arch!r}")
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         top_k = min(5, num_classes)

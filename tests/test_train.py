@@ -99,3 +99,20 @@ def test_unknown_config_is_one_line_on_stderr(tmp_path):
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().startswith("error: config 'nope'")
+
+
+def test_init_checkpoint_starts_from_exported_weights(tmp_path):
+    from common.checkpoint_io import save_checkpoint
+    from common.errors import CheckpointError
+    from lightning_modules import VictimClassifier
+    from nets import build_classifier
+
+    config = {"arch": "resnet20", "num_classes": 10, "in_channels": 3, "image_size": 32, "mean": "cifar10", "std": None}
+    torch.manual_seed(1)
+    source = build_classifier(**config).eval()
+    save_checkpoint(tmp_path / "v.ckpt", "victim", config, source.state_dict())
+    module = VictimClassifier(init_checkpoint=str(tmp_path / "v.ckpt")).eval()
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(module(x), source(x))
+    with pytest.raises(CheckpointError, match="weights do not fit architecture 'resnet32'"):
+        VictimClassifier(arch="resnet32", init_checkpoint=str(tmp_path / "v.ckpt"))
