@@ -16,8 +16,7 @@ $(VENV)/.installed: pyproject.toml
 
 # Without a local copy, torchvision's CIFAR-10 is downloaded into ~/.cache/dipdefense/cifar10.
 demo: install
-	$(PY) evaluate.py --defense none --attacks clean,fgsm,pgd --eps 2,4,8 --num-samples 500 --out runs/demo \
-	  $(if $(DIPDEF_CIFAR10),,--download)
+	$(PY) evaluate.py --defense dip_stitch --out runs/demo $(if $(DIPDEF_CIFAR10),,--download)
 
 test: install
 	$(PY) -m pytest -q tests

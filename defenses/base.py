@@ -19,6 +19,8 @@ class Defense:
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = ""
+    # evaluate.py's sample size when --num-samples is not given.
+    default_num_samples: ClassVar[int] = 1000
 
     def params(self) -> dict[str, Any]:
         return {}

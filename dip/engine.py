@@ -92,6 +92,25 @@ def build_dip_batch(
     return grouped, noise
 
 
+def is_observed(t: int, iterations: int, observe_every: int, observe_tail: int = 0) -> bool:
+    """Whether the observer sees iterate t: every ``observe_every``-th, the last ``observe_tail`` and T-1."""
+    return t % observe_every == 0 or t >= iterations - max(observe_tail, 1)
+
+
+def replay_trace(
+    iterates: torch.Tensor, observer: Observer, images: torch.Tensor, observe_every: int, observe_tail: int = 0
+) -> None:
+    """Feed a recorded trace (every iterate x(t), [T, B, C, H, W]) to an observer on the same
+    schedule ``fit_dip`` would, so selection rules can be studied without refitting."""
+    iterations = len(iterates)
+    for t in range(iterations):
+        if is_observed(t, iterations, observe_every, observe_tail):
+            x = iterates[t].to(images.device, torch.float32)
+            done = observer(t, x, (x - images).pow(2).flatten(1).mean(1))
+            if done is not None and bool(done.all()):
+                return
+
+
 def fit_dip(
     images: torch.Tensor,
     seeds: Sequence[int],
@@ -113,6 +132,8 @@ def fit_dip(
     if settings.optimize_input:
         noise = nn.Parameter(noise)
         params.append(noise)
+    # Not fused=True: the fused CPU kernel rounds vector bodies and tails differently, so a
+    # parameter's update would depend on its tensor's size, i.e. on B (measured: 0.33 apart).
     optimizer = torch.optim.Adam(params, lr=settings.lr)
     last = settings.iterations - 1
     exact = settings.exact_cpu and images.device.type == "cpu"
@@ -121,9 +142,7 @@ def fit_dip(
             optimizer.zero_grad(set_to_none=True)
             out = net(noise)
             per_image = (out - target).pow(2).reshape(b, -1).mean(1)
-            if observer is not None and (
-                t % settings.observe_every == 0 or t >= settings.iterations - max(observe_tail, 1)
-            ):
+            if observer is not None and is_observed(t, settings.iterations, settings.observe_every, observe_tail):
                 done = observer(t, out.detach().reshape(b, c, h, w), per_image.detach())
                 if done is not None and bool(done.all()):
                     break

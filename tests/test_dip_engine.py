@@ -124,3 +124,26 @@ def test_memory_does_not_grow_with_the_number_of_iterations():
 
     short, long = peak_mb(500), peak_mb(2000)
     assert long - short < 10, f"peak resident memory {short:.0f} MB at T=500 but {long:.0f} MB at T=2000"
+
+
+def test_replaying_a_recorded_trace_gives_the_live_rule_result():
+    from dip.engine import replay_trace
+    from dip.stitching import StitchRule, StitchSettings
+
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 32, 32)
+    settings = DIPSettings(iterations=40, observe_every=1)
+    recorded = torch.empty(40, *images.shape)
+
+    def keep(t, x, mse):
+        recorded[t] = x
+
+    fit_dip(images, [1, 2], settings, keep)
+    classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 4))
+    rule_settings = StitchSettings(tau=0.0, t0=0, k=3)
+    live = StitchRule(images, classifier, rule_settings)
+    fit_dip(images, [1, 2], DIPSettings(iterations=40, observe_every=4), live, observe_tail=3)
+    replayed = StitchRule(images, classifier, rule_settings)
+    replay_trace(recorded, replayed, images, observe_every=4, observe_tail=3)
+    assert torch.equal(live.result(), replayed.result())
+    assert torch.equal(live.crossings, replayed.crossings) and live.crossings.sum() > 0
