@@ -63,6 +63,9 @@ class RobustnessEvaluation(pl.LightningModule):
         class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
+        # The attacks and the per-image DIP fits run their own optimisers inside test_step
+        # (the Trainer is built with inference_mode=False): Lightning must not drive any.
+        self.automatic_optimization = False
         self.classifier = classifier.eval().requires_grad_(False)
         self.defense = defense
         self.runs = runs
