@@ -164,7 +164,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     argv = sys.argv[1:] if argv is None else argv
     o = parse_args(argv)
     # Everything is checked before anything is written.
-    defense = build_defense(o["defense"], **o["defense_params"].get(o["defense"], {}))
+    if "+" in o["defense"]:  # DETECTOR+PURIFIER: each part's parameters under its own name
+        parts = o["defense"].split("+")
+        defense = build_defense(o["defense"], **{p: o["defense_params"][p] for p in parts if p in o["defense_params"]})
+    else:
+        defense = build_defense(o["defense"], **o["defense_params"].get(o["defense"], {}))
     if o["num_samples"] is None:
         o["num_samples"] = defense.default_num_samples
     for key, least in (("num_samples", 0), ("batch_size", 1), ("devices", 1), ("save_traces", 0)):
@@ -230,13 +234,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "seed": o["seed"],
         "command": manifest["command"],
     }
-    report.write_results(out, header, rows)
+    detection = report.detection_rows(records, runs)
+    report.write_results(out, header, rows, detection)
     report.plot_accuracy_vs_eps(out, rows, f"{dataset_name}, {victim_path.stem}, defense {o['defense']}")
     report.plot_examples(out, out / "examples", [r.id for r in runs], getattr(dataset, "classes", None))
     print(
         f"\n{dataset_name} / {victim_path.name} / defense {o['defense']} ({len(indices)} images, cache {cache.hits} hits, {cache.misses} misses)"
     )
     print(report.summary_table(rows))
+    if detection:
+        print(report.detection_table(detection))
     print(f"results in {out}/ (results.md, results.json, results.csv, samples.jsonl, *.png)")
     return rows
 

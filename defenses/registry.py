@@ -18,7 +18,10 @@ def register_defense(name: str, factory: Callable[..., Defense]) -> None:
 
 def build_defense(name: str, **params: Any) -> Defense:
     """Build a registered defense; unknown names and parameters are a :class:`UserError`
-    that lists what is accepted."""
+    that lists what is accepted. ``DETECTOR+PURIFIER`` builds the detector-gated pipeline;
+    its ``params`` are keyed by the two names."""
+    if "+" in name:
+        return _build_gated(name, params)
     if name not in DEFENSES:
         raise UserError(f"unknown defense {name!r}; accepted: {', '.join(sorted(DEFENSES))}")
     factory = DEFENSES[name]
@@ -27,6 +30,27 @@ def build_defense(name: str, **params: Any) -> Defense:
     if unknown:
         raise UserError(f"defense {name!r} has no parameter(s) {unknown}; accepted: {accepted or 'none'}")
     return factory(**params)
+
+
+def _build_gated(name: str, params: dict[str, Any]) -> Defense:
+    from defenses.base import Detector, Purifier
+    from defenses.gated import DetectorGatedPurifier
+
+    parts = name.split("+")
+    if len(parts) != 2 or not all(parts):
+        raise UserError(f"defense {name!r}: a gated defense is DETECTOR+PURIFIER, e.g. glow_gate+dip_stitch")
+    unknown = sorted(set(params) - set(parts))
+    if unknown:
+        raise UserError(f"defense {name!r}: parameters are keyed by {parts[0]!r} and {parts[1]!r}, got {unknown}")
+    detector, purifier = (build_defense(part, **params.get(part, {})) for part in parts)
+    if not isinstance(detector, Detector):
+        detectors = sorted(n for n, f in DEFENSES.items() if isinstance(f, type) and issubclass(f, Detector))
+        raise UserError(
+            f"defense {name!r}: {parts[0]!r} is not a detector; detectors: {', '.join(detectors) or 'none'}"
+        )
+    if not isinstance(purifier, Purifier):
+        raise UserError(f"defense {name!r}: {parts[1]!r} is not a purifier")
+    return DetectorGatedPurifier(detector, purifier)
 
 
 register_defense("none", IdentityDefense)

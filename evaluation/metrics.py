@@ -1,5 +1,6 @@
 """Per-image measurements and their aggregation (torchmetrics)."""
 
+import math
 from typing import Any
 
 import torch
@@ -18,14 +19,28 @@ def perturbation_norms(adversarial: torch.Tensor, clean: torch.Tensor) -> tuple[
     return delta.norm(dim=1), delta.abs().amax(dim=1)
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95% for z = 1.96): how far an
+    accuracy measured on n sampled images may be from the accuracy on the whole set."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
 def summarise(records: list[dict[str, Any]], num_classes: int) -> dict[str, Any]:
     """One results row from the records of one attack run."""
     preds = torch.tensor([r["pred"] for r in records])
     labels = torch.tensor([r["label"] for r in records])
     seconds = sum(r["seconds"] for r in records)
+    low, high = wilson_interval(int((preds == labels).sum()), len(records))
     return {
         "n": len(records),
         "accuracy": float(accuracy(preds, labels, task="multiclass", num_classes=num_classes, average="micro")),
+        "accuracy_ci95_low": low,
+        "accuracy_ci95_high": high,
         "top5": sum(bool(r["top5"]) for r in records) / len(records),
         "ssim": sum(r["ssim"] for r in records) / len(records),
         "mean_l2": sum(r["l2"] for r in records) / len(records),
@@ -34,4 +49,8 @@ def summarise(records: list[dict[str, Any]], num_classes: int) -> dict[str, Any]
         / max(1, sum(r["clean_pred"] == r["label"] for r in records)),
         "seconds": seconds,
         "images_per_s": len(records) / seconds if seconds > 0 else None,
+        # Detectors and detector-gated defenses: the share flagged (= purifier runs paid for).
+        "flagged_share": sum(bool(r["flagged"]) for r in records) / len(records)
+        if all("flagged" in r for r in records)
+        else None,
     }

@@ -18,11 +18,14 @@ COLUMNS = [
     "eps",
     "n",
     "accuracy",
+    "accuracy_ci95_low",
+    "accuracy_ci95_high",
     "top5",
     "ssim",
     "mean_l2",
     "mean_linf",
     "attack_success",
+    "flagged_share",
     "seconds",
     "images_per_s",
 ]
@@ -38,6 +41,52 @@ def build_rows(records: list[dict[str, Any]], runs: list[AttackRun], num_classes
             row = {"attack": run.name, "variant": run.inline, "eps": run.eps}
             rows.append(row | summarise(by_run[run.id], num_classes))
     return rows
+
+
+def detection_rows(records: list[dict[str, Any]], runs: list[AttackRun]) -> list[dict[str, Any]]:
+    """Detector figures per attack on the balanced set {clean image: 0, its attacked version: 1}
+    (paper 003, Table 4): accuracy at the detector's threshold, ROC-AUC, TPR and FPR.
+    Needs records with a ``score`` and ``flagged`` (detectors and detector-gated defenses)
+    and the ``clean`` run."""
+    from torchmetrics.functional.classification import binary_auroc
+
+    clean = {r["index"]: r for r in records if r["attack"] == CLEAN and "score" in r}
+    rows = []
+    for run in runs:
+        if run.id == CLEAN:
+            continue
+        attacked = [r for r in records if r["attack"] == run.id and "score" in r and r["index"] in clean]
+        if not attacked:
+            continue
+        negatives = [clean[r["index"]] for r in attacked]
+        scores = torch.tensor([r["score"] for r in negatives + attacked])
+        truth = torch.tensor([0] * len(negatives) + [1] * len(attacked))
+        flagged = torch.tensor([bool(r["flagged"]) for r in negatives + attacked])
+        tpr = flagged[truth == 1].float().mean().item()
+        fpr = flagged[truth == 0].float().mean().item()
+        rows.append(
+            {
+                "attack": run.name,
+                "variant": run.inline,
+                "eps": run.eps,
+                "n_pairs": len(attacked),
+                "detection_accuracy": (flagged == truth.bool()).float().mean().item(),
+                "roc_auc": binary_auroc(scores, truth).item(),
+                "tpr": tpr,
+                "fpr": fpr,
+            }
+        )
+    return rows
+
+
+def detection_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| attack | eps (/255) | pairs | detection accuracy | ROC-AUC | TPR | FPR |", "|" + " --- |" * 7]
+    for r in rows:
+        lines.append(
+            f"| {display_name(r)} | {_eps_label(r['eps']) or '-'} | {r['n_pairs']} | {100 * r['detection_accuracy']:.1f}% | "
+            f"{r['roc_auc']:.3f} | {100 * r['tpr']:.1f}% | {100 * r['fpr']:.1f}% |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def display_name(row: dict[str, Any]) -> str:
@@ -73,20 +122,24 @@ def paper_table(rows: list[dict[str, Any]], metric: str, defense: str, percent: 
 
 
 def detail_table(rows: list[dict[str, Any]]) -> str:
-    head = "| attack | eps (/255) | n | accuracy | top-5 | SSIM | mean L2 | mean Linf | attack success | s/image | images/s |"
-    lines = [head, "|" + " --- |" * 11]
+    head = "| attack | eps (/255) | n | accuracy | 95% CI | top-5 | SSIM | mean L2 | mean Linf | attack success | s/image | images/s |"
+    lines = [head, "|" + " --- |" * 12]
     for r in rows:
         ips = f"{r['images_per_s']:.1f}" if r["images_per_s"] else "-"
         lines.append(
             f"| {display_name(r)} | {_eps_label(r['eps']) or '-'} | {r['n']} | {100 * r['accuracy']:.1f}% | "
+            f"{100 * r.get('accuracy_ci95_low', 0):.1f}-{100 * r.get('accuracy_ci95_high', 1):.1f}% | "
             f"{100 * r['top5']:.1f}% | {r['ssim']:.3f} | {r['mean_l2']:.3f} | {r['mean_linf'] * 255:.2f}/255 | "
             f"{100 * r['attack_success']:.1f}% | {r['seconds'] / r['n']:.4f} | {ips} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def write_results(out: Path, header: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    atomic_write_text(out / "results.json", json.dumps({**header, "rows": rows}, indent=2) + "\n")
+def write_results(
+    out: Path, header: dict[str, Any], rows: list[dict[str, Any]], detection: list[dict[str, Any]] | None = None
+) -> None:
+    extra = {"detection": detection} if detection else {}
+    atomic_write_text(out / "results.json", json.dumps({**header, "rows": rows, **extra}, indent=2) + "\n")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
@@ -103,6 +156,9 @@ def write_results(out: Path, header: dict[str, Any], rows: list[dict[str, Any]])
         "## All figures\n",
         detail_table(rows),
     ]
+    if detection:
+        md += ["## Detection (balanced: each clean image and its attacked version), as paper 003 Table 4\n"]
+        md.append(detection_table(detection))
     atomic_write_text(out / "results.md", "\n".join(md))
 
 

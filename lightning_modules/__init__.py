@@ -1,5 +1,7 @@
 """LightningModules: thin glue between the pure-torch pieces and Lightning's Trainer."""
 
+from lightning_modules.autoencoder import AutoencoderPurifier
+from lightning_modules.glow import GlowDensity
 from lightning_modules.victim import VictimClassifier
 
-__all__ = ["VictimClassifier"]
+__all__ = ["AutoencoderPurifier", "GlowDensity", "VictimClassifier"]

@@ -1,7 +1,8 @@
-"""Load a victim classifier from a checkpoint, as a plain ``nn.Module`` in eval mode."""
+"""Load networks from checkpoints, as plain ``nn.Module``s in eval mode."""
 
 import inspect
 import os
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -36,3 +37,45 @@ def load_classifier(path: str | os.PathLike, map_location: str | torch.device = 
     model.checkpoint_config = dict(ckpt["config"])
     model.checkpoint_metrics = dict(ckpt["metrics"])
     return model.to(map_location).eval()
+
+
+def load_network(
+    path: str | os.PathLike,
+    kind: str,
+    builder: Callable[..., nn.Module],
+    map_location: str | torch.device = "cpu",
+    lightning_prefix: str = "net.",
+) -> nn.Module:
+    """Build ``builder(**config)`` from a checkpoint of ``kind`` (train.py's export, or a
+    Lightning ``.ckpt`` whose module keeps the network as ``lightning_prefix``) and load it."""
+    ckpt = load_checkpoint(path, kind=kind)
+    accepted = set(inspect.signature(builder).parameters)
+    config = {k: v for k, v in ckpt["config"].items() if k in accepted}
+    try:
+        model = builder(**config)
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{path}: cannot build the {kind} it describes: {err}") from None
+    state = ckpt["state_dict"]
+    if ckpt.get("lightning"):
+        state = {k.removeprefix(lightning_prefix): v for k, v in state.items() if k.startswith(lightning_prefix)}
+    load_state_dict_strict(model, state, path, f"the {kind} ({config})")
+    model.checkpoint_config = dict(ckpt["config"])
+    model.checkpoint_metrics = dict(ckpt["metrics"])
+    return model.to(map_location).eval()
+
+
+def load_autoencoder(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """The autoencoder purifier (``nets.autoencoder.ConvAutoencoder``) of a checkpoint."""
+    from nets.autoencoder import ConvAutoencoder
+
+    return load_network(path, "autoencoder", ConvAutoencoder, map_location)
+
+
+def load_glow(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """The Glow (``nets.glow.build_glow``) of a checkpoint."""
+    from nets.glow import build_glow
+
+    def builder(input_shape=(3, 32, 32), levels=3, steps=8, hidden_channels=128) -> nn.Module:
+        return build_glow(tuple(input_shape), levels, steps, hidden_channels)
+
+    return load_network(path, "glow", builder, map_location)

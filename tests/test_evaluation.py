@@ -11,6 +11,7 @@ from skimage.metrics import structural_similarity
 import evaluate
 from common.checkpoint_io import save_checkpoint
 from common.errors import UserError
+from defenses import DEFENSES, Detector, Purifier, build_defense, register_defense
 from evaluation.adversarial_cache import AdversarialCache
 from evaluation.attack_specs import expand_attacks, parse_eps
 from evaluation.chunks import ChunkDataset, sample_indices
@@ -58,6 +59,15 @@ def test_ssim_matches_skimage():
         )  # fmt: skip
         assert abs(float(ours[i]) - reference) < 2e-3
     assert torch.allclose(per_image_ssim(clean, clean), torch.ones(3))
+
+
+def test_wilson_interval_known_values():
+    from evaluation.metrics import wilson_interval
+
+    low, high = wilson_interval(8, 10)
+    assert abs(low - 0.4902) < 1e-4 and abs(high - 0.9433) < 1e-4
+    assert wilson_interval(0, 20)[0] == 0.0 and wilson_interval(20, 20)[1] == 1.0
+    assert wilson_interval(0, 0) == (0.0, 1.0)
 
 
 def test_eps_parsing_and_attack_expansion():
@@ -242,3 +252,70 @@ def test_dip_defense_runs_in_the_harness_and_saves_decision_traces(tiny_victim, 
         assert sorted(p.stem for p in (out / "traces" / run_id).glob("*.png")) == sorted(map(str, first_two))
     with pytest.raises(UserError, match="--save-traces needs a DIP defense"):
         _run(tmp_path / "none", tiny_victim, cifar_batches_dir, "--save-traces", "1")
+
+
+def test_detection_rows_on_a_known_case():
+    from evaluation.attack_specs import AttackRun
+    from evaluation.report import detection_rows
+
+    def rec(index, attack, score):
+        return {"index": index, "attack": attack, "score": score, "flagged": score >= 0.5}
+
+    records = [rec(i, "clean", s) for i, s in enumerate([0.1, 0.2, 0.6])]
+    records += [rec(i, "pgd@8/255", s) for i, s in enumerate([0.7, 0.4, 0.9])]
+    runs = expand_attacks("clean,pgd", [8 / 255])
+    assert [r.id for r in runs] == ["clean", "pgd@8/255"] and isinstance(runs[0], AttackRun)
+    (row,) = detection_rows(records, runs)
+    assert row["n_pairs"] == 3 and abs(row["roc_auc"] - 8 / 9) < 1e-6
+    assert abs(row["tpr"] - 2 / 3) < 1e-6 and abs(row["fpr"] - 1 / 3) < 1e-6
+    assert abs(row["detection_accuracy"] - 4 / 6) < 1e-6
+    assert detection_rows([r for r in records if r["attack"] != "clean"], runs) == []
+
+
+class _BrightnessGate(Detector):
+    """Flags images brighter than 0.5 on average (score = mean intensity)."""
+
+    name = "test_brightness_gate"
+
+    def score(self, images):
+        return images.mean(dim=(1, 2, 3))
+
+
+class _Blackout(Purifier):
+    name = "test_blackout"
+
+    def purify(self, images, classifier, indices, labels=None):
+        self.last_details = [{"purified_index": int(i)} for i in indices]
+        return torch.zeros_like(images)
+
+
+for _cls in (_BrightnessGate, _Blackout):
+    if _cls.name not in DEFENSES:
+        register_defense(_cls.name, _cls)
+
+
+def test_detector_gated_purifier_purifies_only_flagged_images():
+    gated = build_defense("test_brightness_gate+test_blackout")
+    images = torch.cat([torch.full((2, 3, 4, 4), 0.9), torch.full((2, 3, 4, 4), 0.1)])[[0, 2, 1, 3]]
+    out = gated.purify(images, torch.nn.Identity(), torch.tensor([10, 11, 12, 13]))
+    assert torch.equal(out[[0, 2]], torch.zeros(2, 3, 4, 4)) and torch.equal(out[[1, 3]], images[[1, 3]])
+    assert [d["flagged"] for d in gated.last_details] == [True, False, True, False]
+    assert gated.last_details[2]["purified_index"] == 12 and "purified_index" not in gated.last_details[1]
+    with pytest.raises(UserError, match="'none' is not a detector"):
+        build_defense("none+test_blackout")
+    with pytest.raises(UserError, match="DETECTOR\\+PURIFIER"):
+        build_defense("a+b+c")
+    with pytest.raises(UserError, match="keyed by"):
+        build_defense("test_brightness_gate+test_blackout", tau=1)
+
+
+def test_gated_run_reports_detection_and_the_flagged_share(tiny_victim, cifar_batches_dir, tmp_path):
+    rows = _run(
+        tmp_path / "g", tiny_victim, cifar_batches_dir,
+        "--defense", "test_brightness_gate+none", "--attacks", "clean,fgsm", "--eps", "8", "--num-samples", "16",
+    )  # fmt: skip
+    result = json.loads((tmp_path / "g" / "results.json").read_text())
+    assert all(r["flagged_share"] is not None for r in rows)
+    (detection,) = result["detection"]
+    assert detection["attack"] == "fgsm" and detection["n_pairs"] == 16 and 0 <= detection["roc_auc"] <= 1
+    assert "Detection" in (tmp_path / "g" / "results.md").read_text()
