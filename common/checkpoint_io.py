@@ -90,3 +90,13 @@ def load_state_dict_strict(
         first = str(err).splitlines()
         detail = " ".join(line.strip() for line in first[:3])[:300]
         raise CheckpointError(f"{path}: weights do not fit {what}: {detail}") from None
+
+
+def resolve_repo_path(path: str | os.PathLike) -> Path:
+    """A path as given, or relative to the repository when only that exists (the shipped
+    checkpoints, whatever the working directory)."""
+    given = Path(path).expanduser()
+    repo = Path(__file__).resolve().parents[1]
+    if given.is_absolute() or given.exists() or not (repo / given).exists():
+        return given
+    return repo / given

@@ -1,23 +1,13 @@
-"""Learned purifiers: networks trained once, applied in one forward pass."""
+"""Learned defenses: networks trained once, applied in one forward pass."""
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from defenses.base import Purifier
+from common.checkpoint_io import resolve_repo_path
+from defenses.base import Detector, Purifier
 from defenses.registry import register_defense
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def resolve_checkpoint(path: str) -> Path:
-    """A checkpoint path as given, or relative to the repository (where the shipped ones are)."""
-    given = Path(path).expanduser()
-    if given.is_absolute() or given.exists() or not (REPO / given).exists():
-        return given
-    return REPO / given
 
 
 class AutoencoderDefense(Purifier):
@@ -33,7 +23,7 @@ class AutoencoderDefense(Purifier):
     def __init__(self, checkpoint: str = "checkpoints/autoencoder_cifar.ckpt") -> None:
         from nets import load_autoencoder
 
-        self.checkpoint = resolve_checkpoint(checkpoint)
+        self.checkpoint = resolve_repo_path(checkpoint)
         self.net = load_autoencoder(self.checkpoint)
 
     def params(self) -> dict[str, Any]:
@@ -51,4 +41,38 @@ class AutoencoderDefense(Purifier):
         return self.net(images).clamp(0, 1)
 
 
+class GlowGate(Detector):
+    """``glow_gate``: Xiong (paper 003, Sec. 5.2, Table 4): the probability, from a 5-layer MLP
+    on a frozen Glow's latents, that an image is adversarial; it is flagged at ``threshold``.
+    Alone it reports detection figures; as ``glow_gate+PURIFIER`` it gates a purifier.
+
+    Arguments: checkpoint "checkpoints/glow_detector_cifar.ckpt" (``train.py --config
+    glow_detector_cifar.yaml --export ...``), threshold 0.5.
+    """
+
+    name = "glow_gate"
+
+    def __init__(self, checkpoint: str = "checkpoints/glow_detector_cifar.ckpt", threshold: float = 0.5) -> None:
+        from nets import load_glow_detector
+
+        if not 0 <= threshold <= 1:
+            raise ValueError(f"threshold is a probability in [0, 1], got {threshold}")
+        self.checkpoint = resolve_repo_path(checkpoint)
+        self.net = load_glow_detector(self.checkpoint)
+        self.threshold = threshold
+
+    def params(self) -> dict[str, Any]:
+        return {"checkpoint": str(self.checkpoint), "threshold": self.threshold, **self.net.checkpoint_config}
+
+    def to(self, device: torch.device | str) -> "GlowGate":
+        self.net = self.net.to(device)
+        return self
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor) -> torch.Tensor:
+        self.net = self.net.to(images.device)
+        return self.net(images).float().sigmoid()
+
+
 register_defense(AutoencoderDefense.name, AutoencoderDefense)
+register_defense(GlowGate.name, GlowGate)

@@ -69,3 +69,37 @@ class AdversarialCache:
         images = create()
         self.store(key, images)
         return images
+
+
+def cached_attack(
+    cache: AdversarialCache,
+    cache_key: dict[str, Any],
+    attack: Any,
+    attack_name: str,
+    eps: float | None,
+    classifier: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: torch.Tensor,
+    seed: int,
+) -> torch.Tensor:
+    """The adversarial version of one chunk, from the cache or made and stored. The attack's
+    randomness is seeded by (seed, first index of the chunk), so a chunk's adversarial
+    examples do not depend on which process or run makes them. ``cache_key`` names the
+    victim (its SHA-256) and the data set."""
+    chunk_seed = seed * 1_000_003 + int(indices[0])
+    key = {
+        **cache_key,
+        "attack": attack_name,
+        "eps": eps,
+        "params": attack.params(),
+        "indices": indices.tolist(),
+        "seed": chunk_seed,
+    }
+
+    def create() -> torch.Tensor:
+        with torch.random.fork_rng(devices=[images.device] if images.device.type == "cuda" else []):
+            torch.manual_seed(chunk_seed)
+            return attack(classifier, images, labels)
+
+    return cache.get_or_create(key, create).to(images.device)

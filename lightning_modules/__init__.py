@@ -1,7 +1,7 @@
 """LightningModules: thin glue between the pure-torch pieces and Lightning's Trainer."""
 
 from lightning_modules.autoencoder import AutoencoderPurifier
-from lightning_modules.glow import GlowDensity
+from lightning_modules.glow import GlowDensity, GlowDetector
 from lightning_modules.victim import VictimClassifier
 
-__all__ = ["AutoencoderPurifier", "GlowDensity", "VictimClassifier"]
+__all__ = ["AutoencoderPurifier", "GlowDensity", "GlowDetector", "VictimClassifier"]

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from common.atomic_files import atomic_torch_save
 from defenses.base import Defense, Detector
 from dip.diagnostics import plot_trace
-from evaluation.adversarial_cache import AdversarialCache
+from evaluation.adversarial_cache import AdversarialCache, cached_attack
 from evaluation.attack_specs import CLEAN, AttackRun
 from evaluation.chunks import ChunkDataset
 from evaluation.metrics import per_image_ssim, perturbation_norms
@@ -106,23 +106,18 @@ class RobustnessEvaluation(pl.LightningModule):
     ) -> torch.Tensor:
         if run.name == CLEAN:
             return images
-        attack = run.build()
-        chunk_seed = self.seed * 1_000_003 + int(indices[0])
-        key = {
-            **self.cache_key,
-            "attack": run.name,
-            "eps": run.eps,
-            "params": attack.params(),
-            "indices": indices.tolist(),
-            "seed": chunk_seed,
-        }
-
-        def create() -> torch.Tensor:
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                torch.manual_seed(chunk_seed)
-                return attack(self.classifier, images, labels)
-
-        return self.cache.get_or_create(key, create).to(self.device)
+        return cached_attack(
+            self.cache,
+            self.cache_key,
+            run.build(),
+            run.name,
+            run.eps,
+            self.classifier,
+            images,
+            labels,
+            indices,
+            self.seed,
+        )
 
     @torch.no_grad()
     def _classify(self, images: torch.Tensor) -> torch.Tensor:

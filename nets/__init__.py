@@ -1,6 +1,14 @@
 """Classifier network builders (pure torch, no Lightning)."""
 
-from nets.loading import load_autoencoder, load_classifier, load_glow, load_network
+from nets.loading import load_autoencoder, load_classifier, load_glow, load_glow_detector, load_network
 from nets.registry import ARCHITECTURES, build_classifier
 
-__all__ = ["ARCHITECTURES", "build_classifier", "load_autoencoder", "load_classifier", "load_glow", "load_network"]
+__all__ = [
+    "ARCHITECTURES",
+    "build_classifier",
+    "load_autoencoder",
+    "load_classifier",
+    "load_glow",
+    "load_glow_detector",
+    "load_network",
+]

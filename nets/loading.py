@@ -79,3 +79,10 @@ def load_glow(path: str | os.PathLike, map_location: str | torch.device = "cpu")
         return build_glow(tuple(input_shape), levels, steps, hidden_channels)
 
     return load_network(path, "glow", builder, map_location)
+
+
+def load_glow_detector(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """The Glow-latent detector (``nets.glow_detector.GlowLatentDetector``) of a checkpoint."""
+    from nets.glow_detector import GlowLatentDetector
+
+    return load_network(path, "glow_detector", GlowLatentDetector, map_location)

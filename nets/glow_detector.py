@@ -1,0 +1,41 @@
+"""The Glow-latent adversarial detector of Xiong (paper 003, Sec. 5.2, Fig. 5): a frozen Glow
+maps the image to its latents (all levels, flattened), and a 5-layer fully connected network
+scores clean (0) against adversarial (1)."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from nets.glow import build_glow, glow_latents
+
+
+class GlowLatentDetector(nn.Module):
+    """Arguments:
+    glow: ``nets.glow.build_glow`` arguments. Default: {} (its defaults).
+    hidden: widths of the four hidden layers (five linear layers in all). Default: (1024, 512, 256, 64).
+    """
+
+    def __init__(self, glow: dict[str, Any] | None = None, hidden: Sequence[int] = (1024, 512, 256, 64)) -> None:
+        super().__init__()
+        glow = dict(glow or {})
+        if "input_shape" in glow:
+            glow["input_shape"] = tuple(glow["input_shape"])
+        self.glow = build_glow(**glow)
+        dims = 1
+        for d in glow.get("input_shape", (3, 32, 32)):
+            dims *= d
+        widths = [dims, *hidden]
+        layers: list[nn.Module] = []
+        for a, b in zip(widths[:-1], widths[1:], strict=True):
+            layers += [nn.Linear(a, b), nn.ReLU(inplace=True)]
+        self.mlp = nn.Sequential(*layers, nn.Linear(widths[-1], 1))
+
+    def latents(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return glow_latents(self.glow, images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits, [B]: positive means adversarial."""
+        return self.mlp(self.latents(images)).squeeze(1)
