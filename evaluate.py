@@ -9,6 +9,7 @@ the same ``--out`` resumes; then results.json/csv/md and PNG plots are written.
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "batch_size": 100,
     "devices": 1,
+    "num_nodes": None,  # None: $SLURM_NNODES under SLURM, else 1
     "accelerator": "auto",
     "out": None,
     "cache_dir": None,
@@ -57,6 +59,9 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     )
     p.add_argument("--seed", type=int, help="seed of the sample and of the attacks (default: 0)")
     p.add_argument("--devices", type=int, help="devices (GPUs or CPU processes); >1 runs DDP (default: 1)")
+    p.add_argument(
+        "--num-nodes", type=int, help="nodes of a multi-node run (default: $SLURM_NNODES under SLURM, else 1)"
+    )
     p.add_argument("--accelerator", help="auto, cpu, gpu (default: auto)")
     p.add_argument(
         "--batch-size", type=int, help="images per chunk: one attack batch, one defense batch (default: 100)"
@@ -171,7 +176,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         defense = build_defense(o["defense"], **o["defense_params"].get(o["defense"], {}))
     if o["num_samples"] is None:
         o["num_samples"] = defense.default_num_samples
-    for key, least in (("num_samples", 0), ("batch_size", 1), ("devices", 1), ("save_traces", 0)):
+    if o["num_nodes"] is None:
+        o["num_nodes"] = int(os.environ.get("SLURM_NNODES", "1"))
+    for key, least in (("num_samples", 0), ("batch_size", 1), ("devices", 1), ("num_nodes", 1), ("save_traces", 0)):
         if not isinstance(o[key], int) or o[key] < least:
             raise UserError(f"--{key.replace('_', '-')} must be an integer >= {least}, got {o[key]!r}")
     runs = expand_attacks(o["attacks"], parse_eps(o["eps"]), o["attack_params"])
@@ -212,7 +219,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     trainer = pl.Trainer(
         accelerator=o["accelerator"],
         devices=o["devices"],
-        strategy="ddp" if o["devices"] > 1 else "auto",
+        num_nodes=o["num_nodes"],
+        strategy="ddp" if o["devices"] * o["num_nodes"] > 1 else "auto",
         inference_mode=False,
         use_distributed_sampler=False,
         logger=False,

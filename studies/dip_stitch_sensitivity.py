@@ -75,7 +75,9 @@ def evaluate_setting(
     traces: torch.Tensor, inputs: torch.Tensor, clean: torch.Tensor, labels: torch.Tensor, classifier, knobs: dict
 ) -> dict[str, Any]:
     knobs = {**PAPER, **knobs}
-    rule_settings = StitchSettings(tau=knobs["tau"], t0=knobs["t0"], k=knobs["k"], beta=knobs["beta"])
+    rule_settings = StitchSettings(
+        tau=knobs["tau"], t0=knobs["t0"], k=knobs["k"], beta=knobs["beta"], search=knobs.get("search", "grid")
+    )
     outputs, crossings = [], []
     for start in range(0, inputs.shape[0], 32):
         part = slice(start, start + 32)
@@ -180,6 +182,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--victim", default=str(REPO / "checkpoints" / "victim_cifar_resnet20.ckpt"))
     p.add_argument("--out", default=str(REPO / "studies" / "dip_stitch_sensitivity"))
+    p.add_argument(
+        "--settings",
+        type=json.loads,
+        default=None,
+        help='JSON list of changes to run instead of the built-in sweep, e.g. \'[{"search": "bisection"}]\'',
+    )
     args = p.parse_args()
     started = time.time()
     torch.manual_seed(args.seed)
@@ -212,7 +220,7 @@ def main() -> None:
         },
         "sweep": [],
     }
-    for knobs in SWEEP:
+    for knobs in args.settings if args.settings is not None else SWEEP:
         row = {"change": knobs}
         for kind, x in inputs.items():
             row[kind] = evaluate_setting(traces[kind], x, clean, labels, classifier, knobs)

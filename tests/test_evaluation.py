@@ -213,13 +213,20 @@ def test_bad_input_gives_one_error_and_writes_nothing(extra, message, tiny_victi
     assert not out.exists()
 
 
-def test_ddp_on_two_cpu_processes_counts_every_image_once(tiny_victim, cifar_batches_dir, tmp_path):
-    out = tmp_path / "ddp"
-    cmd = [
-        sys.executable, str(REPO / "evaluate.py"), "--victim", str(tiny_victim), "--data-dir", str(cifar_batches_dir),
-        "--out", str(out), "--attacks", "clean,fgsm", "--eps", "4", "--num-samples", "7", "--batch-size", "2",
-        "--devices", "2", "--accelerator", "cpu",
+def test_ddp_on_two_cpu_processes_runs_dip_on_disjoint_shards_like_one_process(
+    tiny_victim, cifar_batches_dir, tmp_path
+):
+    config = tmp_path / "dip.yaml"
+    config.write_text(
+        "defense: dip_stitch\n"
+        "defense_params: {dip_stitch: {network: small, iterations: 20, observe_every: 2, t0: 0, tau: 0.0, dip_batch: 2}}\n"
+    )
+    common = [
+        "--config", str(config), "--victim", str(tiny_victim), "--data-dir", str(cifar_batches_dir),
+        "--attacks", "clean,fgsm", "--eps", "4", "--num-samples", "7", "--batch-size", "2", "--accelerator", "cpu",
     ]  # fmt: skip
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, str(REPO / "evaluate.py"), *common, "--out", str(out), "--devices", "2"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     records = read_records(out / "samples.jsonl")
@@ -227,11 +234,11 @@ def test_ddp_on_two_cpu_processes_counts_every_image_once(tiny_victim, cifar_bat
     assert sorted({r["index"] for r in records}) == sorted(sample_indices(30, 7, 0))
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["n"] for r in rows] == [7, 7]
-    single = evaluate.main(
-        ["--victim", str(tiny_victim), "--data-dir", str(cifar_batches_dir), "--out", str(tmp_path / "one"),
-         "--attacks", "clean,fgsm", "--eps", "4", "--num-samples", "7", "--batch-size", "2", "--accelerator", "cpu"]
-    )  # fmt: skip
+    single = evaluate.main([*common, "--out", str(tmp_path / "one")])
     assert _comparable(single) == _comparable(rows)
+    per_image = {key: (r["pred"], r["crossings"], round(r["ssim"], 6)) for key, r in unique_records(records).items()}
+    one = unique_records(read_records(tmp_path / "one" / "samples.jsonl"))
+    assert per_image == {key: (r["pred"], r["crossings"], round(r["ssim"], 6)) for key, r in one.items()}
     assert np.isfinite([r["ssim"] for r in rows]).all()
 
 
