@@ -29,6 +29,28 @@ def isolated_cache(tmp_path_factory, monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
+TINY_VICTIM_CONFIG = {
+    "arch": "small_cnn",
+    "num_classes": 10,
+    "in_channels": 3,
+    "image_size": 32,
+    "mean": "cifar10",
+    "std": None,
+}
+
+
+@pytest.fixture
+def tiny_victim(tmp_path) -> Path:
+    """An untrained small CNN victim checkpoint (seeded), quick to attack."""
+    from common.checkpoint_io import save_checkpoint
+    from nets import build_classifier
+
+    torch.manual_seed(0)
+    path = tmp_path / "tiny_victim.ckpt"
+    save_checkpoint(path, "victim", TINY_VICTIM_CONFIG, build_classifier(**TINY_VICTIM_CONFIG).state_dict())
+    return path
+
+
 def random_images(n: int, shape=(3, 32, 32), seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(n, *shape), dtype=np.uint8)
 

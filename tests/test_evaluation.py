@@ -18,24 +18,7 @@ from evaluation.chunks import ChunkDataset, sample_indices
 from evaluation.metrics import per_image_ssim
 from evaluation.sample_log import SampleLog, read_records, unique_records
 from nets import build_classifier
-from tests.conftest import REPO
-
-VICTIM_CONFIG = {
-    "arch": "small_cnn",
-    "num_classes": 10,
-    "in_channels": 3,
-    "image_size": 32,
-    "mean": "cifar10",
-    "std": None,
-}
-
-
-@pytest.fixture
-def tiny_victim(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "tiny_victim.ckpt"
-    save_checkpoint(path, "victim", VICTIM_CONFIG, build_classifier(**VICTIM_CONFIG).state_dict())
-    return path
+from tests.conftest import REPO, TINY_VICTIM_CONFIG
 
 
 def _run(out, victim, data_dir, *extra):
@@ -203,7 +186,7 @@ def test_bad_input_gives_one_error_and_writes_nothing(extra, message, tiny_victi
         (tmp_path / "garbage.ckpt").write_bytes(b"nope")
         extra = ["--victim", str(tmp_path / "garbage.ckpt")]
     if "VICTIM_5_CLASSES" in extra:
-        config = {**VICTIM_CONFIG, "num_classes": 5}
+        config = {**TINY_VICTIM_CONFIG, "num_classes": 5}
         save_checkpoint(tmp_path / "five.ckpt", "victim", config, build_classifier(**config).state_dict())
         extra = ["--victim", str(tmp_path / "five.ckpt")]
     out = tmp_path / "out"

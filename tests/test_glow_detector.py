@@ -6,20 +6,9 @@ import yaml
 
 import evaluate
 import train
-from common.checkpoint_io import save_checkpoint
 from datamodules import AdversarialDetectionDataModule
 from defenses import build_defense
-from nets import build_classifier, load_glow_detector
-
-VICTIM = {"arch": "small_cnn", "num_classes": 10, "in_channels": 3, "image_size": 32, "mean": "cifar10", "std": None}
-
-
-@pytest.fixture
-def tiny_victim(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "victim.ckpt"
-    save_checkpoint(path, "victim", VICTIM, build_classifier(**VICTIM).state_dict())
-    return path
+from nets import load_glow_detector
 
 
 @pytest.fixture
