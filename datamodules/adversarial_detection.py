@@ -16,6 +16,7 @@ from datamodules.cifar10 import CIFAR10DataModule
 from datamodules.data_paths import cache_root
 from evaluation.adversarial_cache import AdversarialCache, cached_attack, file_sha256
 from evaluation.attack_specs import expand_attacks, parse_eps
+from nets.loading import load_classifier
 
 
 class AdversarialDetectionDataModule(pl.LightningDataModule):
@@ -87,8 +88,6 @@ class AdversarialDetectionDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.sets:
             return
-        from nets import load_classifier
-
         classifier = load_classifier(self.victim)
         key = {"victim": file_sha256(self.victim), "dataset": "CIFAR10", "split": "train"}
         self.source.setup("fit")

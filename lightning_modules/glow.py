@@ -10,7 +10,10 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
+from common.checkpoint_io import resolve_repo_path
 from nets.glow import bin_centres, bits_per_dim, build_glow, dequantize
+from nets.glow_detector import GlowLatentDetector
+from nets.loading import load_glow
 
 
 class GlowDensity(pl.LightningModule):
@@ -83,7 +86,7 @@ class GlowDetector(pl.LightningModule):
 
     Arguments:
         glow_checkpoint: a GlowDensity export. Default: "checkpoints/glow_cifar.ckpt".
-        hidden: the MLP's four hidden widths. Default: (1024, 512, 256, 64).
+        hidden: the MLP's four hidden widths. Default: (512, 256, 128, 64).
         lr: Adam learning rate. Default: 1e-3.
         weight_decay: Default: 1e-4.
     """
@@ -93,16 +96,12 @@ class GlowDetector(pl.LightningModule):
     def __init__(
         self,
         glow_checkpoint: str = "checkpoints/glow_cifar.ckpt",
-        hidden: Sequence[int] = (1024, 512, 256, 64),
+        hidden: Sequence[int] = (512, 256, 128, 64),
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        from common.checkpoint_io import resolve_repo_path
-        from nets import load_glow
-        from nets.glow_detector import GlowLatentDetector
-
         glow = load_glow(resolve_repo_path(glow_checkpoint))
         self.glow_config = dict(glow.checkpoint_config)
         self.net = GlowLatentDetector(self.glow_config, hidden)

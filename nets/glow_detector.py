@@ -14,10 +14,10 @@ from nets.glow import build_glow, glow_latents
 class GlowLatentDetector(nn.Module):
     """Arguments:
     glow: ``nets.glow.build_glow`` arguments. Default: {} (its defaults).
-    hidden: widths of the four hidden layers (five linear layers in all). Default: (1024, 512, 256, 64).
+    hidden: widths of the four hidden layers (five linear layers in all). Default: (512, 256, 128, 64).
     """
 
-    def __init__(self, glow: dict[str, Any] | None = None, hidden: Sequence[int] = (1024, 512, 256, 64)) -> None:
+    def __init__(self, glow: dict[str, Any] | None = None, hidden: Sequence[int] = (512, 256, 128, 64)) -> None:
         super().__init__()
         glow = dict(glow or {})
         if "input_shape" in glow:
