@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from common.checkpoint_io import resolve_repo_path
-from nets.glow import bin_centres, bits_per_dim, build_glow, dequantize
+from nets.glow import bits_per_dim, build_glow, dequantize
 from nets.glow_detector import GlowLatentDetector
 from nets.loading import load_glow
 
@@ -53,11 +53,17 @@ class GlowDensity(pl.LightningModule):
         self.log("train/bpd", bpd, prog_bar=True)
         return bpd
 
+    def _held_out_bpd(self, images: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        # The standard estimate (uniform dequantisation), with noise fixed per batch so that
+        # epochs and runs compare.
+        generator = torch.Generator(images.device).manual_seed(batch_idx)
+        return self._bpd(dequantize(images.float(), generator))
+
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self.log("val/bpd", self._bpd(bin_centres(batch[0].float())), prog_bar=True, sync_dist=True)
+        self.log("val/bpd", self._held_out_bpd(batch[0], batch_idx), prog_bar=True, sync_dist=True)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self.log("test/bpd", self._bpd(bin_centres(batch[0].float())), sync_dist=True)
+        self.log("test/bpd", self._held_out_bpd(batch[0], batch_idx), sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

@@ -38,13 +38,15 @@ def build_glow(
     return nf.MultiscaleFlow(q0, flows, merges, class_cond=False)
 
 
-def dequantize(images: torch.Tensor) -> torch.Tensor:
+def dequantize(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Uniform dequantisation of 8-bit images in [0, 1]: (255 x + u) / 256, u ~ U(0, 1)."""
-    return (images * 255 + torch.rand_like(images)) / 256
+    noise = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+    return (images * 255 + noise) / 256
 
 
 def bin_centres(images: torch.Tensor) -> torch.Tensor:
-    """The deterministic counterpart of ``dequantize`` (u = 1/2), for latents at test time."""
+    """The deterministic counterpart of ``dequantize`` (u = 1/2), for latents at test time.
+    Not for likelihoods: the density at bin centres overstates the dequantised likelihood."""
     return (images * 255 + 0.5) / 256
 
 
