@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
-from common.checkpoint_io import resolve_repo_path
+from common.checkpoint_io import load_state_dict_strict, resolve_repo_path
 from nets.glow import bits_per_dim, build_glow, dequantize
 from nets.glow_detector import GlowLatentDetector
 from nets.loading import load_glow
@@ -27,6 +27,8 @@ class GlowDensity(pl.LightningModule):
         hidden_channels: coupling network width. Default: 128.
         lr: Adam learning rate (linear warm-up over ``warmup_steps``). Default: 1e-3.
         warmup_steps: Default: 500.
+        init_checkpoint: start from this Glow checkpoint (to continue training, or with
+            ``--trainer.max_epochs 0`` to test it). Default: None.
     """
 
     checkpoint_kind = "glow"
@@ -39,10 +41,14 @@ class GlowDensity(pl.LightningModule):
         hidden_channels: int = 128,
         lr: float = 1e-3,
         warmup_steps: int = 500,
+        init_checkpoint: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = build_glow(tuple(input_shape), levels, steps, hidden_channels)
+        if init_checkpoint:
+            path = resolve_repo_path(init_checkpoint)
+            load_state_dict_strict(self.net, load_glow(path).state_dict(), path, "this Glow configuration")
         self.dims = math.prod(input_shape)
 
     def _bpd(self, images: torch.Tensor) -> torch.Tensor:

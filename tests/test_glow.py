@@ -53,6 +53,12 @@ def test_training_lowers_bpd_and_the_export_reproduces_the_latents(cifar_batches
     x = torch.rand(2, 3, 32, 32)
     # Reloading does not redo actnorm's data-dependent initialisation.
     assert torch.equal(glow_latents(flow, x), glow_latents(load_glow(export), x))
+    from lightning_modules import GlowDensity
+
+    resumed = GlowDensity(steps=1, hidden_channels=8, init_checkpoint=str(export))
+    assert torch.equal(glow_latents(resumed.net.eval(), x), glow_latents(flow, x))
+    with pytest.raises(CheckpointError, match="do not fit"):
+        GlowDensity(steps=2, hidden_channels=8, init_checkpoint=str(export))
     with pytest.raises(CheckpointError, match="expected a 'glow' checkpoint"):
         load_glow(REPO / "checkpoints" / "victim_cifar_resnet20.ckpt")
 
