@@ -45,3 +45,34 @@ def test_fmnist_cnn_scores_91_percent_on_the_real_test_set():
     test = FashionMNISTDataModule(data_dir=str(FMNIST_DEBIAN)).load_split(train=False)
     acc = _accuracy(load_classifier(CHECKPOINTS / "victim_fmnist_cnn.ckpt"), test.images, test.labels)
     assert acc >= 0.91, f"Fashion-MNIST CNN top-1 {acc:.3f} on the 10,000 test images"
+
+
+@pytest.mark.parametrize(
+    "name, loader, metric, bound",
+    [
+        ("autoencoder_cifar.ckpt", "load_autoencoder", "test/mse", 0.001),
+        ("glow_cifar.ckpt", "load_glow", "test/bpd", 3.5),
+        ("glow_detector_cifar.ckpt", "load_glow_detector", "test/acc", 0.85),
+    ],
+)
+def test_shipped_learned_defenses_load_and_carry_their_figures(name, loader, metric, bound):
+    import nets
+
+    path = CHECKPOINTS / name
+    assert path.is_file() and path.stat().st_size < 20_000_000
+    model = getattr(nets, loader)(path)
+    value = model.checkpoint_metrics[metric]
+    assert value < bound if metric in ("test/mse", "test/bpd") else value > bound, (metric, value)
+
+
+@pytest.mark.skipif(not SHARED_CIFAR.exists(), reason=f"real CIFAR-10 copy not at {SHARED_CIFAR}")
+def test_glow_gate_separates_real_clean_from_fgsm_images():
+    from attacks import build_attack
+    from defenses import build_defense
+
+    test = CIFAR10DataModule(data_dir=str(SHARED_CIFAR)).load_split(train=False)
+    x, y = test.images[:64].float() / 255, test.labels[:64]
+    adversarial = build_attack("fgsm", eps=0.02)(load_classifier(CHECKPOINTS / "victim_cifar_resnet20.ckpt"), x, y)
+    gate = build_defense("glow_gate")
+    flagged_clean, flagged_adv = (gate.score(x) >= 0.5).float().mean(), (gate.score(adversarial) >= 0.5).float().mean()
+    assert flagged_clean < 0.2 and flagged_adv > 0.8, (flagged_clean, flagged_adv)
