@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from common.checkpoint_io import resolve_repo_path
 from datamodules.cifar10 import CIFAR10DataModule
 from datamodules.data_paths import cache_root
+from datamodules.in_memory import UInt8ImageDataset
 from evaluation.adversarial_cache import AdversarialCache, cached_attack, file_sha256
 from evaluation.attack_specs import expand_attacks, parse_eps
 from nets.loading import load_classifier
@@ -61,8 +62,9 @@ class AdversarialDetectionDataModule(pl.LightningDataModule):
         self.cache = AdversarialCache(Path(cache_dir) if cache_dir else cache_root() / "adversarial")
         self.sets: dict[str, TensorDataset] = {}
 
-    def _balanced(self, split_indices: torch.Tensor, count: int, classifier, key: dict[str, Any]) -> TensorDataset:
-        train = self.source.load_split(train=True)
+    def _balanced(
+        self, train: UInt8ImageDataset, split_indices: torch.Tensor, count: int, classifier, key: dict[str, Any]
+    ) -> TensorDataset:
         order = torch.randperm(len(split_indices), generator=torch.Generator().manual_seed(self.seed))
         chosen = split_indices[order[:count]].sort().values
         images, adversarial = [], []
@@ -96,8 +98,9 @@ class AdversarialDetectionDataModule(pl.LightningDataModule):
         train_part = torch.tensor(self.source.train_set.indices)
         if self.num_train > len(train_part) or self.num_val > len(val_part):
             raise ValueError(f"num_train <= {len(train_part)} and num_val <= {len(val_part)} are available")
-        self.sets["train"] = self._balanced(train_part, self.num_train, classifier, key)
-        self.sets["val"] = self._balanced(val_part, self.num_val, classifier, key)
+        full = self.source.train_set.dataset  # the decoded training split, loaded once by setup()
+        self.sets["train"] = self._balanced(full, train_part, self.num_train, classifier, key)
+        self.sets["val"] = self._balanced(full, val_part, self.num_val, classifier, key)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.sets["train"], batch_size=self.batch_size, shuffle=True)

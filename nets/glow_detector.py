@@ -2,6 +2,7 @@
 maps the image to its latents (all levels, flattened), and a 5-layer fully connected network
 scores clean (0) against adversarial (1)."""
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,10 +24,7 @@ class GlowLatentDetector(nn.Module):
         if "input_shape" in glow:
             glow["input_shape"] = tuple(glow["input_shape"])
         self.glow = build_glow(**glow)
-        dims = 1
-        for d in glow.get("input_shape", (3, 32, 32)):
-            dims *= d
-        widths = [dims, *hidden]
+        widths = [math.prod(glow.get("input_shape", (3, 32, 32))), *hidden]
         layers: list[nn.Module] = []
         for a, b in zip(widths[:-1], widths[1:], strict=True):
             layers += [nn.Linear(a, b), nn.ReLU(inplace=True)]
