@@ -1,6 +1,6 @@
 """Classifier network builders (pure torch, no Lightning)."""
 
-from nets.loading import load_autoencoder, load_classifier, load_glow, load_glow_detector, load_network
+from nets.loading import load_autoencoder, load_classifier, load_glow, load_glow_detector, load_network, load_vae
 from nets.registry import ARCHITECTURES, build_classifier
 
 __all__ = [
@@ -11,4 +11,5 @@ __all__ = [
     "load_glow",
     "load_glow_detector",
     "load_network",
+    "load_vae",
 ]

@@ -86,3 +86,14 @@ def load_glow_detector(path: str | os.PathLike, map_location: str | torch.device
     from nets.glow_detector import GlowLatentDetector
 
     return load_network(path, "glow_detector", GlowLatentDetector, map_location)
+
+
+def load_vae(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """The VAE (``nets.vae.VAE``) of a checkpoint; its ``decode`` is INC's generator. The
+    checkpoint config's calibrated ``inversion_eta`` (if any) is in ``checkpoint_config``."""
+    from nets.vae import VAE
+
+    def builder(arch="mlp", image_shape=(1, 28, 28), latent_dim=20, hidden=(500, 500)) -> nn.Module:
+        return VAE(arch, tuple(image_shape), latent_dim, tuple(hidden))
+
+    return load_network(path, "vae", builder, map_location)
