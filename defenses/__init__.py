@@ -1,7 +1,7 @@
 """Defenses behind one interface (pure torch): purifiers map images to images, detectors
 score images; each is registered by name for ``evaluate.py --defense NAME``."""
 
-from defenses import dip_defenses, learned  # noqa: F401  (register their defenses)
+from defenses import dip_defenses, inc, learned  # noqa: F401  (register their defenses)
 from defenses.base import Defense, Detector, IdentityDefense, Purifier
 from defenses.registry import DEFENSES, build_defense, register_defense
 

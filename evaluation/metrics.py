@@ -53,4 +53,19 @@ def summarise(records: list[dict[str, Any]], num_classes: int) -> dict[str, Any]
         "flagged_share": sum(bool(r["flagged"]) for r in records) / len(records)
         if all("flagged" in r for r in records)
         else None,
+        **rejection_figures(records),
     }
+
+
+def rejection_figures(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Defenses that may reject an input (INC, paper 004 Sec. 2.1): the rejected share, and the
+    accuracy of the system that answers "reject": a rejected attacked input counts as
+    defended, a rejected clean one as wrong. None for defenses that never reject."""
+    if not records or not all("rejected" in r for r in records):
+        return {"rejected_share": None, "accuracy_with_rejection": None}
+    rejected = [bool(r["rejected"]) for r in records]
+    attacked = records[0].get("attack_name") != "clean"
+    correct = [
+        (r["pred"] == r["label"] and not rej) or (attacked and rej) for r, rej in zip(records, rejected, strict=True)
+    ]
+    return {"rejected_share": sum(rejected) / len(records), "accuracy_with_rejection": sum(correct) / len(records)}

@@ -26,6 +26,8 @@ COLUMNS = [
     "mean_linf",
     "attack_success",
     "flagged_share",
+    "rejected_share",
+    "accuracy_with_rejection",
     "seconds",
     "images_per_s",
 ]
@@ -85,6 +87,20 @@ def detection_table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {display_name(r)} | {_eps_label(r['eps']) or '-'} | {r['n_pairs']} | {100 * r['detection_accuracy']:.1f}% | "
             f"{r['roc_auc']:.3f} | {100 * r['tpr']:.1f}% | {100 * r['fpr']:.1f}% |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def rejection_table(rows: list[dict[str, Any]]) -> str:
+    """Accuracy of C(G(z*)), the share rejected, and the accuracy when a rejected attacked
+    input counts as defended and a rejected clean one as wrong."""
+    lines = ["| attack | eps (/255) | n | accuracy | rejected | accuracy with rejection |", "|" + " --- |" * 6]
+    for r in rows:
+        if r.get("rejected_share") is None:
+            continue
+        lines.append(
+            f"| {display_name(r)} | {_eps_label(r['eps']) or '-'} | {r['n']} | {100 * r['accuracy']:.1f}% | "
+            f"{100 * r['rejected_share']:.1f}% | {100 * r['accuracy_with_rejection']:.1f}% |"
         )
     return "\n".join(lines) + "\n"
 
@@ -156,6 +172,8 @@ def write_results(
         "## All figures\n",
         detail_table(rows),
     ]
+    if any(r.get("rejected_share") is not None for r in rows):
+        md += ["## Rejection (INC, paper 004 Sec. 2.1: ||G(z*) - x||_2 >= eta)\n", rejection_table(rows)]
     if detection:
         md += ["## Detection (balanced: each clean image and its attacked version), as paper 003 Table 4\n"]
         md.append(detection_table(detection))
@@ -239,5 +257,6 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"{display_name(r):<12}{_eps_label(r['eps']) or '-':>8}{r['n']:>6}{100 * r['accuracy']:>7.1f}%"
             f"{100 * r['top5']:>7.1f}%{r['ssim']:>7.3f}{r['mean_l2']:>7.3f}{r['seconds'] / r['n']:>9.4f}"
+            + (f"  rejected {100 * r['rejected_share']:.1f}%" if r.get("rejected_share") is not None else "")
         )
     return "\n".join(lines)
