@@ -23,6 +23,7 @@ from common.errors import UserError, run_main
 DEFAULTS: dict[str, Any] = {
     "data": {"class_path": "datamodules.CIFAR10DataModule", "init_args": {}},
     "victim": "checkpoints/victim_cifar_resnet20.ckpt",
+    "attack_victim": None,  # None: attack the victim itself; a checkpoint: transfer attacks crafted on it
     "defense": "none",
     "defense_params": {},
     "attacks": "clean,pgd",
@@ -68,6 +69,11 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     )
     p.add_argument("--out", help="output folder (default: runs/<defense>)")
     p.add_argument("--victim", help="victim checkpoint (default: checkpoints/victim_cifar_resnet20.ckpt)")
+    p.add_argument(
+        "--attack-victim",
+        help="craft the attacks on this classifier checkpoint instead of the victim (a transfer attack, "
+        "e.g. paper 004's attacks on the unprotected classifier against INC with a robust one)",
+    )
     p.add_argument(
         "--save-traces", type=int, help="DIP defenses: decision-trace plots for the first K images (default: 0)"
     )
@@ -153,6 +159,21 @@ def load_victim_and_data(o: dict[str, Any]):
     return classifier, victim_path, dm, dataset, data_classes or victim_classes or 10
 
 
+def load_attack_victim(path: str, victim) -> tuple[Any, Path]:
+    """The classifier transfer attacks are crafted on; it must take the victim's inputs."""
+    from nets import load_classifier
+
+    attack_path = Path(path)
+    if not attack_path.is_absolute() and not attack_path.exists() and (REPO / attack_path).exists():
+        attack_path = REPO / attack_path
+    model = load_classifier(attack_path)
+    for key in ("num_classes", "in_channels", "image_size"):
+        mine, theirs = model.checkpoint_config.get(key), victim.checkpoint_config.get(key)
+        if mine is not None and theirs is not None and mine != theirs:
+            raise UserError(f"--attack-victim {attack_path} has {key}={mine}, the victim {theirs}: they must match")
+    return model, attack_path
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     import lightning.pytorch as pl
     from lightning.pytorch.utilities import rank_zero_only
@@ -183,6 +204,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             raise UserError(f"--{key.replace('_', '-')} must be an integer >= {least}, got {o[key]!r}")
     runs = expand_attacks(o["attacks"], parse_eps(o["eps"]), o["attack_params"])
     classifier, victim_path, dm, dataset, num_classes = load_victim_and_data(o)
+    attack_model, attack_hash = None, None
+    if o["attack_victim"]:
+        attack_model, attack_path = load_attack_victim(o["attack_victim"], classifier)
+        attack_hash = file_sha256(attack_path)
     indices = sample_indices(len(dataset), o["num_samples"] or None, o["seed"])
     if o["save_traces"]:
         if not hasattr(defense, "trace_indices"):
@@ -202,6 +227,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "seed": o["seed"],
         "command": "python evaluate.py " + " ".join(argv),
     }
+    if attack_hash:  # only then, so run.json of plain runs stays as before and they resume
+        manifest["attack_victim_sha256"] = attack_hash
     check_out_dir(out, manifest)
     log = SampleLog(out / "samples.jsonl")
     if rank_zero_only.rank == 0:
@@ -213,8 +240,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     cache = AdversarialCache(Path(o["cache_dir"]) if o["cache_dir"] else cache_root() / "adversarial")
     module = RobustnessEvaluation(
         classifier, defense, runs, dataset, indices, o["batch_size"], cache,
-        {"victim": victim_hash, "dataset": dataset_name}, log, done, o["seed"], out / "examples", o["num_examples"],
-        out / "traces", getattr(dataset, "classes", None),
+        {"victim": attack_hash or victim_hash, "dataset": dataset_name}, log, done, o["seed"], out / "examples",
+        o["num_examples"], out / "traces", getattr(dataset, "classes", None), attack_model,
     )  # fmt: skip
     trainer = pl.Trainer(
         accelerator=o["accelerator"],
@@ -241,6 +268,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "num_samples": len(indices),
         "seed": o["seed"],
         "command": manifest["command"],
+        **({"attack_victim": str(o["attack_victim"]), "attack_victim_sha256": attack_hash} if attack_hash else {}),
     }
     detection = report.detection_rows(records, runs)
     report.write_results(out, header, rows, detection)

@@ -42,6 +42,8 @@ class RobustnessEvaluation(pl.LightningModule):
     num_examples: images kept per attack for that grid. Default: 8.
     traces_dir: where decision-trace plots go for the images the defense traced. Default: None.
     class_names: for plot labels. Default: None.
+    attack_model: the model the attacks are crafted on (a transfer attack); the cache key
+        must then name it. Default: None, the victim itself.
     """
 
     def __init__(
@@ -61,12 +63,14 @@ class RobustnessEvaluation(pl.LightningModule):
         num_examples: int = 8,
         traces_dir: Path | None = None,
         class_names: list[str] | None = None,
+        attack_model: nn.Module | None = None,
     ) -> None:
         super().__init__()
         # The attacks and the per-image DIP fits run their own optimisers inside test_step
         # (the Trainer is built with inference_mode=False): Lightning must not drive any.
         self.automatic_optimization = False
         self.classifier = classifier.eval().requires_grad_(False)
+        self.attack_model = self.classifier if attack_model is None else attack_model.eval().requires_grad_(False)
         self.defense = defense
         self.runs = runs
         self.chunks = ChunkDataset(dataset, indices, chunk_size)
@@ -112,7 +116,7 @@ class RobustnessEvaluation(pl.LightningModule):
             run.build(),
             run.name,
             run.eps,
-            self.classifier,
+            self.attack_model,
             images,
             labels,
             indices,
