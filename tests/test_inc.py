@@ -268,3 +268,34 @@ def test_attack_victim_must_match_the_victim(tiny_victim, fmnist_victim, idx_dir
             + ["--config", "evaluate_fmnist.yaml", "--out", str(tmp_path / "x")]
         )
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("name", ["vae_fmnist", "vae_mnist", "vae_cifar", "inc_robust_fmnist"])
+def test_paper_004_configs_parse_and_build(name, tmp_path, monkeypatch):
+    import train
+
+    monkeypatch.chdir(tmp_path)
+    cli = train.build_cli(["--config", name, "--trainer.logger", "false"], save_config=False)
+    assert cli.datamodule.batch_size > 0 and cli.model.checkpoint_kind in ("vae", "victim")
+
+
+def test_conv_vae_smoke_epoch_exports_a_generator_inc_accepts(cifar_batches_dir, tmp_path, monkeypatch):
+    import train
+
+    monkeypatch.chdir(tmp_path)
+    export = tmp_path / "vae_cifar.ckpt"
+    train.main(
+        [
+            "--config", "vae_cifar",
+            "--data.data_dir", str(cifar_batches_dir),
+            "--data.val_size", "20", "--data.batch_size", "16", "--data.eval_batch_size", "16",
+            "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.enable_progress_bar", "false",
+            "--model.init_args.calibration_images", "4",
+            "--model.init_args.inversion", "{steps: 3, restarts: 1}",
+            "--export", str(export),
+        ]
+    )  # fmt: skip
+    vae = load_vae(export)
+    assert vae.decode(torch.randn(2, 128)).shape == (2, 3, 32, 32) and vae.checkpoint_config["inversion_eta"] > 0
+    inc = build_defense("inc", generator=str(export), steps=2, restarts=1)
+    assert inc.purify(torch.rand(2, 3, 32, 32), nn.Identity(), torch.arange(2)).shape == (2, 3, 32, 32)
