@@ -299,3 +299,34 @@ def test_conv_vae_smoke_epoch_exports_a_generator_inc_accepts(cifar_batches_dir,
     assert vae.decode(torch.randn(2, 128)).shape == (2, 3, 32, 32) and vae.checkpoint_config["inversion_eta"] > 0
     inc = build_defense("inc", generator=str(export), steps=2, restarts=1)
     assert inc.purify(torch.rand(2, 3, 32, 32), nn.Identity(), torch.arange(2)).shape == (2, 3, 32, 32)
+
+
+def test_inc_study_writes_table1_and_the_minmax_figures(tiny_vae, fmnist_victim, idx_dir, tmp_path):
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("inc_table1", REPO / "studies" / "inc_table1.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    torch.manual_seed(2)
+    robust = tmp_path / "robust.ckpt"
+    save_checkpoint(robust, "victim", FMNIST_VICTIM, build_classifier(**FMNIST_VICTIM).state_dict())
+    config = tmp_path / "inc.yaml"
+    config.write_text(
+        "data: {class_path: datamodules.FashionMNISTDataModule, init_args: {}}\n"
+        f"defense: inc\ndefense_params: {{inc: {{generator: {tiny_vae}, steps: 5, restarts: 1}}}}\n"
+        "attacks: [clean, fgsm, cw]\nattack_params: {cw: {steps: 3}}\neps: '0.05,0.1'\nbatch_size: 10\n"
+    )
+    out = tmp_path / "study"
+    study.main(
+        ["--out", str(out), "--config", str(config), "--victim", str(fmnist_victim), "--robust", str(robust)]
+        + ["--generator", str(tiny_vae), "--num-samples", "6", "--data-dir", str(idx_dir)]
+        + ["--pairs", "4", "--steps", "60", "--eta2-per-pixel", "5e-5,2e-3"]
+    )
+    md = (out / "results.md").read_text()
+    assert "| fgsm eps 0.05 (0.1 in [-1, 1]) |" in md and "| cw |" in md and "on the robust C" in md
+    result = json.loads((out / "results.json").read_text())
+    assert set(result["table1"]) == {"none", "inc", "robust", "inc_robust"}
+    assert [m["settings"]["eta2_per_pixel"] for m in result["minmax"]] == [5e-5, 2e-3]
+    assert (out / "minmax_convergence_0.002.png").is_file()
