@@ -127,7 +127,7 @@ def minmax_table(minmax: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_convergence(path: Path, histories: dict[str, list[dict[str, float]]]) -> None:
+def plot_convergence(path: Path, histories: dict[str, list[dict[str, float]]], eta2_per_pixel: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,7 +139,7 @@ def plot_convergence(path: Path, histories: dict[str, list[dict[str, float]]]) -
         ax.plot([p["step"] for p in h], [p["mean_gap_l2"] for p in h], label=label)
     ax.set_xlabel("min-max step")
     ax.set_ylabel("mean ||C(G(z)) - C(G(z'))||_2 (valid pairs)")
-    ax.set_title("Min-max attack convergence (paper 004, Fig. 8)")
+    ax.set_title(f"Min-max attack, eta^2 = {eta2_per_pixel:g} per pixel (paper 004, Fig. 8)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     md += [minmax_table(m) for m in minmax]
     atomic_write_text(args.out / "results.md", "\n".join(md))
     for m in minmax:
-        plot_convergence(args.out / f"minmax_convergence_{m['settings']['eta2_per_pixel']:g}.png", m["histories"])
+        eta2 = m["settings"]["eta2_per_pixel"]
+        plot_convergence(args.out / f"minmax_convergence_{eta2:g}.png", m["histories"], eta2)
     print("\n".join(md))
 
 
