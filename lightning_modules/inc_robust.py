@@ -82,6 +82,7 @@ class ManifoldAdversarialTraining(pl.LightningModule):
 
     def _attack(self, num_pairs: int, steps: int, seed: int):
         hp = self.hparams
+        self.vae.eval()  # Lightning's train() reaches it too; a conv VAE's BatchNorm must stay frozen
         z, z_prime = initial_pairs(num_pairs, self.vae.latent_dim, hp.init_spread, seed)
         return minmax_attack(
             self.vae.decode,
