@@ -115,7 +115,8 @@ def minmax_attack(
         z, z_prime: [P, k] starting latents (:func:`initial_pairs`).
         steps: alternating steps. Default: 10000 (the paper's; its robust training uses 500).
         eta2_per_pixel: eta^2 divided by the number of pixel-channels. Default: 5e-5.
-        lr: Adam learning rate on (z, z'). Default: 0.01.
+        lr: Adam learning rate of the pair's half-difference (z - z') / 2, and of its midpoint
+            unless ``lr_middle`` is given. Default: 0.01.
         lr_penalty: step on the multipliers, per unit of relative violation. Default: 1.0.
         penalty: [P] starting multipliers (>= 0). Default: zeros.
         valid_per_pixel: validity threshold of :func:`pair_statistics`. Default: 1.25e-4.
