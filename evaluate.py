@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from common.atomic_files import atomic_write_text
+from common.checkpoint_io import resolve_repo_path
 from common.config_files import resolve_config
 from common.errors import UserError, run_main
 
@@ -42,7 +43,6 @@ DEFAULTS: dict[str, Any] = {
     "num_examples": 8,
     "save_traces": 0,
 }
-REPO = Path(__file__).resolve().parent
 
 
 def parse_args(argv: list[str]) -> dict[str, Any]:
@@ -141,9 +141,7 @@ def load_victim_and_data(o: dict[str, Any]):
     """The victim, the data module and its test set, checked against each other."""
     from nets import load_classifier
 
-    victim_path = Path(o["victim"])
-    if not victim_path.is_absolute() and not victim_path.exists() and (REPO / victim_path).exists():
-        victim_path = REPO / victim_path
+    victim_path = resolve_repo_path(o["victim"])
     classifier = load_classifier(victim_path)
     dm = build_datamodule(o["data"])
     dm.setup("test")  # the test split only: prepare_data would also decode the training split
@@ -163,9 +161,7 @@ def load_attack_victim(path: str, victim) -> tuple[Any, Path]:
     """The classifier transfer attacks are crafted on; it must take the victim's inputs."""
     from nets import load_classifier
 
-    attack_path = Path(path)
-    if not attack_path.is_absolute() and not attack_path.exists() and (REPO / attack_path).exists():
-        attack_path = REPO / attack_path
+    attack_path = resolve_repo_path(path)
     model = load_classifier(attack_path)
     for key in ("num_classes", "in_channels", "image_size"):
         mine, theirs = model.checkpoint_config.get(key), victim.checkpoint_config.get(key)
