@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "defense": "none",
     "defense_params": {},
     "attacks": "clean,pgd",
+    "threat_model": "oblivious",  # the default of attacks that have both forms; bpda_pgd & co. are adaptive
     "eps": "8",
     # PGD with 50 steps: torchattacks' default 10 leaves 5.5% of the label-smoothed ResNet-20's
     # answers right at 8/255 (1.5% with 50; README). The other attacks keep the library defaults.
@@ -51,6 +52,12 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     p.add_argument("--defense", help="defense name (default: none)")
     p.add_argument(
         "--attacks", help="comma list, 'clean' included, NAME(key=value,...) for parameters (default: clean,pgd)"
+    )
+    p.add_argument(
+        "--threat-model",
+        help="oblivious (crafted on the bare victim) or adaptive (through the defense) for attacks that have both "
+        "forms; NAME(threat=adaptive) sets one attack (default: oblivious; bpda_pgd, eot_pgd, random_noise are "
+        "always adaptive)",
     )
     p.add_argument("--eps", help="L-inf budgets in /255 units, comma list (default: 8); values < 1 are pixel fractions")
     p.add_argument(
@@ -178,7 +185,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     from defenses import build_defense
     from evaluation import report
     from evaluation.adversarial_cache import AdversarialCache, file_sha256
-    from evaluation.attack_specs import expand_attacks, parse_eps
+    from evaluation.attack_specs import check_against_defense, expand_attacks, parse_eps
     from evaluation.chunks import sample_indices
     from evaluation.sample_log import SampleLog, read_records, unique_records
     from lightning_modules.robustness_eval import RobustnessEvaluation
@@ -198,7 +205,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     for key, least in (("num_samples", 0), ("batch_size", 1), ("devices", 1), ("num_nodes", 1), ("save_traces", 0)):
         if not isinstance(o[key], int) or o[key] < least:
             raise UserError(f"--{key.replace('_', '-')} must be an integer >= {least}, got {o[key]!r}")
-    runs = expand_attacks(o["attacks"], parse_eps(o["eps"]), o["attack_params"])
+    runs = expand_attacks(o["attacks"], parse_eps(o["eps"]), o["attack_params"], o["threat_model"])
+    check_against_defense(runs, defense)
     classifier, victim_path, dm, dataset, num_classes = load_victim_and_data(o)
     attack_model, attack_hash = None, None
     if o["attack_victim"]:
@@ -238,6 +246,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         classifier, defense, runs, dataset, indices, o["batch_size"], cache,
         {"victim": attack_hash or victim_hash, "dataset": dataset_name}, log, done, o["seed"], out / "examples",
         o["num_examples"], out / "traces", getattr(dataset, "classes", None), attack_model,
+        {"victim": victim_hash, "dataset": dataset_name, "threat": "adaptive", "defense": o["defense"],
+         "defense_params": defense.params()},
     )  # fmt: skip
     trainer = pl.Trainer(
         accelerator=o["accelerator"],
@@ -267,13 +277,22 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         **({"attack_victim": str(o["attack_victim"]), "attack_victim_sha256": attack_hash} if attack_hash else {}),
     }
     detection = report.detection_rows(records, runs)
-    report.write_results(out, header, rows, detection)
-    report.plot_accuracy_vs_eps(out, rows, f"{dataset_name}, {victim_path.stem}, defense {o['defense']}")
+    worst_case = report.worst_case_rows(records, runs)
+    report.write_results(out, header, rows, detection, worst_case)
+    title = f"{dataset_name}, {victim_path.stem}, defense {o['defense']}"
+    report.plot_accuracy_vs_eps(out, rows, title)
+    report.plot_iteration_curves(out, rows, title)
+    report.plot_budget_curves(out, rows, title)
     report.plot_examples(out, out / "examples", [r.id for r in runs], getattr(dataset, "classes", None))
     print(
         f"\n{dataset_name} / {victim_path.name} / defense {o['defense']} ({len(indices)} images, cache {cache.hits} hits, {cache.misses} misses)"
     )
     print(report.summary_table(rows))
+    for r in worst_case:
+        print(
+            f"robust accuracy at eps {r['eps'] * 255:.4g}/255 ({r['threat_model']}, worst case over "
+            f"{len(r['runs'])} attacks): {100 * r['accuracy']:.1f}%"
+        )
     if detection:
         print(report.detection_table(detection))
     print(f"results in {out}/ (results.md, results.json, results.csv, samples.jsonl, *.png)")

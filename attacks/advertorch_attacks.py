@@ -25,6 +25,7 @@ class DDN(Attack):
 
     name = "ddn"
     library = "advertorch"
+    needs_gradient = True
     norm = "l2"
 
     def __init__(

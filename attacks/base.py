@@ -55,6 +55,11 @@ class Attack:
     name: ClassVar[str] = ""
     library: ClassVar[str] = ""  # the PyPI distribution wrapped, recorded in params()
     eps_mode: ClassVar[Literal["required", "optional", "none"]] = "none"
+    # ``needs_gradient``: it backpropagates through the model (through a defense only where the
+    # defense is differentiable, or with BPDA). ``adaptive_only``: it is built to attack a
+    # defended model (``defenses.defended.DefendedClassifier``) and has no oblivious form.
+    needs_gradient: ClassVar[bool] = False
+    adaptive_only: ClassVar[bool] = False
     norm: str = "none"
     eps: float | None = None
 

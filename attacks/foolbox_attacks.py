@@ -7,6 +7,7 @@ not fool, whatever its search ended on (for the blended-noise search: pure noise
 images come back unchanged here instead, so a failed attack never degrades an image.
 """
 
+import contextlib
 import math
 from typing import Any
 
@@ -148,9 +149,12 @@ class HopSkipJump(Attack):
                 gamma=self.gamma,
                 constraint=self.constraint,
             )
-            _, clipped, _ = attack(
-                fmodel, images[found], labels[found], epsilons=self.eps, starting_points=starts[found]
-            )
+            # a defended model bound to dataset indices (a seeded defense) follows the subset
+            narrow = getattr(model, "restricted_to", None)
+            with narrow(found) if narrow else contextlib.nullcontext():
+                _, clipped, _ = attack(
+                    fmodel, images[found], labels[found], epsilons=self.eps, starting_points=starts[found]
+                )
             adv[found] = clipped
         return adv
 
@@ -254,6 +258,7 @@ class NewtonFool(_FoolboxMinimization):
 
     name = "newtonfool"
     norm = "l2"
+    needs_gradient = True
 
     def __init__(self, steps: int = 100, stepsize: float = 0.01) -> None:
         self.steps, self.stepsize = int(steps), float(stepsize)

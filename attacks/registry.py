@@ -3,10 +3,11 @@
 import inspect
 from typing import Any
 
+from attacks.adaptive import BPDAPGD, EOTPGD, RandomNoise
 from attacks.advertorch_attacks import DDN
 from attacks.base import Attack, AttackError
 from attacks.foolbox_attacks import AdditiveGaussianNoise, BlendedUniformNoise, HopSkipJump, NewtonFool, SaltAndPepper
-from attacks.torchattacks_attacks import BIM, CW, FGSM, MIFGSM, PGD, DeepFool
+from attacks.torchattacks_attacks import APGD, BIM, CW, FGSM, MIFGSM, PGD, AutoAttack, DeepFool, Square
 
 ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls
@@ -23,6 +24,12 @@ ATTACKS: dict[str, type[Attack]] = {
         BlendedUniformNoise,
         SaltAndPepper,
         NewtonFool,
+        AutoAttack,
+        APGD,
+        Square,
+        BPDAPGD,
+        EOTPGD,
+        RandomNoise,
     )
 }
 
@@ -39,7 +46,8 @@ def build_attack(name: str, eps: float | None = None, **params: Any) -> Attack:
     Arguments:
         name: one of ``ATTACKS``.
         eps: budget in [0, 1] pixel units (8/255 = 0.0314): required by the L-inf attacks
-            (fgsm, pgd, bim, mifgsm), optional for hopskipjump, refused by the minimum-norm
+            (fgsm, pgd, bim, mifgsm, autoattack, apgd, square, bpda_pgd, eot_pgd,
+            random_noise), optional for hopskipjump, refused by the minimum-norm
             and noise attacks. Default: None.
         params: the attack's other arguments (see its class); unknown ones are refused.
     """

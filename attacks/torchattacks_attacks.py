@@ -15,6 +15,7 @@ from attacks.base import Attack, check_eps
 
 class _Torchattack(Attack):
     library = "torchattacks"
+    needs_gradient = True
     _class: ClassVar[str]  # the torchattacks class name
 
     def _kwargs(self) -> dict[str, Any]:
@@ -153,3 +154,83 @@ class DeepFool(_Torchattack):
 
     def __init__(self, steps: int = 50, overshoot: float = 0.02) -> None:
         self.steps, self.overshoot = int(steps), float(overshoot)
+
+
+class AutoAttack(_LinfTorchattack):
+    """AutoAttack, Croce & Hein 2020 ("Reliable Evaluation of Adversarial Robustness with an
+    Ensemble of Diverse Parameter-free Attacks"); wraps ``torchattacks.AutoAttack``: APGD-CE,
+    APGD-T, FAB-T and Square in turn, each on the images the previous ones left right.
+
+    Distance measure: Linf
+
+    Arguments:
+        eps (float): maximum perturbation, in [0, 1] pixel units (8/255 = 0.0314). Required.
+        version (str): "standard" (the four attacks) or "rand" (APGD-CE and APGD-DLR with
+            EOT, for randomised defenses). Default: "standard".
+        n_classes (int): number of classes (APGD-T's targets). Default: 10.
+        seed (int): seed of its random starts. Default: 0.
+    """
+
+    name = "autoattack"
+    _class = "AutoAttack"
+
+    def __init__(self, eps: float, version: str = "standard", n_classes: int = 10, seed: int = 0) -> None:
+        super().__init__(eps)
+        self.version, self.n_classes, self.seed = str(version), int(n_classes), int(seed)
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {"norm": "Linf", **super()._kwargs()}
+
+
+class APGD(_LinfTorchattack):
+    """APGD, Croce & Hein 2020 (the step-size-free PGD of AutoAttack); wraps ``torchattacks.APGD``.
+
+    Distance measure: Linf
+
+    Arguments:
+        eps (float): maximum perturbation, in [0, 1] pixel units (8/255 = 0.0314). Required.
+        steps (int): iterations. Default: 100.
+        loss (str): "ce" or "dlr" (the difference-of-logits ratio). Default: "ce".
+        n_restarts (int): random restarts. Default: 1.
+        eot_iter (int): gradients averaged per step (EOT, for randomised models). Default: 1.
+        seed (int): seed of its random starts. Default: 0.
+    """
+
+    name = "apgd"
+    _class = "APGD"
+
+    def __init__(
+        self, eps: float, steps: int = 100, loss: str = "ce", n_restarts: int = 1, eot_iter: int = 1, seed: int = 0
+    ) -> None:
+        super().__init__(eps)
+        self.steps, self.loss, self.n_restarts = int(steps), str(loss), int(n_restarts)
+        self.eot_iter, self.seed = int(eot_iter), int(seed)
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {"norm": "Linf", **super()._kwargs()}
+
+
+class Square(_LinfTorchattack):
+    """Square Attack, Andriushchenko et al. 2020 ("Square Attack: a query-efficient black-box
+    adversarial attack via random search"); wraps ``torchattacks.Square``. Score-based: it reads
+    the logits, never a gradient, so it runs through any defense.
+
+    Distance measure: Linf
+
+    Arguments:
+        eps (float): maximum perturbation, in [0, 1] pixel units (8/255 = 0.0314). Required.
+        n_queries (int): query budget per image. Default: 5000.
+        p_init (float): initial share of pixels changed. Default: 0.8.
+        seed (int): seed of its random search. Default: 0.
+    """
+
+    name = "square"
+    _class = "Square"
+    needs_gradient = False
+
+    def __init__(self, eps: float, n_queries: int = 5000, p_init: float = 0.8, seed: int = 0) -> None:
+        super().__init__(eps)
+        self.n_queries, self.p_init, self.seed = int(n_queries), float(p_init), int(seed)
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {"norm": "Linf", **super()._kwargs()}

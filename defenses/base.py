@@ -37,6 +37,11 @@ class Purifier(Defense):
     kind = "purifier"
     uses_labels: bool = False
     last_details: list[dict[str, Any]] | None = None
+    # ``differentiable``: ``purify_with_grad`` is the defense's own gradient (attacks get full
+    # gradients); otherwise an adaptive gradient attack needs BPDA. ``seeded``: the output
+    # depends on the dataset indices (per-image seeds), so a query needs one.
+    differentiable: bool = False
+    seeded: bool = False
 
     def purify(
         self, images: torch.Tensor, classifier: nn.Module, indices: torch.Tensor, labels: torch.Tensor | None = None
@@ -44,8 +49,15 @@ class Purifier(Defense):
         """Return reconstructions in [0, 1] with the shape of ``images``."""
         raise NotImplementedError
 
+    def purify_with_grad(self, images: torch.Tensor) -> torch.Tensor:
+        """``purify`` with the autograd graph kept (only where ``differentiable``)."""
+        raise NotImplementedError(f"{self.name} has no gradient of its own")
+
 
 class Detector(Defense):
+    """``logit``: the differentiable score before the sigmoid (adaptive attacks push it down);
+    ``score`` = sigmoid(logit) without a graph."""
+
     kind = "detector"
     threshold: float = 0.5
 
@@ -53,11 +65,19 @@ class Detector(Defense):
         """Return one score per image, shape [B]."""
         raise NotImplementedError
 
+    def logit(self, images: torch.Tensor) -> torch.Tensor:
+        """Return one differentiable logit per image, shape [B]."""
+        raise NotImplementedError
+
 
 class IdentityDefense(Purifier):
     """``none``: no defense; the victim sees the input as it is."""
 
     name = "none"
+    differentiable = True
+
+    def purify_with_grad(self, images: torch.Tensor) -> torch.Tensor:
+        return images
 
     def purify(
         self, images: torch.Tensor, classifier: nn.Module, indices: torch.Tensor, labels: torch.Tensor | None = None

@@ -77,6 +77,7 @@ class DIPPurifier(Purifier):
     """
 
     observe_tail = 0
+    seeded = True
     # A per-image fit costs seconds on a CPU: the default run (clean + PGD) takes ~5 minutes
     # on 2 cores; the paper-size run passes --num-samples 1000 (or 0 for all).
     default_num_samples = 40

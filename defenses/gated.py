@@ -22,6 +22,7 @@ class DetectorGatedPurifier(Purifier):
         self.name = f"{detector.name}+{purifier.name}"
         self.uses_labels = purifier.uses_labels
         self.default_num_samples = purifier.default_num_samples
+        self.differentiable, self.seeded = purifier.differentiable, purifier.seeded
 
     def params(self) -> dict[str, Any]:
         return {"detector": self.detector.params(), "purifier": self.purifier.params()}

@@ -34,6 +34,7 @@ class InvertAndClassify(Purifier):
     """
 
     name = "inc"
+    seeded = True
 
     def __init__(
         self,

@@ -19,6 +19,7 @@ class AutoencoderDefense(Purifier):
     """
 
     name = "autoencoder"
+    differentiable = True
 
     def __init__(self, checkpoint: str = "checkpoints/autoencoder_cifar.ckpt") -> None:
         from nets import load_autoencoder
@@ -37,6 +38,9 @@ class AutoencoderDefense(Purifier):
     def purify(
         self, images: torch.Tensor, classifier: nn.Module, indices: torch.Tensor, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
+        return self.purify_with_grad(images)
+
+    def purify_with_grad(self, images: torch.Tensor) -> torch.Tensor:
         self.net = self.net.to(images.device)
         return self.net(images).clamp(0, 1)
 
@@ -70,8 +74,11 @@ class GlowGate(Detector):
 
     @torch.no_grad()
     def score(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logit(images).sigmoid()
+
+    def logit(self, images: torch.Tensor) -> torch.Tensor:
         self.net = self.net.to(images.device)
-        return self.net(images).float().sigmoid()
+        return self.net(images).float()
 
 
 register_defense(AutoencoderDefense.name, AutoencoderDefense)

@@ -43,32 +43,44 @@ class AdversarialCache:
         digest = hashlib.sha256(text.encode()).hexdigest()[:32]
         return self.root / key["victim"][:16] / key["attack"] / f"{digest}.pt"
 
-    def load(self, key: dict[str, Any]) -> torch.Tensor | None:
+    def load_entry(self, key: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+        """The stored tensors for ``key`` ("images", and "history" for adaptive attacks)."""
         path = self.path_for(key)
         if not path.is_file():
             return None
         try:
             entry = torch.load(path, map_location="cpu", weights_only=True)
             if entry.get("key") == json.dumps(key, sort_keys=True):
-                return entry["images"]
+                return {name: t for name, t in entry.items() if name != "key"}
         except Exception as err:  # a corrupted entry is recomputed, never trusted
             warnings.warn(f"ignoring unreadable cache entry {path}: {err}", stacklevel=2)
         return None
 
-    def store(self, key: dict[str, Any], images: torch.Tensor) -> Path:
+    def load(self, key: dict[str, Any]) -> torch.Tensor | None:
+        entry = self.load_entry(key)
+        return None if entry is None else entry["images"]
+
+    def store(self, key: dict[str, Any], images: torch.Tensor, **extra: torch.Tensor) -> Path:
         entry = {"key": json.dumps(key, sort_keys=True), "images": images.detach().cpu()}
+        entry |= {name: t.detach().cpu() for name, t in extra.items()}
         return atomic_torch_save(entry, self.path_for(key))
 
-    def get_or_create(self, key: dict[str, Any], create: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """The cached images for ``key``, or ``create()``'s result, stored first."""
-        cached = self.load(key)
+    def get_or_create_entry(
+        self, key: dict[str, Any], create: Callable[[], dict[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        """The cached tensors for ``key``, or ``create()``'s (a dict with "images"), stored first."""
+        cached = self.load_entry(key)
         if cached is not None:
             self.hits += 1
             return cached
         self.misses += 1
-        images = create()
-        self.store(key, images)
-        return images
+        entry = create()
+        self.store(key, **entry)
+        return entry
+
+    def get_or_create(self, key: dict[str, Any], create: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The cached images for ``key``, or ``create()``'s result, stored first."""
+        return self.get_or_create_entry(key, lambda: {"images": create()})["images"]
 
 
 def cached_attack(
@@ -86,7 +98,26 @@ def cached_attack(
     """The adversarial version of one chunk, from the cache or made and stored. The attack's
     randomness is seeded by (seed, first index of the chunk), so a chunk's adversarial
     examples do not depend on which process or run makes them. ``cache_key`` names the
-    victim (its SHA-256) and the data set."""
+    victim (its SHA-256) and the data set; for an attack through a defense it also names the
+    defense and its parameters (``cached_attack_entry``)."""
+    entry = cached_attack_entry(cache, cache_key, attack, attack_name, eps, classifier, images, labels, indices, seed)
+    return entry["images"]
+
+
+def cached_attack_entry(
+    cache: AdversarialCache,
+    cache_key: dict[str, Any],
+    attack: Any,
+    attack_name: str,
+    eps: float | None,
+    classifier: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: torch.Tensor,
+    seed: int,
+) -> dict[str, torch.Tensor]:
+    """``cached_attack`` with what else the attack kept: "history" [B, iterates], whether the
+    defended victim was still right at each iterate (the adaptive attacks' ``last_history``)."""
     chunk_seed = seed * 1_000_003 + int(indices[0])
     key = {
         **cache_key,
@@ -97,9 +128,11 @@ def cached_attack(
         "seed": chunk_seed,
     }
 
-    def create() -> torch.Tensor:
+    def create() -> dict[str, torch.Tensor]:
         with torch.random.fork_rng(devices=[images.device] if images.device.type == "cuda" else []):
             torch.manual_seed(chunk_seed)
-            return attack(classifier, images, labels)
+            entry = {"images": attack(classifier, images, labels)}
+        history = getattr(attack, "last_history", None)
+        return entry if history is None else entry | {"history": history}
 
-    return cache.get_or_create(key, create).to(images.device)
+    return {name: t.to(images.device) for name, t in cache.get_or_create_entry(key, create).items()}

@@ -11,17 +11,22 @@ from attacks.base import Attack
 from common.errors import UserError
 
 CLEAN = "clean"
+# Who the attack is crafted on (DESIGN.md, "Threat models"): the bare victim, the defense unknown
+# to the attacker (paper 002's "white-box" Table 1), or the defended model, victim(defense(x)).
+OBLIVIOUS, ADAPTIVE = "oblivious", "adaptive"
+THREAT_MODELS = (OBLIVIOUS, ADAPTIVE)
 
 
 @dataclass(frozen=True)
 class AttackRun:
     """One attack at one budget (``eps`` in [0, 1] pixel units; None for clean and for
-    minimum-norm attacks)."""
+    minimum-norm attacks) under one threat model ("oblivious" or "adaptive")."""
 
     name: str
     eps: float | None = None
     params: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     inline: str = ""  # parameters written in the attack list, part of the id
+    threat: str = OBLIVIOUS
 
     @property
     def id(self) -> str:
@@ -81,14 +86,38 @@ def split_attack_list(text: str) -> list[tuple[str, dict[str, Any], str]]:
     return parsed
 
 
+def _threat_of(name: str, inline: dict[str, Any], inline_text: str, default: str) -> tuple[str, str]:
+    """The run's threat model and its inline text, normalised: ``threat=`` is dropped from the
+    text and ``threat=adaptive`` written back for attacks that also have an oblivious form, so
+    the two forms of one attack never share an id. Attacks built for defended models
+    (``bpda_pgd``, ``eot_pgd``, ``random_noise``) are adaptive and carry no marker."""
+    threat = inline.pop("threat", default)
+    if threat not in THREAT_MODELS:
+        raise UserError(f"attack {name}: threat={threat!r}; accepted: {', '.join(THREAT_MODELS)}")
+    if ATTACKS[name].adaptive_only:
+        if threat == OBLIVIOUS and "threat" in inline_text:
+            raise UserError(f"attack {name} runs through the defense by design; it has no oblivious form")
+        threat = ADAPTIVE
+    parts = [p for p in inline_text.split(",") if p and not p.startswith("threat=")]
+    if threat == ADAPTIVE and not ATTACKS[name].adaptive_only:
+        parts.append("threat=adaptive")
+    return threat, ",".join(parts)
+
+
 def expand_attacks(
-    attack_list: str | list[str], eps_values: list[float], params: dict[str, dict[str, Any]] | None = None
+    attack_list: str | list[str],
+    eps_values: list[float],
+    params: dict[str, dict[str, Any]] | None = None,
+    threat_model: str = OBLIVIOUS,
 ) -> list[AttackRun]:
     """One run per (attack, eps) for L-inf attacks, one per minimum-norm attack, and
     ``clean`` as given. Parameters come from ``params[name]`` (the config's
     ``attack_params``), overridden by those written inline (``pgd(steps=50)``). Unknown
     names list the accepted ones, and every attack is built once here so that bad
-    parameters fail before anything runs."""
+    parameters fail before anything runs. ``threat_model`` is the default threat of attacks
+    that have both forms; ``NAME(threat=adaptive)`` sets it for one attack."""
+    if threat_model not in THREAT_MODELS:
+        raise UserError(f"--threat-model {threat_model!r}; accepted: {', '.join(THREAT_MODELS)}")
     params = params or {}
     text = attack_list if isinstance(attack_list, str) else ",".join(attack_list)
     runs: list[AttackRun] = []
@@ -98,9 +127,10 @@ def expand_attacks(
             continue
         if name not in ATTACKS:
             raise UserError(f"unknown attack {name!r}; accepted: {', '.join([CLEAN, *sorted(ATTACKS)])}")
+        threat, inline_text = _threat_of(name, inline, inline_text, threat_model)
         budgets = eps_values if ATTACKS[name].eps_mode == "required" else [None]
         for eps in budgets:
-            run = AttackRun(name, eps, {**params.get(name, {}), **inline}, inline_text)
+            run = AttackRun(name, eps, {**params.get(name, {}), **inline}, inline_text, threat)
             try:
                 run.build()
             except (ValueError, TypeError) as err:
@@ -109,3 +139,25 @@ def expand_attacks(
     if len({r.id for r in runs}) != len(runs):
         raise UserError(f"--attacks lists an attack twice: {[r.id for r in runs]}")
     return runs
+
+
+def check_against_defense(runs: list[AttackRun], defense: Any) -> None:
+    """Refuse, before anything runs, an adaptive attack that cannot face this defense: one that
+    backpropagates through a defense without a gradient of its own (BPDA is what works there),
+    or any adaptive attack on an oracle analysis mode (it is given the true labels)."""
+    for run in runs:
+        if run.threat != ADAPTIVE:
+            continue
+        if getattr(defense, "uses_labels", False):
+            raise UserError(
+                f"attack {run.id} vs defense {defense.name!r}: the defense is an oracle analysis (it is given the "
+                "true labels) and cannot be attacked adaptively; turn its oracle off or use oblivious attacks"
+            )
+        purifier = getattr(defense, "purifier", defense)
+        differentiable = getattr(purifier, "differentiable", True) or getattr(defense, "kind", "") == "detector"
+        if ATTACKS[run.name].needs_gradient and not differentiable:
+            raise UserError(
+                f"attack {run.id} vs defense {defense.name!r}: {run.name} backpropagates through the defense, which "
+                "has no gradient of its own; what works: bpda_pgd or eot_pgd (BPDA, identity backward), "
+                "hopskipjump(threat=adaptive) or square(threat=adaptive) (no gradient needed), random_noise"
+            )

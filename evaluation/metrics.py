@@ -54,7 +54,36 @@ def summarise(records: list[dict[str, Any]], num_classes: int) -> dict[str, Any]
         if all("flagged" in r for r in records)
         else None,
         **rejection_figures(records),
+        **iterate_figures(records),
     }
+
+
+def iterate_figures(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Attacks that judge every iterate (bpda_pgd, eot_pgd, random_noise): after iterate k, the
+    share of images no iterate up to k has broken (``any_iterate_curve``: the attack keeps the
+    first that fools) and the share right at iterate k itself (``iterate_curve``; its last
+    value is ``last_iterate_accuracy``). None for other attacks."""
+    if not records or not all(r.get("history") for r in records):
+        return {"any_iterate_curve": None, "iterate_curve": None, "last_iterate_accuracy": None}
+    right = torch.tensor([[c == "1" for c in r["history"]] for r in records])
+    any_curve = right.cummin(dim=1).values.float().mean(0)
+    curve = right.float().mean(0)
+    return {
+        "any_iterate_curve": any_curve.tolist(),
+        "iterate_curve": curve.tolist(),
+        "last_iterate_accuracy": float(curve[-1]),
+    }
+
+
+def budget_curve(records: list[dict[str, Any]], norm: str, budgets: list[float]) -> list[tuple[float, float]]:
+    """Accuracy against a perturbation budget for a minimum-norm attack (paper 002 Fig. 5): an
+    image is broken at budget b if the defended victim got its attacked version wrong and the
+    perturbation's ``norm`` ("linf" or "l2") is at most b."""
+    points = []
+    for b in budgets:
+        broken = sum(r["pred"] != r["label"] and r[norm] <= b + 1e-9 for r in records)
+        points.append((b, 1 - broken / len(records)))
+    return points
 
 
 def rejection_figures(records: list[dict[str, Any]]) -> dict[str, Any]:

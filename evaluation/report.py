@@ -10,11 +10,14 @@ from typing import Any
 import torch
 
 from common.atomic_files import atomic_write, atomic_write_text
-from evaluation.attack_specs import CLEAN, AttackRun
-from evaluation.metrics import summarise
+from evaluation.attack_specs import ADAPTIVE, CLEAN, OBLIVIOUS, AttackRun
+from evaluation.metrics import budget_curve, summarise, wilson_interval
 
 COLUMNS = [
     "attack",
+    "variant",
+    "threat_model",
+    "gradient",
     "eps",
     "n",
     "accuracy",
@@ -28,6 +31,7 @@ COLUMNS = [
     "flagged_share",
     "rejected_share",
     "accuracy_with_rejection",
+    "last_iterate_accuracy",
     "seconds",
     "images_per_s",
 ]
@@ -40,9 +44,142 @@ def build_rows(records: list[dict[str, Any]], runs: list[AttackRun], num_classes
     rows = []
     for run in runs:
         if by_run.get(run.id):
-            row = {"attack": run.name, "variant": run.inline, "eps": run.eps}
-            rows.append(row | summarise(by_run[run.id], num_classes))
+            mine = by_run[run.id]
+            gradient = mine[0].get("gradient") if run.threat == ADAPTIVE else None
+            row = {"attack": run.name, "variant": run.inline, "threat_model": run.threat, "gradient": gradient}
+            row |= {"eps": run.eps} | summarise(mine, num_classes)
+            if run.name == "hopskipjump":
+                norm = run.build().constraint
+                grid = [k / 255 for k in range(26)] if norm == "linf" else [k / 10 for k in range(26)]
+                row |= {"budget_norm": norm, "budget_curve": budget_curve(mine, norm, grid)}
+            rows.append(row)
     return rows
+
+
+def worst_case_rows(records: list[dict[str, Any]], runs: list[AttackRun]) -> list[dict[str, Any]]:
+    """RobustBench's robust accuracy at each L-inf budget: an image is right only if the
+    defended victim is right under every attack run at that budget, over the images all of
+    them have. A minimum-norm L-inf HopSkipJump run counts at every budget (broken there if
+    its perturbation fits it); the L2 minimum-norm attacks (CW, DDN) have no L-inf budget and
+    are left out. One row per budget and threat model present, and one over both."""
+    by_run: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
+    for r in records:
+        by_run[r["attack"]][r["index"]] = r
+    attacked = [run for run in runs if run.name != CLEAN and by_run.get(run.id)]
+    open_budget = [run for run in attacked if run.eps is None and run.name == "hopskipjump" and _hsj_linf(run)]
+
+    def broken(run: AttackRun, r: dict[str, Any], eps: float) -> bool:
+        return r["pred"] != r["label"] and (run.eps is not None or r["linf"] <= eps + 1e-9)
+
+    rows = []
+    for eps in sorted({run.eps for run in attacked if run.eps is not None}):
+        at_eps = [run for run in attacked if run.eps == eps] + open_budget
+        groups = {t: [run for run in at_eps if run.threat == t] for t in (OBLIVIOUS, ADAPTIVE)}
+        groups = {t: g for t, g in groups.items() if g}
+        if len(groups) == 2:
+            groups["all"] = at_eps
+        for threat, group in groups.items():
+            common = set.intersection(*(set(by_run[run.id]) for run in group))
+            if not common:
+                continue
+            right = sum(not any(broken(run, by_run[run.id][i], eps) for run in group) for i in common)
+            low, high = wilson_interval(right, len(common))
+            rows.append(
+                {
+                    "attack": "worst case",
+                    "threat_model": threat,
+                    "eps": eps,
+                    "n": len(common),
+                    "runs": [run.id for run in group],
+                    "accuracy": right / len(common),
+                    "accuracy_ci95_low": low,
+                    "accuracy_ci95_high": high,
+                }
+            )
+    return rows
+
+
+def _hsj_linf(run: AttackRun) -> bool:
+    attack = run.build()
+    return getattr(attack, "constraint", None) == "linf"
+
+
+def sanity_checks(rows: list[dict[str, Any]], defense: str) -> list[dict[str, str]]:
+    """Carlini et al. 2019's checks that an adaptive evaluation is not fooling itself, read off
+    the rows: an unbounded attack reaches ~0%; a larger eps never helps the defense; more
+    iterations never help (any-iterate curves fall by construction, so the last-iterate curve
+    is what is checked); the attack beats random noise of its budget and try count; on the
+    undefended victim BPDA-PGD matches PGD."""
+    checks: list[dict[str, str]] = []
+    adaptive = [r for r in rows if r.get("threat_model") == ADAPTIVE]
+
+    def label(r: dict[str, Any]) -> str:
+        return f"{display_name(r)}@{_eps_label(r['eps'])}" if r["eps"] is not None else display_name(r)
+
+    for r in adaptive:
+        if r["eps"] is not None and r["eps"] >= 1 and r["attack"] != "random_noise":
+            ok = r["accuracy"] <= 0.02
+            checks.append(
+                {
+                    "check": f"unbounded {label(r)} reaches ~0%",
+                    "figures": f"{100 * r['accuracy']:.1f}%",
+                    "verdict": "pass" if ok else "FAIL: the attack is broken, not the defense robust",
+                }
+            )
+    series: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in adaptive:
+        if r["eps"] is not None:
+            series[display_name(r)].append(r)
+    for name, group in series.items():
+        if len(group) < 2:
+            continue
+        group = sorted(group, key=lambda r: r["eps"])
+        accs = [r["accuracy"] for r in group]
+        ok = all(a >= b for a, b in zip(accs, accs[1:], strict=False))
+        figures = " > ".join(f"{_eps_label(r['eps'])}: {100 * r['accuracy']:.1f}%" for r in group)
+        checks.append(
+            {"check": f"{name}: accuracy falls with eps", "figures": figures, "verdict": "pass" if ok else "FAIL"}
+        )
+    for r in adaptive:
+        curve = r.get("iterate_curve")
+        if curve and r["attack"] != "random_noise" and len(curve) > 2:
+            rises = max(b - a for a, b in zip(curve, curve[1:], strict=False))
+            checks.append(
+                {
+                    "check": f"{label(r)}: more iterations do not help the defense (last-iterate curve)",
+                    "figures": f"{100 * curve[0]:.1f}% at iterate 0, {100 * curve[-1]:.1f}% at {len(curve) - 1}, "
+                    f"largest rise {100 * rises:.1f} points",
+                    "verdict": "pass" if curve[-1] <= curve[0] else "FAIL",
+                }
+            )
+    noise = {r["eps"]: r for r in adaptive if r["attack"] == "random_noise"}
+    for r in adaptive:
+        if r["attack"] in ("bpda_pgd", "eot_pgd") and r["eps"] in noise:
+            n = noise[r["eps"]]
+            checks.append(
+                {
+                    "check": f"{label(r)} beats random noise ({label(n)})",
+                    "figures": f"{100 * r['accuracy']:.1f}% vs noise {100 * n['accuracy']:.1f}%",
+                    "verdict": "pass" if r["accuracy"] <= n["accuracy"] else "FAIL",
+                }
+            )
+    if defense == "none":
+        pgd = {r["eps"]: r for r in rows if r["attack"] == "pgd" and r.get("threat_model", OBLIVIOUS) == OBLIVIOUS}
+        for r in adaptive:
+            if r["attack"] == "bpda_pgd" and r["eps"] in pgd:
+                p = pgd[r["eps"]]
+                gap = (
+                    abs(r["last_iterate_accuracy"] - p["accuracy"]) if r.get("last_iterate_accuracy") is not None else 1
+                )
+                checks.append(
+                    {
+                        "check": f"{label(r)} on the undefended victim matches PGD ({label(p)})",
+                        "figures": f"last iterate {100 * (r.get('last_iterate_accuracy') or 0):.1f}%, any iterate "
+                        f"{100 * r['accuracy']:.1f}%, PGD {100 * p['accuracy']:.1f}%",
+                        "verdict": "pass" if gap <= 0.03 else "check the step counts (PGD's may differ)",
+                    }
+                )
+    return checks
 
 
 def detection_rows(records: list[dict[str, Any]], runs: list[AttackRun]) -> list[dict[str, Any]]:
@@ -138,12 +275,16 @@ def paper_table(rows: list[dict[str, Any]], metric: str, defense: str, percent: 
 
 
 def detail_table(rows: list[dict[str, Any]]) -> str:
-    head = "| attack | eps (/255) | n | accuracy | 95% CI | top-5 | SSIM | mean L2 | mean Linf | attack success | s/image | images/s |"
-    lines = [head, "|" + " --- |" * 12]
+    head = (
+        "| attack | threat model | gradient | eps (/255) | n | accuracy | 95% CI | top-5 | SSIM | mean L2 | mean Linf "
+        "| attack success | s/image | images/s |"
+    )
+    lines = [head, "|" + " --- |" * 14]
     for r in rows:
         ips = f"{r['images_per_s']:.1f}" if r["images_per_s"] else "-"
+        threat = "-" if r["attack"] == CLEAN else r.get("threat_model", OBLIVIOUS)
         lines.append(
-            f"| {display_name(r)} | {_eps_label(r['eps']) or '-'} | {r['n']} | {100 * r['accuracy']:.1f}% | "
+            f"| {display_name(r)} | {threat} | {r.get('gradient') or '-'} | {_eps_label(r['eps']) or '-'} | {r['n']} | {100 * r['accuracy']:.1f}% | "
             f"{100 * r.get('accuracy_ci95_low', 0):.1f}-{100 * r.get('accuracy_ci95_high', 1):.1f}% | "
             f"{100 * r['top5']:.1f}% | {r['ssim']:.3f} | {r['mean_l2']:.3f} | {r['mean_linf'] * 255:.2f}/255 | "
             f"{100 * r['attack_success']:.1f}% | {r['seconds'] / r['n']:.4f} | {ips} |"
@@ -151,10 +292,23 @@ def detail_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+THREAT_TITLES = {
+    OBLIVIOUS: "oblivious attacks (crafted on the bare victim; the defense unknown to the attacker)",
+    ADAPTIVE: "adaptive attacks (crafted through the defense: victim(defense(x)))",
+}
+
+
 def write_results(
-    out: Path, header: dict[str, Any], rows: list[dict[str, Any]], detection: list[dict[str, Any]] | None = None
+    out: Path,
+    header: dict[str, Any],
+    rows: list[dict[str, Any]],
+    detection: list[dict[str, Any]] | None = None,
+    worst_case: list[dict[str, Any]] | None = None,
 ) -> None:
+    checks = sanity_checks(rows, header["defense"])
     extra = {"detection": detection} if detection else {}
+    extra |= {"worst_case": worst_case} if worst_case else {}
+    extra |= {"sanity_checks": checks} if checks else {}
     atomic_write_text(out / "results.json", json.dumps({**header, "rows": rows, **extra}, indent=2) + "\n")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
@@ -165,19 +319,151 @@ def write_results(
     md = [
         f"# Robustness of {header['victim']} on {header['dataset']} with defense `{defense}`\n",
         f"{header.get('command', '')}\n",
-        "## Accuracy (%), shaped like paper 002 Table 1\n",
-        paper_table(rows, "accuracy", defense, percent=True),
-        "## SSIM(defended, clean), shaped like paper 002 Table 2\n",
-        paper_table(rows, "ssim", defense, percent=False),
-        "## All figures\n",
-        detail_table(rows),
     ]
+    clean = [r for r in rows if r["attack"] == CLEAN]
+    for threat in (OBLIVIOUS, ADAPTIVE):
+        group = [r for r in rows if r.get("threat_model", OBLIVIOUS) == threat and r["attack"] != CLEAN]
+        if not group:
+            continue
+        group = clean + group
+        md += [
+            f"## Accuracy (%), {THREAT_TITLES[threat]}, shaped like paper 002 Table 1\n",
+            paper_table(group, "accuracy", defense, percent=True),
+            f"## SSIM(defended, clean), {threat} attacks, shaped like paper 002 Table 2\n",
+            paper_table(group, "ssim", defense, percent=False),
+        ]
+    md += ["## All figures\n", detail_table(rows)]
+    if worst_case:
+        md += ["## Robust accuracy: the worst case over the attacks run, per image (RobustBench)\n"]
+        md.append(worst_case_table(worst_case))
+    curves = [r for r in rows if r.get("any_iterate_curve")]
+    if curves:
+        md += [
+            "## Accuracy after every iteration (paper 002 Fig. 4): any iterate / the iterate itself\n",
+            "An image is broken as soon as any iterate fools the defended victim (the attack keeps it); the second "
+            "figure is the accuracy on iterate k alone.\n",
+            iteration_table(curves),
+        ]
+    budgets = [r for r in rows if r.get("budget_curve")]
+    if budgets:
+        md += ["## Accuracy against the perturbation budget (paper 002 Fig. 5)\n", budget_table(budgets)]
+    if checks:
+        md += ["## Sanity checks (Carlini et al. 2019)\n", sanity_table(checks)]
     if any(r.get("rejected_share") is not None for r in rows):
         md += ["## Rejection (INC, paper 004 Sec. 2.1: ||G(z*) - x||_2 >= eta)\n", rejection_table(rows)]
     if detection:
         md += ["## Detection (balanced: each clean image and its attacked version), as paper 003 Table 4\n"]
         md.append(detection_table(detection))
     atomic_write_text(out / "results.md", "\n".join(md))
+
+
+def worst_case_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| eps (/255) | threat model | n | robust accuracy | 95% CI | attacks |", "|" + " --- |" * 6]
+    for r in rows:
+        lines.append(
+            f"| {_eps_label(r['eps'])} | {r['threat_model']} | {r['n']} | {100 * r['accuracy']:.1f}% | {100 * r['accuracy_ci95_low']:.1f}-"
+            f"{100 * r['accuracy_ci95_high']:.1f}% | {', '.join(r['runs'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def iteration_table(rows: list[dict[str, Any]]) -> str:
+    width = max(len(r["any_iterate_curve"]) for r in rows)
+    lines = ["| attack | eps (/255) | gradient | n | " + " | ".join(str(k) for k in range(width)) + " |"]
+    lines.append("|" + " --- |" * (4 + width))
+    for r in rows:
+        cells = [
+            f"{100 * a:.0f}/{100 * b:.0f}" for a, b in zip(r["any_iterate_curve"], r["iterate_curve"], strict=True)
+        ]
+        cells += [""] * (width - len(cells))
+        lines.append(
+            f"| {display_name(r)} | {_eps_label(r['eps'])} | {r.get('gradient') or '-'} | {r['n']} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def budget_table(rows: list[dict[str, Any]]) -> str:
+    lines = []
+    for r in rows:
+        unit = "/255" if r["budget_norm"] == "linf" else ""
+        shown = [p for k, p in enumerate(r["budget_curve"]) if k % 2 == 0 or k == 8]
+        head = " | ".join(f"{p[0] * 255:.0f}{unit}" if unit else f"{p[0]:.1f}" for p in shown)
+        lines += [
+            f"{display_name(r)} ({r['threat_model']}, {r['budget_norm']}, n = {r['n']}):\n",
+            f"| budget | {head} |",
+            "|" + " --- |" * (1 + len(shown)),
+            "| accuracy | " + " | ".join(f"{100 * p[1]:.1f}%" for p in shown) + " |\n",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def sanity_table(checks: list[dict[str, str]]) -> str:
+    lines = ["| check | figures | verdict |", "| --- | --- | --- |"]
+    lines += [f"| {c['check']} | {c['figures']} | {c['verdict']} |" for c in checks]
+    return "\n".join(lines) + "\n"
+
+
+def plot_iteration_curves(out: Path, rows: list[dict[str, Any]], title: str) -> Path | None:
+    """Paper 002 Fig. 4's shape for one defense: accuracy against the attack iteration, one
+    panel per eps; solid: any iterate (the attack keeps the first that fools), dashed: the
+    iterate itself."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = [r for r in rows if r.get("any_iterate_curve")]
+    if not curves:
+        return None
+    eps_values = sorted({r["eps"] for r in curves})
+    fig, axes = plt.subplots(1, len(eps_values), figsize=(4.2 * len(eps_values), 3.6), squeeze=False)
+    for ax, eps in zip(axes[0], eps_values, strict=True):
+        for r in (r for r in curves if r["eps"] == eps):
+            k = range(len(r["any_iterate_curve"]))
+            (line,) = ax.plot(k, [100 * a for a in r["any_iterate_curve"]], marker="o", ms=3, label=display_name(r))
+            ax.plot(k, [100 * a for a in r["iterate_curve"]], ls="--", color=line.get_color(), alpha=0.6)
+        ax.set_title(f"L-inf {_eps_label(eps)}/255")
+        ax.set_xlabel("attack iteration")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = out / "accuracy_vs_iteration.png"
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+    return path
+
+
+def plot_budget_curves(out: Path, rows: list[dict[str, Any]], title: str) -> Path | None:
+    """Paper 002 Fig. 5's shape for one defense: accuracy against the perturbation budget,
+    one panel per HopSkipJump run (query budget)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = [r for r in rows if r.get("budget_curve")]
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.6), squeeze=False)
+    for ax, r in zip(axes[0], curves, strict=True):
+        scale = 255 if r["budget_norm"] == "linf" else 1
+        ax.plot([p[0] * scale for p in r["budget_curve"]], [100 * p[1] for p in r["budget_curve"]], marker="o", ms=3)
+        ax.set_title(f"{display_name(r)} ({r['threat_model']})", fontsize=8)
+        ax.set_xlabel("budget (/255, L-inf)" if scale == 255 else "budget (L2)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = out / "accuracy_vs_budget.png"
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+    return path
 
 
 def plot_accuracy_vs_eps(out: Path, rows: list[dict[str, Any]], title: str) -> Path | None:
@@ -189,7 +475,7 @@ def plot_accuracy_vs_eps(out: Path, rows: list[dict[str, Any]], title: str) -> P
     series: dict[str, list[tuple[float, float]]] = defaultdict(list)
     clean = next((r["accuracy"] for r in rows if r["attack"] == CLEAN), None)
     for r in rows:
-        if r["eps"] is not None:
+        if r["eps"] is not None and r["eps"] < 1:  # the unbounded check would squash the axis
             series[display_name(r)].append((r["eps"] * 255, r["accuracy"]))
     if not series:
         return None
@@ -252,10 +538,10 @@ def plot_examples(out: Path, examples_dir: Path, run_ids: list[str], class_names
 
 
 def summary_table(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'attack':<12}{'eps/255':>8}{'n':>6}{'acc':>8}{'top5':>8}{'SSIM':>7}{'L2':>7}{'s/img':>9}"]
+    lines = [f"{'attack':<24}{'threat':>10}{'eps/255':>8}{'n':>6}{'acc':>8}{'top5':>8}{'SSIM':>7}{'L2':>7}{'s/img':>9}"]
     for r in rows:
         lines.append(
-            f"{display_name(r):<12}{_eps_label(r['eps']) or '-':>8}{r['n']:>6}{100 * r['accuracy']:>7.1f}%"
+            f"{display_name(r):<24}{r.get('threat_model', OBLIVIOUS):>10}{_eps_label(r['eps']) or '-':>8}{r['n']:>6}{100 * r['accuracy']:>7.1f}%"
             f"{100 * r['top5']:>7.1f}%{r['ssim']:>7.3f}{r['mean_l2']:>7.3f}{r['seconds'] / r['n']:>9.4f}"
             + (f"  rejected {100 * r['rejected_share']:.1f}%" if r.get("rejected_share") is not None else "")
         )

@@ -19,9 +19,10 @@ from tqdm.auto import tqdm
 
 from common.atomic_files import atomic_torch_save
 from defenses.base import Defense, Detector
+from defenses.defended import DefendedClassifier
 from dip.diagnostics import plot_trace
-from evaluation.adversarial_cache import AdversarialCache, cached_attack
-from evaluation.attack_specs import CLEAN, AttackRun
+from evaluation.adversarial_cache import AdversarialCache, cached_attack_entry
+from evaluation.attack_specs import ADAPTIVE, CLEAN, AttackRun
 from evaluation.chunks import ChunkDataset
 from evaluation.metrics import per_image_ssim, perturbation_norms
 from evaluation.sample_log import RecordKey, SampleLog
@@ -42,8 +43,11 @@ class RobustnessEvaluation(pl.LightningModule):
     num_examples: images kept per attack for that grid. Default: 8.
     traces_dir: where decision-trace plots go for the images the defense traced. Default: None.
     class_names: for plot labels. Default: None.
-    attack_model: the model the attacks are crafted on (a transfer attack); the cache key
-        must then name it. Default: None, the victim itself.
+    attack_model: the model the oblivious attacks are crafted on (a transfer attack); the cache
+        key must then name it. Default: None, the victim itself.
+    adaptive_cache_key: the cache key of attacks through the defense (threat model
+        "adaptive"): the victim's hash, the data set, the defense and its parameters. Default:
+        None, ``cache_key`` with the defense's name and parameters added.
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class RobustnessEvaluation(pl.LightningModule):
         traces_dir: Path | None = None,
         class_names: list[str] | None = None,
         attack_model: nn.Module | None = None,
+        adaptive_cache_key: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         # The attacks and the per-image DIP fits run their own optimisers inside test_step
@@ -72,6 +77,16 @@ class RobustnessEvaluation(pl.LightningModule):
         self.classifier = classifier.eval().requires_grad_(False)
         self.attack_model = self.classifier if attack_model is None else attack_model.eval().requires_grad_(False)
         self.defense = defense
+        # The model an adaptive attacker attacks: victim(defense(x)), BPDA where needed.
+        self.defended = (
+            DefendedClassifier(self.classifier, defense) if not getattr(defense, "uses_labels", False) else None
+        )
+        self.adaptive_cache_key = adaptive_cache_key or {
+            **cache_key,
+            "threat": ADAPTIVE,
+            "defense": defense.name,
+            "defense_params": defense.params(),
+        }
         self.runs = runs
         self.chunks = ChunkDataset(dataset, indices, chunk_size)
         self.cache, self.cache_key = cache, cache_key
@@ -107,21 +122,22 @@ class RobustnessEvaluation(pl.LightningModule):
 
     def _adversarial(
         self, run: AttackRun, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The chunk's attacked images and, for the adaptive any-iterate attacks, their history."""
         if run.name == CLEAN:
-            return images
-        return cached_attack(
-            self.cache,
-            self.cache_key,
-            run.build(),
-            run.name,
-            run.eps,
-            self.attack_model,
-            images,
-            labels,
-            indices,
-            self.seed,
-        )
+            return images, None
+        if run.threat == ADAPTIVE:
+            with self.defended.bound_to(indices):
+                entry = cached_attack_entry(
+                    self.cache, self.adaptive_cache_key, run.build(), run.name, run.eps, self.defended,
+                    images, labels, indices, self.seed,
+                )  # fmt: skip
+        else:
+            entry = cached_attack_entry(
+                self.cache, self.cache_key, run.build(), run.name, run.eps, self.attack_model,
+                images, labels, indices, self.seed,
+            )  # fmt: skip
+        return entry["images"], entry.get("history")
 
     @torch.no_grad()
     def _classify(self, images: torch.Tensor) -> torch.Tensor:
@@ -140,7 +156,7 @@ class RobustnessEvaluation(pl.LightningModule):
     def _evaluate_run(self, run: AttackRun, images, labels, indices, clean_pred, todo: list[int]) -> None:
         started = time.perf_counter()
         with torch.enable_grad():
-            adversarial = self._adversarial(run, images, labels, indices)  # the whole chunk: one cache entry
+            adversarial, history = self._adversarial(run, images, labels, indices)  # the chunk: one cache entry
         attack_seconds = (time.perf_counter() - started) / len(indices)
         # Only the images without a record are defended (a resumed chunk); DIP defenses are
         # seeded per image, so a subset gets the same results as the whole chunk.
@@ -148,6 +164,7 @@ class RobustnessEvaluation(pl.LightningModule):
         images, labels, indices, clean_pred, adversarial = (
             t[sel] for t in (images, labels, indices, clean_pred, adversarial)
         )
+        history = None if history is None else history[sel.to(history.device)]
         adv_logits = self._classify(adversarial)
         started = time.perf_counter()
         scores = None
@@ -164,6 +181,11 @@ class RobustnessEvaluation(pl.LightningModule):
         ssim = per_image_ssim(defended, images)
         l2, linf = perturbation_norms(adversarial, images)
         pred, adv_pred = logits.argmax(1), adv_logits.argmax(1)
+        gradient = None
+        if run.threat == ADAPTIVE:  # how the attack's gradient passed the defense, if it took one
+            attack = run.build()
+            gradient = self.defended.gradient if attack.adaptive_only or attack.needs_gradient else "none"
+            gradient = "none" if run.name == "random_noise" else gradient
         records = []
         for i in range(len(indices)):
             record = {
@@ -181,7 +203,14 @@ class RobustnessEvaluation(pl.LightningModule):
                 "linf": float(linf[i]),
                 "seconds": seconds,
                 "attack_seconds": attack_seconds,
+                "threat_model": run.threat,
             }
+            if gradient is not None:
+                record["gradient"] = gradient
+            if history is not None:  # per iterate: was the defended victim still right
+                right = history[i].tolist()
+                record["history"] = "".join("1" if r else "0" for r in right)
+                record["broken_at"] = right.index(False) if False in right else None
             if scores is not None:
                 record.update(score=float(scores[i]), flagged=bool(scores[i] >= self.defense.threshold))
             elif self.defense.last_details:

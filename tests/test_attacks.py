@@ -38,6 +38,14 @@ CASES = {
     # brightest-channel task only through the network's nonlinearity
     "salt_and_pepper": (None, {}, 0.6),
     "newtonfool": (None, {}, 0.9),
+    "autoattack": (EPS, {"n_classes": 3}, 1.0),
+    "apgd": (EPS, {"steps": 20}, 1.0),
+    "square": (EPS, {"n_queries": 500}, 0.9),
+    # the adaptive attacks on a bare model: the model is the undefended victim
+    "bpda_pgd": (EPS, {}, 1.0),
+    "eot_pgd": (EPS, {"eot": 2}, 1.0),
+    # random-sign noise at 8/255 averages out over the 64 pixels of a channel: it flips few
+    "random_noise": (EPS, {}, 0.0),
 }
 
 

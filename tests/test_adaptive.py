@@ -1,0 +1,333 @@
+"""Defense-aware evaluation: the defended model, BPDA, EOT, the noise baseline, threat models.
+
+Known answers: BPDA-PGD on the undefended victim is torchattacks' PGD step for step; the BPDA
+backward is the victim's gradient at the purified image; INC's rejection gradient is the
+envelope-theorem one; an unbounded attack fools every image through a real DIP defense.
+"""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import evaluate
+from attacks import build_attack
+from common.errors import UserError
+from defenses import Purifier, build_defense
+from defenses.base import Detector, IdentityDefense
+from defenses.defended import DRAW_STRIDE, HASHED_INDEX_BASE, DefendedClassifier, draw_indices, hashed_indices
+from evaluation.attack_specs import check_against_defense, expand_attacks
+from evaluation.sample_log import read_records
+from tests.conftest import TINY_VICTIM_CONFIG
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_victim_module() -> nn.Module:
+    from nets import build_classifier
+
+    torch.manual_seed(0)
+    return build_classifier(**TINY_VICTIM_CONFIG).eval().requires_grad_(False)
+
+
+class SeededNoise(Purifier):
+    """A cheap seeded purifier: adds noise drawn from each image's index (like a DIP fit,
+    its output depends on the seed), and records the indices it was called with."""
+
+    name = "seeded_noise"
+    seeded = True
+
+    def __init__(self, scale: float = 0.05) -> None:
+        self.scale, self.calls = scale, []
+
+    def purify(self, images, classifier, indices, labels=None):
+        self.calls.append(indices.tolist())
+        noise = torch.stack([torch.randn(images[0].shape, generator=torch.Generator().manual_seed(int(i) % 2**63))
+                             for i in indices])  # fmt: skip
+        return (images + self.scale * noise).clamp(0, 1)
+
+
+class Halver(Purifier):
+    """A differentiable purifier with a known Jacobian: x -> x / 2."""
+
+    name = "halver"
+    differentiable = True
+
+    def purify(self, images, classifier, indices, labels=None):
+        return images / 2
+
+    def purify_with_grad(self, images):
+        return images / 2
+
+
+def test_bpda_pgd_on_the_undefended_victim_is_torchattacks_pgd():
+    victim, x, y = tiny_victim_module(), torch.rand(6, 3, 32, 32), torch.arange(6)
+    torch.manual_seed(3)
+    ours = build_attack("bpda_pgd", eps=8 / 255, steps=7, select="last")(victim, x, y)
+    torch.manual_seed(3)
+    theirs = build_attack("pgd", eps=8 / 255, steps=7)(victim, x, y)
+    assert torch.equal(ours, theirs)
+    torch.manual_seed(3)
+    defended = DefendedClassifier(victim, IdentityDefense())
+    assert torch.equal(build_attack("bpda_pgd", eps=8 / 255, steps=7, select="last")(defended, x, y), theirs)
+
+
+def test_bpda_backward_is_the_victims_gradient_at_the_purified_image():
+    victim = tiny_victim_module()
+    defense = SeededNoise()
+    defended = DefendedClassifier(victim, defense)
+    x, y = torch.rand(3, 3, 32, 32), torch.tensor([1, 2, 3])
+    with defended.bound_to(torch.tensor([5, 6, 7])):
+        xg = x.clone().requires_grad_(True)
+        nn.functional.cross_entropy(defended(xg), y).backward()
+        purified = defense.purify(x, victim, torch.tensor([5, 6, 7]))
+    pg = purified.clone().requires_grad_(True)
+    nn.functional.cross_entropy(victim(pg), y).backward()
+    assert torch.allclose(xg.grad, pg.grad) and defended.gradient == "bpda-identity"
+    with pytest.raises(UserError, match="no gradient of its own"):
+        DefendedClassifier(victim, defense, bpda=False)(x.clone().requires_grad_(True))
+
+
+def test_differentiable_defense_gets_its_full_gradient():
+    victim = tiny_victim_module()
+    defended = DefendedClassifier(victim, Halver())
+    x, y = torch.rand(2, 3, 32, 32), torch.tensor([0, 1])
+    xg = x.clone().requires_grad_(True)
+    nn.functional.cross_entropy(defended(xg), y).backward()
+    half = (x / 2).requires_grad_(True)
+    nn.functional.cross_entropy(victim(half), y).backward()
+    assert torch.allclose(xg.grad, half.grad / 2) and defended.gradient == "full"
+
+
+def test_seed_policy_bound_indices_hashes_and_draws():
+    victim, defense = tiny_victim_module(), SeededNoise()
+    defended = DefendedClassifier(victim, defense)
+    x = torch.rand(4, 3, 32, 32)
+    # unbound: an image's output depends on its bytes only, not on the batch it is in
+    alone = defended.purified(x[2:3])
+    together = defended.purified(x)
+    assert torch.equal(alone[0], together[2])
+    hashed = hashed_indices(x)
+    assert (hashed >= HASHED_INDEX_BASE).all() and (hashed < 2 * HASHED_INDEX_BASE).all()
+    assert torch.equal(hashed, hashed_indices(x.clone())) and len(set(hashed.tolist())) == 4
+    with defended.bound_to(torch.tensor([10, 11, 12, 13])):
+        defended(x)
+        assert defense.calls[-1] == [10, 11, 12, 13]
+        with defended.restricted_to(torch.tensor([False, True, False, True])):
+            defended(x[[1, 3]])
+            assert defense.calls[-1] == [11, 13]
+        with pytest.raises(ValueError, match="bound to 4 dataset indices but was called on 2"):
+            defended(x[:2])
+    assert draw_indices(torch.tensor([3]), 2).item() == 3 + 2 * DRAW_STRIDE
+    with pytest.raises(UserError, match=r"\[0, 1\]"):
+        defended(x * 2)
+
+
+def test_eot_averages_other_draws_and_judges_with_the_evaluations_own():
+    victim, defense = tiny_victim_module(), SeededNoise()
+    defended = DefendedClassifier(victim, defense)
+    x, y = torch.rand(2, 3, 32, 32), torch.tensor([0, 1])
+    attack = build_attack("eot_pgd", eps=8 / 255, steps=2, eot=3)
+    with defended.bound_to(torch.tensor([4, 9])):
+        attack(defended, x, y)
+    own = [c for c in defense.calls if c == [4, 9]]
+    draws = [c for c in defense.calls if len(c) == 6]
+    assert len(own) == 3  # one verdict per iterate (0, 1, 2), with the evaluation's seeds
+    assert len(draws) == 2  # one batched gradient call of 3 draws x 2 images per step
+    assert sorted(draws[0]) == sorted(int(draw_indices(torch.tensor([i]), d)) for d in (1, 2, 3) for i in (4, 9))
+    assert attack.last_history.shape == (2, 3)
+
+
+def test_unbounded_bpda_pgd_breaks_a_real_dip_defense():
+    victim = tiny_victim_module()
+    # 60 steps at lr 0.05 fit the image well enough that the output follows the input (MSE ~0.05)
+    defense = build_defense("dip_inc", network="small", iterations=60, lr=0.05, threshold=0.0, dip_batch=8)
+    defended = DefendedClassifier(victim, defense)
+    x = torch.rand(4, 3, 32, 32)
+    indices = torch.arange(4)
+    with torch.no_grad(), defended.bound_to(indices):
+        y = defended(x).argmax(1)  # labels the defended victim gets right
+    attack = build_attack("bpda_pgd", eps=1.0, steps=6)
+    with defended.bound_to(indices):
+        adv = attack(defended, x, y)
+        with torch.no_grad():
+            fooled = defended(adv).argmax(1) != y
+    history = attack.last_history
+    assert history.shape == (4, 7) and history[:, 0].all()  # the random start fools none here
+    assert fooled.all(), f"unbounded BPDA left {int((~fooled).sum())} of 4 right"
+    assert not history.all(dim=1).any()  # each image has an iterate that fooled, and it was kept
+
+
+def test_random_noise_counts_an_image_broken_if_any_try_fools():
+    class Threshold(nn.Module):  # class 1 iff the mean pixel is above 0.5
+        def forward(self, x):
+            m = x.mean(dim=(1, 2, 3))
+            return torch.stack([0.5 - m, m - 0.5], dim=1) * 100
+
+    x = torch.full((3, 1, 4, 4), 0.5)
+    x[0] += 0.2  # far from the boundary: noise of 0.01 never flips it
+    x[1] += 0.0005  # on it: some draws flip it
+    x[2] -= 0.2
+    y = torch.tensor([1, 1, 0])
+    torch.manual_seed(0)
+    attack = build_attack("random_noise", eps=0.01, tries=20)
+    adv = attack(Threshold(), x, y)
+    history = attack.last_history
+    assert history[0].all() and history[2].all() and not history[1].all()
+    assert Threshold()(adv).argmax(1).tolist() == [1, 0, 0]  # the fooling try is kept
+    assert (adv - x).abs().max() <= 0.01 + 1e-7
+
+
+def test_inc_rejection_term_has_the_envelope_gradient():
+    class FakeINC(Purifier):
+        name, seeded, eta = "fake_inc", True, 0.5
+
+        def purify(self, images, classifier, indices, labels=None):
+            return torch.zeros_like(images)
+
+    defended = DefendedClassifier(tiny_victim_module(), FakeINC())
+    x = torch.rand(2, 3, 32, 32).requires_grad_(True)
+    purified = defended.purified(x, torch.arange(2))
+    penalty = defended.evasion_penalty(x, purified)
+    penalty.sum().backward()
+    distance = x.detach().flatten(1).norm(dim=1)
+    assert torch.allclose(penalty, distance / 0.5 - 1)
+    assert torch.allclose(x.grad, x.detach() / distance.view(-1, 1, 1, 1) / 0.5)
+
+
+class MeanThreshold(nn.Module):
+    """Class 1 iff the mean pixel is above 0.5."""
+
+    def forward(self, x):
+        m = x.mean(dim=(1, 2, 3))
+        return torch.stack([0.5 - m, m - 0.5], dim=1) * 100
+
+
+class BrightnessDetector(Detector):
+    """Flags images whose mean pixel is above ``level``; differentiable."""
+
+    name, threshold = "bright", 0.5
+
+    def __init__(self, level: float) -> None:
+        self.level = level
+
+    def logit(self, images):
+        return (images.mean(dim=(1, 2, 3)) - self.level) * 400
+
+    def score(self, images):
+        return self.logit(images).sigmoid()
+
+
+def test_bpda_against_a_lone_detector_counts_flagged_inputs_as_defended():
+    x, y = torch.full((3, 1, 4, 4), 0.49), torch.zeros(3, dtype=torch.long)
+    # every input the victim calls class 1 is flagged: fooling the victim is never a success
+    defended = DefendedClassifier(MeanThreshold(), BrightnessDetector(level=0.5))
+    attack = build_attack("bpda_pgd", eps=0.05, steps=8, random_start=False, evasion_weight=0.0)
+    adv = attack(defended, x, y)
+    assert attack.last_history.all()  # the victim was fooled from iterate 1 on, always seen
+    assert (MeanThreshold()(adv).argmax(1) == 1).all()
+    # the evasion term: softplus of the logit past the threshold, pushing the detector down
+    detector = BrightnessDetector(level=0.52)
+    defended = DefendedClassifier(MeanThreshold(), detector)
+    xg = torch.full((1, 1, 4, 4), 0.53).requires_grad_(True)
+    penalty = defended.evasion_penalty(xg, defended.purified(xg))
+    assert torch.allclose(penalty, nn.functional.softplus(detector.logit(xg.detach())))
+    penalty.sum().backward()
+    assert (xg.grad > 0).all()  # descending the loss (CE - penalty) lowers the brightness
+
+
+def test_threat_models_and_the_pairs_that_cannot_run():
+    runs = expand_attacks("clean,pgd,pgd(threat=adaptive),bpda_pgd,hopskipjump(queries=200)", [8 / 255])
+    assert [(r.id, r.threat) for r in runs] == [
+        ("clean", "oblivious"),
+        ("pgd@8/255", "oblivious"),
+        ("pgd(threat=adaptive)@8/255", "adaptive"),
+        ("bpda_pgd@8/255", "adaptive"),
+        ("hopskipjump(queries=200)", "oblivious"),
+    ]
+    assert "threat" not in runs[2].params
+    adaptive = expand_attacks("hopskipjump(queries=200)", [], threat_model="adaptive")
+    assert adaptive[0].id == "hopskipjump(queries=200,threat=adaptive)" and adaptive[0].threat == "adaptive"
+    with pytest.raises(UserError, match="no oblivious form"):
+        expand_attacks("bpda_pgd(threat=oblivious)", [8 / 255])
+    with pytest.raises(UserError, match="threat='sideways'"):
+        expand_attacks("pgd(threat=sideways)", [8 / 255])
+    dip = build_defense("dip_inc", network="small", iterations=5)
+    with pytest.raises(UserError, match=r"pgd\(threat=adaptive\)@8/255 vs defense 'dip_inc'.*bpda_pgd"):
+        check_against_defense(runs, dip)
+    check_against_defense([runs[3], adaptive[0]], dip)  # BPDA and decision-based attacks run
+    check_against_defense(runs, IdentityDefense())
+    oracle = build_defense("deep_protection", network="small", iterations=5, oracle=True)
+    with pytest.raises(UserError, match="oracle"):
+        check_against_defense([runs[3]], oracle)
+    with pytest.raises(UserError, match="oracle"):
+        DefendedClassifier(tiny_victim_module(), oracle)
+
+
+def test_hopskipjump_through_a_seeded_defense_queries_whole_bound_batches():
+    victim, defense = MeanThreshold(), SeededNoise(scale=0.01)
+    defended = DefendedClassifier(victim, defense)
+    x = 0.3 + 0.1 * torch.rand(3, 3, 8, 8)  # class 0; uniform noise is class 1 half the time
+    indices = torch.tensor([20, 21, 22])
+    with torch.no_grad(), defended.bound_to(indices):
+        y = defended(x).argmax(1)
+    attack = build_attack("hopskipjump", queries=200, constraint="linf")
+    with defended.bound_to(indices):
+        adv = attack(defended, x, y)
+        with torch.no_grad():
+            fooled = defended(adv).argmax(1) != y
+    assert fooled.all() and len(defense.calls) > 100
+    assert all(set(c) <= {20, 21, 22} for c in defense.calls)
+
+
+def _run(out, victim, data_dir, *extra):
+    args = ["--victim", str(victim), "--data-dir", str(data_dir), "--out", str(out), "--batch-size", "4", *extra]
+    return evaluate.main(args)
+
+
+def test_evaluate_reports_both_threat_models_curves_worst_case_and_sanity(tiny_victim, cifar_batches_dir, tmp_path):
+    out = tmp_path / "adaptive"
+    attacks = "clean,pgd(steps=5),bpda_pgd(steps=5),random_noise(tries=6),hopskipjump(queries=200,constraint=linf,threat=adaptive)"
+    args = ("--attacks", attacks, "--eps", "8,255", "--num-samples", "8")
+    rows = _run(out, tiny_victim, cifar_batches_dir, *args)
+    by_id = {(r["attack"], r["eps"]): r for r in rows}
+    assert by_id[("pgd", 8 / 255)]["threat_model"] == "oblivious"
+    bpda = by_id[("bpda_pgd", 8 / 255)]
+    assert bpda["threat_model"] == "adaptive" and bpda["gradient"] == "full"
+    assert len(bpda["any_iterate_curve"]) == 6 and bpda["any_iterate_curve"][-1] == pytest.approx(bpda["accuracy"])
+    assert all(a >= b for a, b in zip(bpda["any_iterate_curve"], bpda["any_iterate_curve"][1:]))
+    assert by_id[("bpda_pgd", 1.0)]["accuracy"] == 0.0  # unbounded
+    hsj = by_id[("hopskipjump", None)]
+    assert hsj["budget_norm"] == "linf" and hsj["budget_curve"][0][1] >= hsj["budget_curve"][-1][1]
+    results = json.loads((out / "results.json").read_text())
+    worst = {(w["eps"], w["threat_model"]): w for w in results["worst_case"]}
+    at8 = [by_id[(n, 8 / 255)]["accuracy"] for n in ("pgd", "bpda_pgd", "random_noise")]
+    assert worst[(8 / 255, "all")]["accuracy"] <= min(at8)
+    checks = {c["check"]: c["verdict"] for c in results["sanity_checks"]}
+    assert checks["unbounded bpda_pgd(steps=5)@255 reaches ~0%"] == "pass"
+    md = (out / "results.md").read_text()
+    assert "oblivious attacks (crafted on the bare victim" in md and "adaptive attacks (crafted through" in md
+    assert "Sanity checks" in md and "Robust accuracy" in md and "paper 002 Fig. 4" in md
+    assert (out / "accuracy_vs_iteration.png").is_file() and (out / "accuracy_vs_budget.png").is_file()
+    records = read_records(out / "samples.jsonl")
+    assert all(len(r["history"]) == 6 for r in records if r["attack"] == "bpda_pgd@8/255")
+    # a rerun resumes: nothing recomputed, the same figures
+    again = _run(out, tiny_victim, cifar_batches_dir, *args)
+    assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]
+    assert len(read_records(out / "samples.jsonl")) == len(records)
+
+
+def test_evaluate_refuses_a_gradient_attack_through_a_dip_defense_before_writing(
+    tiny_victim, cifar_batches_dir, tmp_path
+):
+    out = tmp_path / "refused"
+    with pytest.raises(UserError, match=r"autoattack\(threat=adaptive\)@8/255 vs defense 'dip_stitch'"):
+        _run(out, tiny_victim, cifar_batches_dir, "--defense", "dip_stitch", "--attacks", "autoattack(threat=adaptive)")
+    assert not out.exists()
