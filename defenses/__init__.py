@@ -3,6 +3,16 @@ score images; each is registered by name for ``evaluate.py --defense NAME``."""
 
 from defenses import dip_defenses, inc, learned  # noqa: F401  (register their defenses)
 from defenses.base import Defense, Detector, IdentityDefense, Purifier
+from defenses.defended import DefendedClassifier
 from defenses.registry import DEFENSES, build_defense, register_defense
 
-__all__ = ["DEFENSES", "Defense", "Detector", "IdentityDefense", "Purifier", "build_defense", "register_defense"]
+__all__ = [
+    "DEFENSES",
+    "DefendedClassifier",
+    "Defense",
+    "Detector",
+    "IdentityDefense",
+    "Purifier",
+    "build_defense",
+    "register_defense",
+]

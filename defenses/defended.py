@@ -9,7 +9,8 @@ App. A did with advertorch's ``BPDAWrapper`` (used here through ``attacks.advert
 Seed policy. A seeded defense (DIP, INC) draws its randomness from each image's dataset index.
 ``bound_to(indices)`` gives the indices of the batch an attack works on; every call of that
 attack must then pass a batch of that size, row for row (foolbox's HopSkipJump and the BPDA
-attacks here do). Images that have no dataset index (a notebook, ``forward`` without a binding)
+attacks here do), or, bound to one index, any batch (an attack on one image, such as ART's
+HopSkipJump, which batches one image's queries). Images that have no dataset index (a notebook, ``forward`` without a binding)
 are seeded by a hash of their float32 bytes: the same image always gets the same defense
 output, whatever batch it is in, and any change to an image draws fresh randomness. Draws
 other than the evaluation's own (EOT) shift the index by ``DRAW_STRIDE``.
@@ -112,6 +113,8 @@ class DefendedClassifier(nn.Module):
         """The dataset indices that seed this batch: the binding, else the images' hashes."""
         if self._bound is None:
             return hashed_indices(images)
+        if len(self._bound) == 1:  # one image's attack: every query is that image's
+            return self._bound.expand(len(images))
         if len(self._bound) != len(images):
             raise ValueError(
                 f"the defended model is bound to {len(self._bound)} dataset indices but was called on {len(images)} "

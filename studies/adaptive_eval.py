@@ -23,9 +23,16 @@ sys.path.insert(0, str(REPO))
 
 HSJ = ",".join(f"hopskipjump(queries={q},constraint=linf,threat=adaptive)" for q in (200, 1000, 2500))
 GRADIENT = "clean,pgd,bpda_pgd,random_noise"
-# (run name, defense, attacks, eps, images); runs sharing a defense and image count share the
+# Paper 004's INC on Fashion-MNIST (its config: the VAE, eta calibrated, 500-image batches),
+# eps in [0, 1] units (paper 004's FGSM budgets halved, as in evaluate_inc_fmnist.yaml).
+INC_CONFIG = ("--config", "evaluate_inc_fmnist.yaml")
+INC = [
+    ("inc_fmnist", "inc", "clean,fgsm,bpda_pgd,random_noise", "0.05,0.1", 100, INC_CONFIG),
+    ("inc_fmnist_unbounded", "inc", "bpda_pgd", "255", 100, INC_CONFIG),
+]
+# (run name, defense, attacks, eps, images[, evaluate.py arguments]); runs sharing a defense and image count share the
 # adversarial cache, so the second eps-8 run of a defense gets its eps-8 attacks for free.
-PLANS: dict[str, list[tuple[str, str, str, str, int]]] = {
+PLANS: dict[str, list[tuple]] = {
     "cpu": [
         ("none", "none", GRADIENT, "2,4,8", 100),
         ("autoencoder", "autoencoder", GRADIENT, "2,4,8", 100),
@@ -42,7 +49,8 @@ PLANS: dict[str, list[tuple[str, str, str, str, int]]] = {
         ("dip_stitch_eps24", "dip_stitch", "clean,bpda_pgd", "2,4", 32),
         ("dipdefend_eps24", "dipdefend", "clean,bpda_pgd", "2,4", 32),
         ("dip_stitch_hsj200", "dip_stitch", "clean,hopskipjump(queries=200,constraint=linf,threat=adaptive)", "8", 5),
-    ],
+    ]
+    + INC,
     "gpu": [
         (name, defense, f"{GRADIENT},eot_pgd,{HSJ}", "2,4,8", 1000)
         for name, defense in (
@@ -54,7 +62,8 @@ PLANS: dict[str, list[tuple[str, str, str, str, int]]] = {
             ("glow_gate_dip_stitch", "glow_gate+dip_stitch"),
         )
     ]
-    + [("dip_stitch_unbounded", "dip_stitch", "bpda_pgd", "255", 100)],
+    + [("dip_stitch_unbounded", "dip_stitch", "bpda_pgd", "255", 100)]
+    + INC,
 }
 # Paper 002 Fig. 4-5 give their figures only as plots; its text says (Sec. 4.3.1-4.3.2):
 PAPER_NOTE = (
@@ -66,12 +75,13 @@ PAPER_NOTE = (
 
 
 def run_plan(plan: str, runs_dir: Path, only: set[str] | None, extra: list[str]) -> None:
-    for name, defense, attacks, eps, images in PLANS[plan]:
+    for name, defense, attacks, eps, images, *arguments in PLANS[plan]:
         if only and name not in only:
             continue
         out = runs_dir / name
         cmd = [sys.executable, "evaluate.py", "--defense", defense, "--attacks", attacks, "--eps", eps]
-        cmd += ["--num-samples", str(images), "--batch-size", str(min(images, 100)), "--out", str(out), *extra]
+        cmd += ["--num-samples", str(images), "--batch-size", str(min(images, 100)), "--out", str(out)]
+        cmd += [*(arguments[0] if arguments else ()), *extra]
         print("$", " ".join(cmd), flush=True)
         done = subprocess.run(cmd, cwd=REPO)
         if done.returncode:
