@@ -38,19 +38,19 @@ PLANS: dict[str, list[tuple]] = {
         ("autoencoder", "autoencoder", GRADIENT, "2,4,8", 100),
         ("dip_stitch", "dip_stitch", GRADIENT, "8", 32),
         ("dip_stitch_unbounded", "dip_stitch", "bpda_pgd", "255", 8),
+        ("glow_gate_dip_stitch", "glow_gate+dip_stitch", "clean,pgd,bpda_pgd", "8", 32),
         ("dip_inc", "dip_inc", GRADIENT, "8", 32),
         ("none_eps8", "none", f"{GRADIENT},autoattack(threat=adaptive),{HSJ}", "8", 100),
         ("autoencoder_eps8", "autoencoder", f"{GRADIENT},autoattack(threat=adaptive),{HSJ}", "8", 100),
         ("none_unbounded", "none", "bpda_pgd", "255", 100),
         ("autoencoder_unbounded", "autoencoder", "bpda_pgd", "255", 100),
-        ("glow_gate_dip_stitch", "glow_gate+dip_stitch", "clean,pgd,bpda_pgd", "8", 32),
+        *INC,
         ("dipdefend", "dipdefend", GRADIENT, "8", 32),
         ("dip_stitch_eot", "dip_stitch", "clean,eot_pgd", "8", 16),
         ("dip_stitch_eps24", "dip_stitch", "clean,bpda_pgd", "2,4", 32),
         ("dipdefend_eps24", "dipdefend", "clean,bpda_pgd", "2,4", 32),
         ("dip_stitch_hsj200", "dip_stitch", "clean,hopskipjump(queries=200,constraint=linf,threat=adaptive)", "8", 5),
-    ]
-    + INC,
+    ],
     "gpu": [
         (name, defense, f"{GRADIENT},eot_pgd,{HSJ}", "2,4,8", 1000)
         for name, defense in (

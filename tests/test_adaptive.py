@@ -360,3 +360,25 @@ def test_library_attacks_run_on_the_defended_model_as_in_the_readme():
         )
     assert (adv - x).abs().max() <= 8 / 255 + 1e-6 and (clipped - x).abs().max() <= 8 / 255 + 1e-6
     assert all(c == [7, 8, 9] for c in defense.calls)
+
+
+def test_arts_hopskipjump_runs_on_the_defended_model_one_image_at_a_time():
+    """Paper 002's HSJ implementation: ART batches one image's queries; bound to that image's
+    index, every query batch reaches the defense whole and seeded as the evaluation seeds it."""
+    import numpy as np
+    from art.attacks.evasion import HopSkipJump
+    from art.estimators.classification import PyTorchClassifier
+
+    defense = SeededNoise(scale=0.01)
+    defended = DefendedClassifier(MeanThreshold(), defense).eval()
+    x = 0.3 + 0.1 * torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    classifier = PyTorchClassifier(
+        defended, loss=nn.CrossEntropyLoss(), input_shape=(3, 8, 8), nb_classes=2, clip_values=(0, 1),
+        device_type="cpu",
+    )  # fmt: skip
+    with defended.bound_to(torch.tensor([31])):
+        attack = HopSkipJump(classifier, norm=np.inf, max_iter=2, max_eval=100, init_eval=20, verbose=False)
+        adv = torch.from_numpy(attack.generate(x.numpy()))
+        assert defended(adv).argmax(1).item() == 1
+    assert max(len(c) for c in defense.calls) >= 20  # a gradient estimate: one batch of queries
+    assert {i for c in defense.calls for i in c} == {31}
