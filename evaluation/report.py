@@ -163,22 +163,23 @@ def sanity_checks(rows: list[dict[str, Any]], defense: str) -> list[dict[str, st
                     "verdict": "pass" if r["accuracy"] <= n["accuracy"] else "FAIL",
                 }
             )
-    if defense == "none":
-        pgd = {r["eps"]: r for r in rows if r["attack"] == "pgd" and r.get("threat_model", OBLIVIOUS) == OBLIVIOUS}
+    if defense == "none":  # like for like: a PGD row with as many steps as the BPDA row
         for r in adaptive:
-            if r["attack"] == "bpda_pgd" and r["eps"] in pgd:
-                p = pgd[r["eps"]]
-                gap = (
-                    abs(r["last_iterate_accuracy"] - p["accuracy"]) if r.get("last_iterate_accuracy") is not None else 1
-                )
-                checks.append(
-                    {
-                        "check": f"{label(r)} on the undefended victim matches PGD ({label(p)})",
-                        "figures": f"last iterate {100 * (r.get('last_iterate_accuracy') or 0):.1f}%, any iterate "
-                        f"{100 * r['accuracy']:.1f}%, PGD {100 * p['accuracy']:.1f}%",
-                        "verdict": "pass" if gap <= 0.03 else "check the step counts (PGD's may differ)",
-                    }
-                )
+            curve = r.get("iterate_curve")
+            if r["attack"] != "bpda_pgd" or not curve:
+                continue
+            steps = f"steps={len(curve) - 1}"
+            for p in rows:
+                if p["attack"] == "pgd" and p["eps"] == r["eps"] and steps in (p.get("variant") or "").split(","):
+                    gap = abs(r["last_iterate_accuracy"] - p["accuracy"])
+                    checks.append(
+                        {
+                            "check": f"{label(r)} on the undefended victim matches {label(p)}",
+                            "figures": f"last iterate {100 * r['last_iterate_accuracy']:.1f}%, any iterate "
+                            f"{100 * r['accuracy']:.1f}%, PGD {100 * p['accuracy']:.1f}%",
+                            "verdict": "pass" if gap <= 0.02 else "FAIL",
+                        }
+                    )
     return checks
 
 

@@ -40,7 +40,7 @@ PLANS: dict[str, list[tuple]] = {
         ("dip_stitch_unbounded", "dip_stitch", "bpda_pgd", "255", 8),
         ("glow_gate_dip_stitch", "glow_gate+dip_stitch", "clean,pgd,bpda_pgd", "8", 32),
         ("dip_inc", "dip_inc", GRADIENT, "8", 32),
-        ("none_eps8", "none", f"{GRADIENT},autoattack(threat=adaptive),{HSJ}", "8", 100),
+        ("none_eps8", "none", f"{GRADIENT},pgd(steps=15),autoattack(threat=adaptive),{HSJ}", "8", 100),
         ("autoencoder_eps8", "autoencoder", f"{GRADIENT},autoattack(threat=adaptive),{HSJ}", "8", 100),
         ("none_unbounded", "none", "bpda_pgd", "255", 100),
         ("autoencoder_unbounded", "autoencoder", "bpda_pgd", "255", 100),

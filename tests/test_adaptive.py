@@ -312,6 +312,7 @@ def test_evaluate_reports_both_threat_models_curves_worst_case_and_sanity(tiny_v
     assert worst[(8 / 255, "all")]["accuracy"] <= min(at8)
     checks = {c["check"]: c["verdict"] for c in results["sanity_checks"]}
     assert checks["unbounded bpda_pgd(steps=5)@255 reaches ~0%"] == "pass"
+    assert checks["bpda_pgd(steps=5)@8 on the undefended victim matches pgd(steps=5)@8"] == "pass"
     md = (out / "results.md").read_text()
     assert "oblivious attacks (crafted on the bare victim" in md and "adaptive attacks (crafted through" in md
     assert "Sanity checks" in md and "Robust accuracy" in md and "paper 002 Fig. 4" in md
