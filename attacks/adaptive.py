@@ -59,7 +59,8 @@ class BPDAPGD(Attack):
     library = "dip-defense"  # this project's loop; the BPDA backward is advertorch's BPDAWrapper
     norm = "linf"
     eps_mode = "required"
-    needs_gradient = False  # BPDA stands in where the defense has no gradient
+    needs_gradient = True
+    uses_bpda = True  # BPDA stands in where the defense has no gradient
     adaptive_only = True
 
     def __init__(

@@ -56,9 +56,11 @@ class Attack:
     library: ClassVar[str] = ""  # the PyPI distribution wrapped, recorded in params()
     eps_mode: ClassVar[Literal["required", "optional", "none"]] = "none"
     # ``needs_gradient``: it backpropagates through the model (through a defense only where the
-    # defense is differentiable, or with BPDA). ``adaptive_only``: it is built to attack a
-    # defended model (``defenses.defended.DefendedClassifier``) and has no oblivious form.
+    # defense is differentiable, unless ``uses_bpda``: it runs on a DefendedClassifier, whose
+    # BPDA stands in). ``adaptive_only``: it is built to attack a defended model
+    # (``defenses.defended.DefendedClassifier``) and has no oblivious form.
     needs_gradient: ClassVar[bool] = False
+    uses_bpda: ClassVar[bool] = False
     adaptive_only: ClassVar[bool] = False
     norm: str = "none"
     eps: float | None = None

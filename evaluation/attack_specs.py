@@ -155,7 +155,8 @@ def check_against_defense(runs: list[AttackRun], defense: Any) -> None:
             )
         purifier = getattr(defense, "purifier", defense)
         differentiable = getattr(purifier, "differentiable", True) or getattr(defense, "kind", "") == "detector"
-        if ATTACKS[run.name].needs_gradient and not differentiable:
+        attack = ATTACKS[run.name]
+        if attack.needs_gradient and not attack.uses_bpda and not differentiable:
             raise UserError(
                 f"attack {run.id} vs defense {defense.name!r}: {run.name} backpropagates through the defense, which "
                 "has no gradient of its own; what works: bpda_pgd or eot_pgd (BPDA, identity backward), "

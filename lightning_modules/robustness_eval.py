@@ -183,9 +183,7 @@ class RobustnessEvaluation(pl.LightningModule):
         pred, adv_pred = logits.argmax(1), adv_logits.argmax(1)
         gradient = None
         if run.threat == ADAPTIVE:  # how the attack's gradient passed the defense, if it took one
-            attack = run.build()
-            gradient = self.defended.gradient if attack.adaptive_only or attack.needs_gradient else "none"
-            gradient = "none" if run.name == "random_noise" else gradient
+            gradient = self.defended.gradient if run.build().needs_gradient else "none"
         records = []
         for i in range(len(indices)):
             record = {
