@@ -123,7 +123,9 @@ def test_memory_does_not_grow_with_the_number_of_iterations():
         return float(result.stdout.strip().splitlines()[-1])
 
     short, long = peak_mb(500), peak_mb(2000)
-    assert long - short < 10, f"peak resident memory {short:.0f} MB at T=500 but {long:.0f} MB at T=2000"
+    # Half the 70 MB a kept trace would add: on this Xeon the allocator's caches alone have
+    # measured +27 MB between the two runs in some runs and +0 in others.
+    assert long - short < 35, f"peak resident memory {short:.0f} MB at T=500 but {long:.0f} MB at T=2000"
 
 
 def test_replaying_a_recorded_trace_gives_the_live_rule_result():
