@@ -37,7 +37,7 @@ PLANS: dict[str, list[tuple]] = {
         ("none", "none", GRADIENT, "2,4,8", 100),
         ("autoencoder", "autoencoder", GRADIENT, "2,4,8", 100),
         ("dip_stitch", "dip_stitch", GRADIENT, "8", 32),
-        ("dip_stitch_unbounded", "dip_stitch", "bpda_pgd", "255", 8),
+        ("dip_stitch_unbounded", "dip_stitch", "bpda_pgd", "255", 4),
         ("glow_gate_dip_stitch", "glow_gate+dip_stitch", "clean,pgd,bpda_pgd", "8", 32),
         ("dip_inc", "dip_inc", GRADIENT, "8", 32),
         ("none_eps8", "none", f"{GRADIENT},pgd(steps=15),autoattack(threat=adaptive),{HSJ}", "8", 100),
@@ -74,10 +74,14 @@ PAPER_NOTE = (
 )
 
 
-def run_plan(plan: str, runs_dir: Path, only: set[str] | None, extra: list[str]) -> None:
-    for name, defense, attacks, eps, images, *arguments in PLANS[plan]:
-        if only and name not in only:
-            continue
+def run_plan(plan: str, runs_dir: Path, only: list[str] | None, extra: list[str]) -> None:
+    """The plan's runs in order, or the ``only`` ones in the order given."""
+    by_name = {entry[0]: entry for entry in PLANS[plan]}
+    unknown = sorted(set(only or []) - set(by_name))
+    if unknown:
+        raise SystemExit(f"--only: no run(s) {unknown} in plan {plan!r}; its runs: {', '.join(by_name)}")
+    for name in only or list(by_name):
+        name, defense, attacks, eps, images, *arguments = by_name[name]
         out = runs_dir / name
         cmd = [sys.executable, "evaluate.py", "--defense", defense, "--attacks", attacks, "--eps", eps]
         cmd += ["--num-samples", str(images), "--batch-size", str(min(images, 100)), "--out", str(out)]
@@ -216,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     args, extra = p.parse_known_args(argv)  # anything else goes to evaluate.py (--devices 4, ...)
     runs_dir = REPO / args.runs_dir
     if not args.figures_only:
-        run_plan(args.plan, runs_dir, set(args.only.split(",")) if args.only else None, extra)
+        run_plan(args.plan, runs_dir, args.only.split(",") if args.only else None, extra)
     figures(runs_dir, REPO / args.report)
 
 
