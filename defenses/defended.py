@@ -116,6 +116,8 @@ class DefendedClassifier(nn.Module):
         if len(self._bound) == 1:  # one image's attack: every query is that image's
             return self._bound.expand(len(images))
         if len(self._bound) != len(images):
+            if not self.defense.seeded:  # its output ignores the index (AutoAttack queries the unbroken subset)
+                return hashed_indices(images)
             raise ValueError(
                 f"the defended model is bound to {len(self._bound)} dataset indices but was called on {len(images)} "
                 "images; an attack on a seeded defense must query the whole bound batch, row for row"

@@ -128,6 +128,11 @@ def test_seed_policy_bound_indices_hashes_and_draws():
     assert draw_indices(torch.tensor([3]), 2).item() == 3 + 2 * DRAW_STRIDE
     with pytest.raises(UserError, match=r"\[0, 1\]"):
         defended(x * 2)
+    # an unseeded defense ignores the index, so a bound batch may be queried in part (AutoAttack
+    # sends only the images its first attack left unbroken to the next)
+    halved = DefendedClassifier(victim, Halver())
+    with halved.bound_to(torch.tensor([10, 11, 12, 13])):
+        assert torch.equal(halved(x[:3]), victim(x[:3] / 2))
 
 
 def test_eot_averages_other_draws_and_judges_with_the_evaluations_own():
