@@ -6,13 +6,22 @@ Fig. 4 (accuracy against the BPDA iteration, one panel per eps, one line per def
 Fig. 5 (accuracy against the perturbation budget, one panel per HopSkipJump query budget, one
 line per defense) from their results.json, with tables, into ``--report``.
 
+The DIP runs take hours on a CPU, longer than one working session, and ``runs/`` is not kept
+in git. So each run's manifest, per-image records (gzipped) and results are archived in
+``<report>/runs/<name>/`` (kept in git) after it ends and whenever the figures are drawn, and
+a run whose folder is missing is restored from there first: a killed or moved run resumes
+where its last archived record stopped, and the figures are drawn from the archive, so they
+keep every run measured so far.
+
     python studies/adaptive_eval.py --plan cpu      # the sizes measured on 2 CPU cores
     python studies/adaptive_eval.py --plan gpu      # paper sizes (1,000 images; a GPU)
-    python studies/adaptive_eval.py --figures-only  # redraw from whatever runs exist
+    python studies/adaptive_eval.py --figures-only  # archive what runs/ holds, redraw from the archive
 """
 
 import argparse
+import gzip
 import json
+import shutil
 import subprocess
 import sys
 from collections import defaultdict
@@ -31,25 +40,36 @@ INC = [
     ("inc_fmnist_unbounded", "inc", "bpda_pgd", "255", 100, INC_CONFIG),
 ]
 # (run name, defense, attacks, eps, images[, evaluate.py arguments]); runs sharing a defense and image count share the
-# adversarial cache, so the second eps-8 run of a defense gets its eps-8 attacks for free.
+# adversarial cache, so the second eps-8 run of a defense gets its eps-8 attacks for free. Every defense in the
+# registry is attacked through itself, and gets the unbounded check (Carlini et al. 2019: an attack that does not
+# reach ~0% at eps 255 is broken). The cheap runs come first; the DIP runs cost hours here (benchmarks/RESULTS.md).
+UNBOUNDED = "bpda_pgd"
 PLANS: dict[str, list[tuple]] = {
     "cpu": [
         ("none", "none", GRADIENT, "2,4,8", 100),
         ("autoencoder", "autoencoder", GRADIENT, "2,4,8", 100),
-        ("dip_stitch", "dip_stitch", GRADIENT, "8", 32),
-        ("dip_stitch_unbounded", "dip_stitch", "bpda_pgd", "255", 4),
-        ("glow_gate_dip_stitch", "glow_gate+dip_stitch", "clean,pgd,bpda_pgd", "8", 32),
-        ("dip_inc", "dip_inc", GRADIENT, "8", 32),
         ("none_eps8", "none", f"{GRADIENT},pgd(steps=15),autoattack(threat=adaptive),{HSJ}", "8", 100),
         ("autoencoder_eps8", "autoencoder", f"{GRADIENT},autoattack(threat=adaptive),{HSJ}", "8", 100),
-        ("none_unbounded", "none", "bpda_pgd", "255", 100),
-        ("autoencoder_unbounded", "autoencoder", "bpda_pgd", "255", 100),
+        ("none_unbounded", "none", UNBOUNDED, "255", 100),
+        ("autoencoder_unbounded", "autoencoder", UNBOUNDED, "255", 100),
+        ("glow_gate", "glow_gate", GRADIENT, "8", 100),
+        ("glow_gate_unbounded", "glow_gate", UNBOUNDED, "255", 100),
         *INC,
+        ("dip_inc", "dip_inc", GRADIENT, "8", 32),
+        ("dip_inc_unbounded", "dip_inc", UNBOUNDED, "255", 4),
+        ("dip_stitch", "dip_stitch", GRADIENT, "8", 32),
+        ("dip_stitch_unbounded", "dip_stitch", UNBOUNDED, "255", 4),
+        ("glow_gate_dip_stitch", "glow_gate+dip_stitch", "clean,pgd,bpda_pgd", "8", 32),
+        ("glow_gate_dip_stitch_unbounded", "glow_gate+dip_stitch", UNBOUNDED, "255", 4),
         ("dipdefend", "dipdefend", GRADIENT, "8", 32),
+        ("dipdefend_unbounded", "dipdefend", UNBOUNDED, "255", 4),
+        ("deep_protection", "deep_protection", GRADIENT, "8", 16),
+        ("deep_protection_unbounded", "deep_protection", UNBOUNDED, "255", 4),
         ("dip_stitch_eot", "dip_stitch", "clean,eot_pgd", "8", 16),
         ("dip_stitch_eps24", "dip_stitch", "clean,bpda_pgd", "2,4", 32),
         ("dipdefend_eps24", "dipdefend", "clean,bpda_pgd", "2,4", 32),
         ("dip_stitch_hsj200", "dip_stitch", "clean,hopskipjump(queries=200,constraint=linf,threat=adaptive)", "8", 5),
+        ("dipdefend_hsj200", "dipdefend", "clean,hopskipjump(queries=200,constraint=linf,threat=adaptive)", "8", 5),
     ],
     "gpu": [
         (name, defense, f"{GRADIENT},eot_pgd,{HSJ}", "2,4,8", 1000)
@@ -58,11 +78,25 @@ PLANS: dict[str, list[tuple]] = {
             ("autoencoder", "autoencoder"),
             ("dip_stitch", "dip_stitch"),
             ("dipdefend", "dipdefend"),
+            ("deep_protection", "deep_protection"),
             ("dip_inc", "dip_inc"),
             ("glow_gate_dip_stitch", "glow_gate+dip_stitch"),
         )
     ]
-    + [("dip_stitch_unbounded", "dip_stitch", "bpda_pgd", "255", 100)]
+    + [("glow_gate", "glow_gate", GRADIENT, "2,4,8", 1000)]
+    + [
+        (f"{name}_unbounded", defense, UNBOUNDED, "255", 100)
+        for name, defense in (
+            ("none", "none"),
+            ("autoencoder", "autoencoder"),
+            ("glow_gate", "glow_gate"),
+            ("dip_stitch", "dip_stitch"),
+            ("dipdefend", "dipdefend"),
+            ("deep_protection", "deep_protection"),
+            ("dip_inc", "dip_inc"),
+            ("glow_gate_dip_stitch", "glow_gate+dip_stitch"),
+        )
+    ]
     + INC,
 }
 # Paper 002 Fig. 4-5 give their figures only as plots; its text says (Sec. 4.3.1-4.3.2):
@@ -74,8 +108,62 @@ PAPER_NOTE = (
 )
 
 
-def run_plan(plan: str, runs_dir: Path, only: list[str] | None, extra: list[str]) -> None:
-    """The plan's runs in order, or the ``only`` ones in the order given."""
+ARCHIVED = ("run.json", "results.json")  # copied as they are; samples.jsonl is gzipped
+
+
+def archive_run(run_dir: Path, archive_dir: Path) -> bool:
+    """Copy ``run_dir``'s manifest, results and records into ``archive_dir``; False if it has no records.
+
+    Only complete lines are kept (a run killed mid-write leaves a partial last line), and an
+    archive is only ever replaced by one holding at least as many records, so archiving a
+    fresh, emptier copy of a run never loses work.
+    """
+    from common.atomic_files import atomic_write
+    from evaluation.sample_log import read_records
+
+    samples = run_dir / "samples.jsonl"
+    if not (run_dir / "run.json").is_file() or not samples.is_file():
+        return False
+    records = read_records(samples)
+    if len(records) < len(archived_records(archive_dir)):
+        print(f"{run_dir}: {len(records)} records, fewer than the archive's; the archive is kept", flush=True)
+        return False
+    lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
+    # mtime=0: the same records give the same bytes, so git sees no change
+    atomic_write(archive_dir / "samples.jsonl.gz", lambda tmp: Path(tmp).write_bytes(gzip.compress(lines, mtime=0)))
+    for name in ARCHIVED:
+        if (run_dir / name).is_file():
+            atomic_write(archive_dir / name, lambda tmp, n=name: shutil.copyfile(run_dir / n, tmp))
+        else:
+            (archive_dir / name).unlink(missing_ok=True)  # results of an older, shorter state of the run
+    return True
+
+
+def archived_records(archive_dir: Path) -> list[dict]:
+    path = archive_dir / "samples.jsonl.gz"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines() if line.strip()]
+
+
+def restore_run(archive_dir: Path, run_dir: Path) -> bool:
+    """Lay an archived run into ``run_dir`` for evaluate.py to resume; only where it has no records."""
+    if (run_dir / "samples.jsonl").exists() or not (archive_dir / "samples.jsonl.gz").is_file():
+        return False
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(archive_dir / "run.json", run_dir / "run.json")
+    (run_dir / "samples.jsonl").write_bytes(gzip.decompress((archive_dir / "samples.jsonl.gz").read_bytes()))
+    return True
+
+
+def archive_all(runs_dir: Path, archive: Path) -> None:
+    for run_dir in sorted(p for p in runs_dir.glob("*") if p.is_dir()):
+        archive_run(run_dir, archive / run_dir.name)
+
+
+def run_plan(plan: str, runs_dir: Path, archive: Path, only: list[str] | None, extra: list[str]) -> None:
+    """The plan's runs in order, or the ``only`` ones in the order given; each restored from
+    ``archive`` first where its folder is missing, and archived when it ends."""
     by_name = {entry[0]: entry for entry in PLANS[plan]}
     unknown = sorted(set(only or []) - set(by_name))
     if unknown:
@@ -83,23 +171,26 @@ def run_plan(plan: str, runs_dir: Path, only: list[str] | None, extra: list[str]
     for name in only or list(by_name):
         name, defense, attacks, eps, images, *arguments = by_name[name]
         out = runs_dir / name
+        if restore_run(archive / name, out):
+            print(f"{name}: resuming from the records archived in {archive / name}", flush=True)
         cmd = [sys.executable, "evaluate.py", "--defense", defense, "--attacks", attacks, "--eps", eps]
         cmd += ["--num-samples", str(images), "--batch-size", str(min(images, 100)), "--out", str(out)]
         cmd += [*(arguments[0] if arguments else ()), *extra]
         print("$", " ".join(cmd), flush=True)
         done = subprocess.run(cmd, cwd=REPO)
+        archive_run(out, archive / name)
         if done.returncode:
             print(f"{name}: evaluate.py exited {done.returncode}; going on with the next run", flush=True)
 
 
-def load_runs(runs_dir: Path) -> dict[str, dict]:
+def load_runs(archive: Path) -> dict[str, dict]:
     found = {}
-    for path in sorted(runs_dir.glob("*/results.json")):
+    for path in sorted(archive.glob("*/results.json")):
         found[path.parent.name] = json.loads(path.read_text())
     return found
 
 
-def figures(runs_dir: Path, report: Path) -> None:
+def figures(archive: Path, report: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,7 +198,7 @@ def figures(runs_dir: Path, report: Path) -> None:
 
     from common.atomic_files import atomic_write, atomic_write_text
 
-    runs = load_runs(runs_dir)
+    runs = load_runs(archive)
     report.mkdir(parents=True, exist_ok=True)
     # Fig. 4: bpda_pgd curves by eps, one line per defense (the largest sample per defense and eps)
     curves: dict[float, dict[str, dict]] = defaultdict(dict)
@@ -215,13 +306,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--plan", choices=sorted(PLANS), default="cpu")
     p.add_argument("--only", help="comma list of run names from the plan")
     p.add_argument("--runs-dir", default="runs/adaptive")
-    p.add_argument("--report", default="studies/adaptive_eval", help="where the figures and tables go")
-    p.add_argument("--figures-only", action="store_true")
+    p.add_argument(
+        "--report", default="studies/adaptive_eval", help="where the figures, tables and the runs/ archive go"
+    )
+    p.add_argument("--figures-only", action="store_true", help="archive what --runs-dir holds, then redraw")
     args, extra = p.parse_known_args(argv)  # anything else goes to evaluate.py (--devices 4, ...)
-    runs_dir = REPO / args.runs_dir
-    if not args.figures_only:
-        run_plan(args.plan, runs_dir, args.only.split(",") if args.only else None, extra)
-    figures(runs_dir, REPO / args.report)
+    runs_dir, report = REPO / args.runs_dir, REPO / args.report
+    if args.figures_only:
+        archive_all(runs_dir, report / "runs")
+    else:
+        run_plan(args.plan, runs_dir, report / "runs", args.only.split(",") if args.only else None, extra)
+    figures(report / "runs", report)
 
 
 if __name__ == "__main__":

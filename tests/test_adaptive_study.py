@@ -1,0 +1,82 @@
+"""studies/adaptive_eval.py: runs archived in git resume in a fresh checkout, and the figures
+are drawn from the archive, so they keep every run measured in earlier sessions."""
+
+import gzip
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from evaluation.sample_log import read_records
+
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+sys.path.insert(0, str(STUDIES))
+
+import adaptive_eval  # noqa: E402
+
+
+def _write_run(run_dir: Path, records: int, partial_tail: bool = False) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "run.json").write_text(json.dumps({"defense": "none", "seed": 0}))
+    lines = "".join(json.dumps({"index": i, "attack": "clean"}) + "\n" for i in range(records))
+    (run_dir / "samples.jsonl").write_text(lines + ('{"index": 99, "att' if partial_tail else ""))
+
+
+def test_archive_keeps_complete_records_and_never_shrinks(tmp_path):
+    run_dir, archive = tmp_path / "runs" / "r", tmp_path / "archive" / "r"
+    _write_run(run_dir, 5, partial_tail=True)  # a run killed mid-write
+    assert adaptive_eval.archive_run(run_dir, archive)
+    assert [r["index"] for r in adaptive_eval.archived_records(archive)] == [0, 1, 2, 3, 4]
+    assert not (archive / "results.json").exists()  # no results yet: none archived
+    before = (archive / "samples.jsonl.gz").read_bytes()
+    assert adaptive_eval.archive_run(run_dir, archive)
+    assert (archive / "samples.jsonl.gz").read_bytes() == before  # byte-stable: git sees no change
+    # a fresh checkout's emptier copy of the run does not overwrite the archived work
+    _write_run(run_dir, 2)
+    assert not adaptive_eval.archive_run(run_dir, archive)
+    assert len(adaptive_eval.archived_records(archive)) == 5
+    assert not adaptive_eval.archive_run(tmp_path / "missing", archive)
+
+
+def test_restore_lays_an_archived_run_only_where_the_run_has_no_records(tmp_path):
+    run_dir, archive = tmp_path / "runs" / "r", tmp_path / "archive" / "r"
+    _write_run(run_dir, 3)
+    adaptive_eval.archive_run(run_dir, archive)
+    assert not adaptive_eval.restore_run(archive, run_dir)  # it has records: left alone
+    fresh = tmp_path / "fresh" / "r"
+    assert adaptive_eval.restore_run(archive, fresh)
+    assert read_records(fresh / "samples.jsonl") == read_records(run_dir / "samples.jsonl")
+    assert json.loads((fresh / "run.json").read_text()) == {"defense": "none", "seed": 0}
+    assert not adaptive_eval.restore_run(tmp_path / "no_archive", tmp_path / "other")
+
+
+def test_study_resumes_from_the_archive_and_draws_from_it(tiny_victim, cifar_batches_dir, tmp_path, monkeypatch):
+    """End to end through evaluate.py: the run is archived when it ends; in a checkout without
+    runs/ it is restored and resumed (nothing recomputed), and the report keeps it."""
+    plan = [("tiny", "none", "clean,bpda_pgd(steps=3)", "8", 4)]
+    monkeypatch.setitem(adaptive_eval.PLANS, "test", plan)
+    report = tmp_path / "report"
+    common = ["--plan", "test", "--report", str(report)]
+    evaluate_args = ["--victim", str(tiny_victim), "--data-dir", str(cifar_batches_dir)]
+    adaptive_eval.main([*common, "--runs-dir", str(tmp_path / "runs_a"), *evaluate_args])
+    archived = report / "runs" / "tiny"
+    records = adaptive_eval.archived_records(archived)
+    assert len(records) == 8 and (archived / "results.json").is_file()
+    first = json.loads((archived / "results.json").read_text())["rows"]
+
+    adaptive_eval.main([*common, "--runs-dir", str(tmp_path / "runs_b"), *evaluate_args])  # a fresh checkout
+    resumed = tmp_path / "runs_b" / "tiny"
+    assert len(read_records(resumed / "samples.jsonl")) == 8  # restored, nothing appended
+    assert [r["accuracy"] for r in json.loads((resumed / "results.json").read_text())["rows"]] == [
+        r["accuracy"] for r in first
+    ]
+    md = (report / "README.md").read_text()
+    assert "| tiny | none | bpda_pgd(steps=3) | adaptive |" in md and (report / "fig4_bpda.png").is_file()
+    with gzip.open(archived / "samples.jsonl.gz") as f:
+        assert len(f.read().splitlines()) == 8
+
+
+def test_only_refuses_runs_the_plan_does_not_have():
+    with pytest.raises(SystemExit, match="no run"):
+        adaptive_eval.run_plan("cpu", Path("unused"), Path("unused"), ["nonesuch"], [])
