@@ -87,7 +87,8 @@ def budget_curve(records: list[dict[str, Any]], norm: str, budgets: list[float])
 
 
 def rejection_figures(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Defenses that may reject an input (INC, paper 004 Sec. 2.1): the rejected share, and the
+    """Defenses that may reject an input (INC, paper 004 Sec. 2.1; a lone detector refuses what it
+    flags): the rejected share, and the
     accuracy of the system that answers "reject": a rejected attacked input counts as
     defended, a rejected clean one as wrong. None for defenses that never reject."""
     if not records or not all("rejected" in r for r in records):

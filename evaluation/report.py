@@ -61,7 +61,9 @@ def worst_case_rows(records: list[dict[str, Any]], runs: list[AttackRun]) -> lis
     defended victim is right under every attack run at that budget, over the images all of
     them have. A minimum-norm L-inf HopSkipJump run counts at every budget (broken there if
     its perturbation fits it); the L2 minimum-norm attacks (CW, DDN) have no L-inf budget and
-    are left out. One row per budget and threat model present, and one over both."""
+    are left out. An attacked input the defense refused (INC past eta, a lone detector's flag)
+    is defended, as the adaptive attacks count it. One row per budget and threat model present,
+    and one over both."""
     by_run: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
     for r in records:
         by_run[r["attack"]][r["index"]] = r
@@ -69,7 +71,8 @@ def worst_case_rows(records: list[dict[str, Any]], runs: list[AttackRun]) -> lis
     open_budget = [run for run in attacked if run.eps is None and run.name == "hopskipjump" and _hsj_linf(run)]
 
     def broken(run: AttackRun, r: dict[str, Any], eps: float) -> bool:
-        return r["pred"] != r["label"] and (run.eps is not None or r["linf"] <= eps + 1e-9)
+        fooled = r["pred"] != r["label"] and not r.get("rejected", False)
+        return fooled and (run.eps is not None or r["linf"] <= eps + 1e-9)
 
     rows = []
     for eps in sorted({run.eps for run in attacked if run.eps is not None}):

@@ -209,8 +209,9 @@ class RobustnessEvaluation(pl.LightningModule):
                 right = history[i].tolist()
                 record["history"] = "".join("1" if r else "0" for r in right)
                 record["broken_at"] = right.index(False) if False in right else None
-            if scores is not None:
-                record.update(score=float(scores[i]), flagged=bool(scores[i] >= self.defense.threshold))
+            if scores is not None:  # a lone detector refuses what it flags, as the adaptive attacks assume
+                flagged = bool(scores[i] >= self.defense.threshold)
+                record.update(score=float(scores[i]), flagged=flagged, rejected=flagged)
             elif self.defense.last_details:
                 record.update(self.defense.last_details[i])
             records.append(record)

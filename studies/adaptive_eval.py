@@ -271,25 +271,27 @@ def figures(archive: Path, report: Path) -> None:
         plt.close(fig)
     md.append("## Every run\n")
     md.append(
-        "| run | defense | attack | threat model | gradient | eps (/255) | n | accuracy | 95% CI | last iterate |"
+        "| run | defense | attack | threat model | gradient | eps (/255) | n | accuracy | 95% CI | last iterate "
+        "| with rejection |"
     )
-    md.append("|" + " --- |" * 10)
+    md.append("|" + " --- |" * 11)
     for name, result in runs.items():
         for row in result["rows"]:
             eps = "-" if row["eps"] is None else f"{row['eps'] * 255:.4g}"
             attack = f"{row['attack']}({row['variant']})" if row.get("variant") else row["attack"]
-            last = row.get("last_iterate_accuracy")
+            last, rejecting = row.get("last_iterate_accuracy"), row.get("accuracy_with_rejection")
             md.append(
                 f"| {name} | {result['defense']} | {attack} | {row.get('threat_model', 'oblivious')} | "
                 f"{row.get('gradient') or '-'} | {eps} | {row['n']} | {100 * row['accuracy']:.1f}% | "
                 f"{100 * row['accuracy_ci95_low']:.1f}-{100 * row['accuracy_ci95_high']:.1f}% | "
-                f"{'-' if last is None else f'{100 * last:.1f}%'} |"
+                f"{'-' if last is None else f'{100 * last:.1f}%'} | "
+                f"{'-' if rejecting is None else f'{100 * rejecting:.1f}%'} |"
             )
         for w in result.get("worst_case", []):
             md.append(
                 f"| {name} | {result['defense']} | worst case | {w['threat_model']} | - | {w['eps'] * 255:.4g} | "
                 f"{w['n']} | {100 * w['accuracy']:.1f}% | {100 * w['accuracy_ci95_low']:.1f}-"
-                f"{100 * w['accuracy_ci95_high']:.1f}% | - |"
+                f"{100 * w['accuracy_ci95_high']:.1f}% | - | - |"
             )
     md.append("\n## Sanity checks (Carlini et al. 2019)\n")
     md.append("| run | check | figures | verdict |")

@@ -18,6 +18,7 @@ from defenses import Purifier, build_defense
 from defenses.base import Detector, IdentityDefense
 from defenses.defended import DRAW_STRIDE, HASHED_INDEX_BASE, DefendedClassifier, draw_indices, hashed_indices
 from evaluation.attack_specs import check_against_defense, expand_attacks
+from evaluation.report import worst_case_rows
 from evaluation.sample_log import read_records
 from tests.conftest import TINY_VICTIM_CONFIG
 
@@ -388,3 +389,16 @@ def test_arts_hopskipjump_runs_on_the_defended_model_one_image_at_a_time():
         assert defended(adv).argmax(1).item() == 1
     assert max(len(c) for c in defense.calls) >= 20  # a gradient estimate: one batch of queries
     assert {i for c in defense.calls for i in c} == {31}
+
+
+def test_worst_case_counts_a_refused_attacked_input_as_defended():
+    runs = expand_attacks("pgd,bpda_pgd", [8 / 255], {}, "oblivious")
+    base = {"label": 0, "linf": 8 / 255}
+    records = [
+        {**base, "index": 0, "attack": "pgd@8/255", "pred": 0},
+        {**base, "index": 0, "attack": "bpda_pgd@8/255", "pred": 3, "rejected": True},  # fooled, but refused
+        {**base, "index": 1, "attack": "pgd@8/255", "pred": 0},
+        {**base, "index": 1, "attack": "bpda_pgd@8/255", "pred": 3, "rejected": False},  # fooled and let through
+    ]
+    worst = {w["threat_model"]: w for w in worst_case_rows(records, runs)}
+    assert worst["adaptive"]["accuracy"] == 0.5 and worst["all"]["accuracy"] == 0.5
