@@ -134,6 +134,22 @@ def test_sample_log_drops_a_partial_last_line(tmp_path):
     assert sorted(unique_records(read_records(log.path))) == [(1, "clean"), (2, "clean"), (3, "clean")]
 
 
+def test_sample_log_skips_damaged_lines_and_keeps_the_ones_after(tmp_path):
+    log = SampleLog(tmp_path / "samples.jsonl")
+    log.append([{"index": 1, "attack": "clean"}])
+    with open(log.path, "ab") as f:
+        f.write(b'{"index": 2, "attack": "cl\xff\xfe"}\n')  # invalid UTF-8
+        f.write(b"[1, 2, 3]\n")  # valid JSON, not a record
+        f.write(b'{"index": 3, "att\n')  # garbled
+    log.append([{"index": 4, "attack": "clean"}])
+    with open(log.path, "ab") as f:
+        f.write(b'\xff{"index": 5')  # a cut-off last line with bad bytes
+    with pytest.warns(UserWarning, match="skipped 3 damaged line"):
+        records = read_records(log.path, repair=True)
+    assert [r["index"] for r in records] == [1, 4]
+    assert log.path.read_bytes().endswith(b'"clean", "index": 4}\n')  # only the cut-off tail was removed
+
+
 def test_evaluate_writes_results_and_resumes_identically(tiny_victim, cifar_batches_dir, tmp_path):
     args = ("--attacks", "clean,fgsm,pgd", "--eps", "2,8", "--num-samples", "20")
     rows = _run(tmp_path / "a", tiny_victim, cifar_batches_dir, *args)
