@@ -14,6 +14,11 @@ from torch import nn
 
 from attacks.base import Attack, AttackError, check_eps
 
+# Part of the adaptive cache key: bumped whenever a fix changes what an attack through a defense
+# computes, so cached adversarials of the old code are never reused. 2: the Glow detector's
+# gradient reaches the input (before, its latents were computed without one).
+ADAPTIVE_REVISION = 2
+
 
 def _defended(model: nn.Module):
     from defenses.base import IdentityDefense

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from attacks.adaptive import ADAPTIVE_REVISION
 from common.atomic_files import atomic_torch_save
 from defenses.base import Defense, Detector
 from defenses.defended import DefendedClassifier
@@ -84,6 +85,7 @@ class RobustnessEvaluation(pl.LightningModule):
         self.adaptive_cache_key = adaptive_cache_key or {
             **cache_key,
             "threat": ADAPTIVE,
+            "attack_revision": ADAPTIVE_REVISION,
             "defense": defense.name,
             "defense_params": defense.params(),
         }

@@ -31,7 +31,9 @@ class GlowLatentDetector(nn.Module):
         self.mlp = nn.Sequential(*layers, nn.Linear(widths[-1], 1))
 
     def latents(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
+        # the Glow is frozen: no graph while the MLP trains, but an attack on the detector
+        # (images that require grad) needs the gradient through the flow
+        with torch.set_grad_enabled(torch.is_grad_enabled() and images.requires_grad):
             return glow_latents(self.glow, images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -79,6 +79,40 @@ def test_glow_gate_separates_real_clean_from_fgsm_images():
     assert flagged_clean < 0.2 and flagged_adv > 0.8, (flagged_clean, flagged_adv)
 
 
+def test_glow_gate_gradient_reaches_the_input():
+    """The detector-aware attack needs d logit / dx through the frozen Glow; it was once zero
+    (the latents were computed without a graph), which made the detector look unbeatable."""
+    from defenses import build_defense
+
+    gate = build_defense("glow_gate")
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(gate.logit(xg).sum(), xg)
+    assert grad.abs().sum() > 0
+    # a known answer: the directional derivative along the gradient matches a finite difference
+    direction = grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    h = 1e-3
+    with torch.no_grad():
+        finite = (gate.logit(x + h * direction) - gate.logit(x - h * direction)) / (2 * h)
+    assert torch.allclose(finite, grad.flatten(1).norm(dim=1), rtol=0.1), (finite, grad.flatten(1).norm(dim=1))
+
+
+@pytest.mark.skipif(not SHARED_CIFAR.exists(), reason=f"real CIFAR-10 copy not at {SHARED_CIFAR}")
+def test_bpda_pgd_through_glow_gate_fools_the_victim_unseen():
+    """Carlini & Wagner 2017: a detector the attack knows is evaded; at eps 8 BPDA-PGD with the
+    detector term finds inputs the victim gets wrong and the Glow detector does not flag."""
+    from attacks import build_attack
+    from defenses import DefendedClassifier, build_defense
+
+    test = CIFAR10DataModule(data_dir=str(SHARED_CIFAR)).load_split(train=False)
+    x, y = test.images[:8].float() / 255, test.labels[:8]
+    victim, gate = load_classifier(CHECKPOINTS / "victim_cifar_resnet20.ckpt"), build_defense("glow_gate")
+    adversarial = build_attack("bpda_pgd", eps=8 / 255, steps=10)(DefendedClassifier(victim, gate), x, y)
+    with torch.no_grad():
+        fooled_unseen = (victim(adversarial).argmax(1) != y) & (gate.score(adversarial) < gate.threshold)
+    assert fooled_unseen.float().mean() >= 0.75, fooled_unseen
+
+
 @pytest.mark.skipif(not FMNIST_DEBIAN.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_inc_with_the_shipped_vae_restores_real_fgsm_images():
     """Paper 004's claim on 64 real test images: FGSM (eps 0.05) crafted on the victim fools it,
