@@ -107,9 +107,20 @@ def _hsj_linf(run: AttackRun) -> bool:
     return getattr(attack, "constraint", None) == "linf"
 
 
+def _rejects(row: dict[str, Any]) -> bool:
+    return row.get("accuracy_with_rejection") is not None
+
+
+def defended(row: dict[str, Any]) -> float:
+    """The defended system's accuracy on a row: with rejection where the defense can refuse an
+    input (a refused attacked input is defended), else the victim's plain accuracy."""
+    return row["accuracy_with_rejection"] if _rejects(row) else row["accuracy"]
+
+
 def sanity_checks(rows: list[dict[str, Any]], defense: str) -> list[dict[str, str]]:
     """Carlini et al. 2019's checks that an adaptive evaluation is not fooling itself, read off
-    the rows: an unbounded attack reaches ~0%; a larger eps never helps the defense; more
+    the rows (a defense that can refuse is judged with rejection, a refused input defended):
+    an unbounded attack reaches ~0%; a larger eps never helps the defense; more
     iterations never help (any-iterate curves fall by construction, so the last-iterate curve
     is what is checked); the attack beats random noise of its budget and try count; on the
     undefended victim BPDA-PGD matches PGD."""
@@ -121,11 +132,11 @@ def sanity_checks(rows: list[dict[str, Any]], defense: str) -> list[dict[str, st
 
     for r in adaptive:
         if r["eps"] is not None and r["eps"] >= 1 and r["attack"] != "random_noise":
-            ok = r["accuracy"] <= 0.02
+            ok = defended(r) <= 0.02
             checks.append(
                 {
                     "check": f"unbounded {label(r)} reaches ~0%",
-                    "figures": f"{100 * r['accuracy']:.1f}%",
+                    "figures": f"{100 * defended(r):.1f}%" + (" with rejection" if _rejects(r) else ""),
                     "verdict": "pass" if ok else "FAIL: the attack is broken, not the defense robust",
                 }
             )
@@ -137,9 +148,9 @@ def sanity_checks(rows: list[dict[str, Any]], defense: str) -> list[dict[str, st
         if len(group) < 2:
             continue
         group = sorted(group, key=lambda r: r["eps"])
-        accs = [r["accuracy"] for r in group]
+        accs = [defended(r) for r in group]
         ok = all(a >= b for a, b in zip(accs, accs[1:], strict=False))
-        figures = " > ".join(f"{_eps_label(r['eps'])}: {100 * r['accuracy']:.1f}%" for r in group)
+        figures = " > ".join(f"{_eps_label(r['eps'])}: {100 * defended(r):.1f}%" for r in group)
         checks.append(
             {"check": f"{name}: accuracy falls with eps", "figures": figures, "verdict": "pass" if ok else "FAIL"}
         )
@@ -162,8 +173,8 @@ def sanity_checks(rows: list[dict[str, Any]], defense: str) -> list[dict[str, st
             checks.append(
                 {
                     "check": f"{label(r)} beats random noise ({label(n)})",
-                    "figures": f"{100 * r['accuracy']:.1f}% vs noise {100 * n['accuracy']:.1f}%",
-                    "verdict": "pass" if r["accuracy"] <= n["accuracy"] else "FAIL",
+                    "figures": f"{100 * defended(r):.1f}% vs noise {100 * defended(n):.1f}%",
+                    "verdict": "pass" if defended(r) <= defended(n) else "FAIL",
                 }
             )
     if defense == "none":  # like for like: a PGD row with as many steps as the BPDA row

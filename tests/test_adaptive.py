@@ -402,3 +402,21 @@ def test_worst_case_counts_a_refused_attacked_input_as_defended():
     ]
     worst = {w["threat_model"]: w for w in worst_case_rows(records, runs)}
     assert worst["adaptive"]["accuracy"] == 0.5 and worst["all"]["accuracy"] == 0.5
+
+
+def test_sanity_checks_judge_a_rejecting_defense_with_rejection():
+    from evaluation.report import sanity_checks
+
+    # INC refused what the unbounded attack made (the victim alone is fooled on 96%): not ~0% for the system
+    row = {
+        "attack": "bpda_pgd", "variant": "random_start=false", "eps": 1.0, "threat_model": "adaptive",
+        "accuracy": 0.04, "accuracy_with_rejection": 0.77,
+    }  # fmt: skip
+    (check,) = [c for c in sanity_checks([row], "inc") if c["check"].startswith("unbounded")]
+    assert check["verdict"].startswith("FAIL") and check["figures"] == "77.0% with rejection"
+    (check,) = [
+        c
+        for c in sanity_checks([{**row, "accuracy": 0.01, "accuracy_with_rejection": None}], "none")
+        if "unbounded" in c["check"]
+    ]
+    assert check["verdict"] == "pass" and check["figures"] == "1.0%"
