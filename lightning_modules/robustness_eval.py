@@ -82,12 +82,14 @@ class RobustnessEvaluation(pl.LightningModule):
         self.defended = (
             DefendedClassifier(self.classifier, defense) if not getattr(defense, "uses_labels", False) else None
         )
-        self.adaptive_cache_key = adaptive_cache_key or {
-            **cache_key,
-            "threat": ADAPTIVE,
+        # The revision is added to any key, the caller's too: adversarials made by an older
+        # adaptive attack (or an older defense gradient) are never reused.
+        self.adaptive_cache_key = {
+            **(
+                adaptive_cache_key
+                or {**cache_key, "threat": ADAPTIVE, "defense": defense.name, "defense_params": defense.params()}
+            ),
             "attack_revision": ADAPTIVE_REVISION,
-            "defense": defense.name,
-            "defense_params": defense.params(),
         }
         self.runs = runs
         self.chunks = ChunkDataset(dataset, indices, chunk_size)

@@ -6,6 +6,8 @@ envelope-theorem one; an unbounded attack fools every image through a real DIP d
 """
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -329,6 +331,24 @@ def test_evaluate_reports_both_threat_models_curves_worst_case_and_sanity(tiny_v
     again = _run(out, tiny_victim, cifar_batches_dir, *args)
     assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]
     assert len(read_records(out / "samples.jsonl")) == len(records)
+
+
+def test_a_new_adaptive_attack_revision_never_reuses_cached_adversarials(
+    tiny_victim, cifar_batches_dir, tmp_path, monkeypatch
+):
+    # evaluate.py passes its own adaptive cache key; the revision must reach it too, or a fixed
+    # attack (or defense gradient) reads back what the broken one cached.
+    import lightning_modules.robustness_eval as robustness_eval
+
+    cache = Path(os.environ["DIPDEF_CACHE"]) / "adversarial"
+    args = ("--attacks", "bpda_pgd(steps=2)", "--eps", "8", "--num-samples", "4")
+    _run(tmp_path / "first", tiny_victim, cifar_batches_dir, *args)
+    before = set(cache.rglob("bpda_pgd/*.pt"))
+    _run(tmp_path / "same", tiny_victim, cifar_batches_dir, *args)
+    assert set(cache.rglob("bpda_pgd/*.pt")) == before  # same revision: a cache hit
+    monkeypatch.setattr(robustness_eval, "ADAPTIVE_REVISION", robustness_eval.ADAPTIVE_REVISION + 1)
+    _run(tmp_path / "revised", tiny_victim, cifar_batches_dir, *args)
+    assert len(set(cache.rglob("bpda_pgd/*.pt")) - before) == 1
 
 
 def test_evaluate_refuses_a_gradient_attack_through_a_dip_defense_before_writing(
