@@ -58,6 +58,13 @@ class BPDAPGD(Attack):
         evasion_weight (float): weight of the detector / rejection term. Default: 1.0.
         select (str): "first" returns the first iterate that fools, "last" the last iterate
             (then it is torchattacks' PGD, step for step, on an undefended model). Default: "first".
+        step (str): "sign", the L-inf steepest step alpha * sign(grad) (Madry et al. 2018), or
+            "l2", a step of L2 length alpha along grad / ||grad||_2. Default: "sign".
+        on_range (bool): take each step from the defense's own output for the iterate rather
+            than from the iterate, so the attack walks on the defense's range: against a defense
+            that projects onto a generator and refuses what lies far from it (INC), sign steps
+            leave the range and are refused, while iterates on it are accepted (Athalye et al.
+            2018, Sec. 5.3, attack Defense-GAN on the generator's range). Needs eot=0. Default: False.
     """
 
     name = "bpda_pgd"
@@ -77,8 +84,15 @@ class BPDAPGD(Attack):
         eot: int = 0,
         evasion_weight: float = 1.0,
         select: str = "first",
+        step: str = "sign",
+        on_range: bool = False,
     ) -> None:
         self.eps = check_eps(self.name, eps, self.norm)
+        if step not in ("sign", "l2"):
+            raise AttackError(f"{self.name}: step is 'sign' or 'l2'; got {step!r}")
+        if on_range and int(eot):
+            raise AttackError(f"{self.name}: on_range=True steps from the evaluation's own draw; it needs eot=0")
+        self.step, self.on_range = step, bool(on_range)
         if int(steps) < 0 or int(eot) < 0:
             raise AttackError(f"{self.name}: steps >= 0 and eot >= 0 are accepted; got steps={steps}, eot={eot}")
         if select not in ("first", "last"):
@@ -115,7 +129,7 @@ class BPDAPGD(Attack):
         broken = torch.zeros(len(images), dtype=torch.bool, device=images.device)
         first = images.clone()
         for k in range(self.steps + 1):
-            grad = None
+            grad = purified = None
             if self.eot or k == self.steps:
                 with torch.no_grad():
                     right = _still_right(defended, defended(adv, indices), labels)
@@ -137,7 +151,14 @@ class BPDAPGD(Attack):
             broken |= ~right
             if grad is None:
                 break
-            adv = adv.detach() + self.alpha * grad.sign()
+            if self.step == "l2":
+                direction = grad / grad.flatten(1).norm(dim=1).clamp_min(torch.finfo(grad.dtype).tiny).view(
+                    -1, *[1] * (grad.dim() - 1)
+                )
+            else:
+                direction = grad.sign()
+            start = purified.detach().to(adv.dtype) if self.on_range else adv.detach()
+            adv = start + self.alpha * direction
             adv = (images + (adv - images).clamp(-self.eps, self.eps)).clamp(0, 1)
         self.last_history = history.cpu()
         if self.select == "last":

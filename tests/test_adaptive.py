@@ -15,6 +15,7 @@ from torch import nn
 
 import evaluate
 from attacks import build_attack
+from attacks.base import AttackError
 from common.errors import UserError
 from defenses import Purifier, build_defense
 from defenses.base import Detector, IdentityDefense
@@ -249,6 +250,48 @@ def test_bpda_against_a_lone_detector_counts_flagged_inputs_as_defended():
     assert torch.allclose(penalty, nn.functional.softplus(detector.logit(xg.detach())))
     penalty.sum().backward()
     assert (xg.grad > 0).all()  # descending the loss (CE - penalty) lowers the brightness
+
+
+class ProjectToConstant(Purifier):
+    """A toy INC: projects onto the constant images (the mean pixel everywhere) and refuses an
+    input farther than ``eta`` from its projection."""
+
+    name, eta = "project_to_constant", 0.5
+
+    def purify(self, images, classifier, indices, labels=None):
+        projected = images.mean(dim=(1, 2, 3), keepdim=True).expand_as(images).clone()
+        distance = (images - projected).flatten(1).norm(dim=1)
+        self.last_details = [{"rejected": bool(d > self.eta)} for d in distance]
+        return projected
+
+
+class FirstPixel(nn.Module):
+    """Class 1 iff the first pixel is above 0.5: its gradient is off the constant images."""
+
+    def forward(self, x):
+        p = x[:, 0, 0, 0]
+        return torch.stack([0.5 - p, p - 0.5], dim=1) * 100
+
+
+def test_unbounded_bpda_on_the_defenses_range_breaks_a_projecting_rejecting_defense():
+    x, y = torch.full((2, 1, 4, 4), 0.3), torch.zeros(2, dtype=torch.long)
+    defended = DefendedClassifier(FirstPixel(), ProjectToConstant())
+    # Sign steps of the victim's loss move the first pixel alone: at most 0.7 / 16 onto the mean.
+    sign = build_attack("bpda_pgd", eps=1.0, steps=30, random_start=False, evasion_weight=0.0)
+    sign(defended, x, y)
+    assert sign.last_history.all()
+    # From the projection, an L2 step of 0.4 stays within eta and moves the mean 0.4 / 16: iterate
+    # k has mean 0.3 + 0.025 k, and the first past 0.5 is iterate 9 (iterate 8 is the tie, class 0).
+    on_range = build_attack("bpda_pgd", eps=1.0, steps=30, random_start=False, step="l2", alpha=0.4, on_range=True)
+    adv = on_range(defended, x, y)
+    fooled_at = (~on_range.last_history).float().argmax(1)
+    assert fooled_at.tolist() == [9, 9]
+    with torch.no_grad():
+        assert (defended(adv).argmax(1) == 1).all() and not defended.last_rejected.any()
+    with pytest.raises(AttackError, match="step is 'sign' or 'l2'"):
+        build_attack("bpda_pgd", eps=1.0, step="l1")
+    with pytest.raises(AttackError, match="needs eot=0"):
+        build_attack("bpda_pgd", eps=1.0, eot=2, on_range=True)
 
 
 def test_threat_models_and_the_pairs_that_cannot_run():
