@@ -441,6 +441,7 @@ def plot_iteration_curves(out: Path, rows: list[dict[str, Any]], title: str) -> 
             ax.plot(k, [100 * a for a in r["iterate_curve"]], ls="--", color=line.get_color(), alpha=0.6)
         ax.set_title(f"L-inf {_eps_label(eps)}/255")
         ax.set_xlabel("attack iteration")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
