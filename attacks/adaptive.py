@@ -52,7 +52,8 @@ class BPDAPGD(Attack):
         eps (float): maximum perturbation, in [0, 1] pixel units (8/255 = 0.0314). Required.
         steps (int): PGD iterations (paper 002 Fig. 4 reports iteration 15). Default: 15.
         alpha (float | None): step size; None takes eps/4 (2/255 at eps 8/255, torchattacks' PGD
-            step, and a quarter of the range per step for the unbounded check). Default: None.
+            step, and a quarter of the range per step for the unbounded check); an L2 length with
+            step="l2". Default: None.
         random_start (bool): start from a uniform random point of the eps ball. Default: True.
         eot (int): defense draws averaged per gradient; 0 uses the evaluation's own draw. Default: 0.
         evasion_weight (float): weight of the detector / rejection term. Default: 1.0.

@@ -229,6 +229,7 @@ def figures(archive: Path, report: Path) -> None:
             md.append("")
             ax.set_title(f"BPDA-PGD, L-inf {eps * 255:.4g}/255")
             ax.set_xlabel("iteration")
+            ax.xaxis.get_major_locator().set_params(integer=True)
             ax.set_ylabel("accuracy (%)")
             ax.set_ylim(0, 100)
             ax.grid(alpha=0.3)
