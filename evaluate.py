@@ -56,7 +56,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     p.add_argument(
         "--threat-model",
         help="oblivious (crafted on the bare victim) or adaptive (through the defense) for attacks that have both "
-        "forms; NAME(threat=adaptive) sets one attack (default: oblivious; bpda_pgd, eot_pgd, random_noise are "
+        "forms; NAME(threat=adaptive) sets one attack (default: oblivious; bpda_pgd, eot_pgd, random_noise, latent_space are "
         "always adaptive)",
     )
     p.add_argument("--eps", help="L-inf budgets in /255 units, comma list (default: 8); values < 1 are pixel fractions")

@@ -7,6 +7,7 @@ from attacks.adaptive import BPDAPGD, EOTPGD, RandomNoise
 from attacks.advertorch_attacks import DDN
 from attacks.base import Attack, AttackError
 from attacks.foolbox_attacks import AdditiveGaussianNoise, BlendedUniformNoise, HopSkipJump, NewtonFool, SaltAndPepper
+from attacks.latent_space import LatentSpaceAttack
 from attacks.torchattacks_attacks import APGD, BIM, CW, FGSM, MIFGSM, PGD, AutoAttack, DeepFool, Square
 
 ATTACKS: dict[str, type[Attack]] = {
@@ -30,6 +31,7 @@ ATTACKS: dict[str, type[Attack]] = {
         BPDAPGD,
         EOTPGD,
         RandomNoise,
+        LatentSpaceAttack,
     )
 }
 
@@ -47,7 +49,7 @@ def build_attack(name: str, eps: float | None = None, **params: Any) -> Attack:
         name: one of ``ATTACKS``.
         eps: budget in [0, 1] pixel units (8/255 = 0.0314): required by the L-inf attacks
             (fgsm, pgd, bim, mifgsm, autoattack, apgd, square, bpda_pgd, eot_pgd,
-            random_noise), optional for hopskipjump, refused by the minimum-norm
+            random_noise; latent_space takes only 1.0), optional for hopskipjump, refused by the minimum-norm
             and noise attacks. Default: None.
         params: the attack's other arguments (see its class); unknown ones are refused.
     """

@@ -10,7 +10,7 @@ from common.checkpoint_io import resolve_repo_path
 from common.errors import UserError
 from defenses.base import Purifier
 from defenses.registry import register_defense
-from manifold.inversion import invert
+from manifold.inversion import Inversion, invert
 
 
 class InvertAndClassify(Purifier):
@@ -81,30 +81,42 @@ class InvertAndClassify(Purifier):
         self.vae = self.vae.to(device)
         return self
 
-    def purify(
-        self, images: torch.Tensor, classifier: nn.Module, indices: torch.Tensor, labels: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    @property
+    def generator(self) -> nn.Module:
+        """G: [N, k] latents to images (for attacks on its range, ``attacks/latent_space.py``)."""
+        return self.vae.decode
+
+    def project(self, images: torch.Tensor, indices: torch.Tensor) -> Inversion:
+        """z*, G(z*) and ||G(z*) - x||_2 for each image (Algorithm 1), ``batch`` images at a time."""
         expected = tuple(self.vae.image_shape)
         if tuple(images.shape[1:]) != expected:
             raise UserError(f"inc: the generator makes {expected} images, the inputs are {tuple(images.shape[1:])}")
         self.vae = self.vae.to(images.device)
-        outputs, details = [], []
-        for start in range(0, len(images), self.batch):
-            part = slice(start, start + self.batch)
-            result = invert(
+        parts = [
+            invert(
                 self.vae.decode,
-                images[part],
+                images[start : start + self.batch],
                 self.vae.latent_dim,
                 self.steps,
                 self.lr,
                 self.restarts,
-                indices=indices[part],
+                indices=indices[start : start + self.batch],
                 seed=self.seed,
             )
-            outputs.append(result.reconstruction)
-            details += [{"inversion_distance": float(d), "rejected": bool(d >= self.eta)} for d in result.distance]
-        self.last_details = details
-        return torch.cat(outputs).clamp(0, 1)
+            for start in range(0, len(images), self.batch)
+        ]
+        return Inversion(
+            torch.cat([p.z for p in parts]),
+            torch.cat([p.reconstruction for p in parts]),
+            torch.cat([p.distance for p in parts]),
+        )
+
+    def purify(
+        self, images: torch.Tensor, classifier: nn.Module, indices: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        result = self.project(images, indices)
+        self.last_details = [{"inversion_distance": float(d), "rejected": bool(d >= self.eta)} for d in result.distance]
+        return result.reconstruction.clamp(0, 1)
 
 
 register_defense(InvertAndClassify.name, InvertAndClassify)

@@ -294,6 +294,38 @@ def test_unbounded_bpda_on_the_defenses_range_breaks_a_projecting_rejecting_defe
         build_attack("bpda_pgd", eps=1.0, eot=2, on_range=True)
 
 
+class ConstantGenerator(ProjectToConstant):
+    """ProjectToConstant with its generator exposed: G(z) is the constant image z (k = 1)."""
+
+    def generator(self, z):
+        return z.view(-1, 1, 1, 1).expand(-1, 1, 4, 4)
+
+    def project(self, images, indices):
+        from manifold.inversion import Inversion
+
+        z = images.mean(dim=(1, 2, 3)).view(-1, 1)
+        reconstruction = self.generator(z)
+        return Inversion(z, reconstruction, (images - reconstruction).flatten(1).norm(dim=1))
+
+
+def test_latent_space_attack_walks_the_generators_range_and_is_never_refused():
+    x, y = torch.full((2, 1, 4, 4), 0.3), torch.zeros(2, dtype=torch.long)
+    defended = DefendedClassifier(FirstPixel(), ConstantGenerator())
+    # margin loss 200 (0.5 - z) down to -kappa: Adam (lr 0.05) takes z from 0.3 past 0.5 within 10 steps
+    attack = build_attack("latent_space", eps=1.0, steps=30, lr=0.05, check_every=10)
+    adv = attack(defended, x, y)
+    assert attack.last_history.tolist() == [[True, False, False, False]] * 2
+    assert torch.allclose(adv, adv[:, :, :1, :1].expand_as(adv))  # a constant image: on the range
+    with torch.no_grad():
+        assert (defended(adv).argmax(1) == 1).all() and not defended.last_rejected.any()
+    with pytest.raises(AttackError, match="unbounded attack"):
+        build_attack("latent_space", eps=8 / 255)
+    with pytest.raises(AttackError, match="does not project onto a generator"):
+        build_attack("latent_space", eps=1.0)(DefendedClassifier(FirstPixel(), Halver()), x, y)
+    with pytest.raises(UserError, match="needs a defense that projects onto one"):
+        check_against_defense(expand_attacks("latent_space", [1.0]), build_defense("autoencoder"))
+
+
 def test_threat_models_and_the_pairs_that_cannot_run():
     runs = expand_attacks("clean,pgd,pgd(threat=adaptive),bpda_pgd,hopskipjump(queries=200)", [8 / 255])
     assert [(r.id, r.threat) for r in runs] == [

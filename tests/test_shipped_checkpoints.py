@@ -140,3 +140,24 @@ def test_robust_fmnist_cnn_keeps_clean_accuracy_within_2_points():
     robust = _accuracy(load_classifier(CHECKPOINTS / "inc_robust_fmnist_cnn.ckpt"), test.images, test.labels)
     plain = _accuracy(load_classifier(CHECKPOINTS / "victim_fmnist_cnn.ckpt"), test.images, test.labels)
     assert plain - robust <= 0.02, (plain, robust)
+
+
+@pytest.mark.skipif(not FMNIST_DEBIAN.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_latent_space_attack_breaks_inc_with_the_shipped_vae():
+    """The unbounded check for INC (Carlini et al. 2019): the latent-space attack (Athalye et al.
+    2018, Sec. 5.3.1) finds, for real test images, a generator image that INC accepts and the
+    victim gets wrong."""
+    from attacks import build_attack
+    from defenses import DefendedClassifier, build_defense
+
+    test = FashionMNISTDataModule(data_dir=str(FMNIST_DEBIAN)).load_split(train=False)
+    x, y = test.images[:8].float() / 255, test.labels[:8]
+    victim = load_classifier(CHECKPOINTS / "victim_fmnist_cnn.ckpt")
+    defended = DefendedClassifier(victim, build_defense("inc", steps=300))
+    with defended.bound_to(torch.arange(8)):
+        attack = build_attack("latent_space", eps=1.0, steps=60, check_every=20)
+        adversarial = attack(defended, x, y)
+        with torch.no_grad():
+            right = defended(adversarial).argmax(1) == y
+    assert not (right | defended.last_rejected).any(), (right, defended.last_rejected)
+    assert not attack.last_history[:, -1].any()
