@@ -20,14 +20,14 @@ from attacks.base import Attack, AttackError, check_eps
 ADAPTIVE_REVISION = 2
 
 
-def _defended(model: nn.Module):
+def as_defended(model: nn.Module):
     from defenses.base import IdentityDefense
     from defenses.defended import DefendedClassifier
 
     return model if isinstance(model, DefendedClassifier) else DefendedClassifier(model, IdentityDefense())
 
 
-def _still_right(defended, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def still_right(defended, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     right = logits.argmax(1) == labels
     if defended.last_rejected is not None:  # a refused input is a defended one
         right = right | defended.last_rejected.to(right.device)
@@ -121,7 +121,7 @@ class BPDAPGD(Attack):
         return grad.view(max(self.eot, 1), *adv.shape).mean(0)
 
     def _run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        defended = _defended(model)
+        defended = as_defended(model)
         indices = defended.indices_for(images)  # every iterate of an image shares its seed
         adv = images.clone()
         if self.random_start:
@@ -133,14 +133,14 @@ class BPDAPGD(Attack):
             grad = purified = None
             if self.eot or k == self.steps:
                 with torch.no_grad():
-                    right = _still_right(defended, defended(adv, indices), labels)
+                    right = still_right(defended, defended(adv, indices), labels)
                 if k < self.steps:
                     grad = self._gradient(defended, adv, labels, indices)
             else:  # the evaluation's own draw: one forward gives the verdict and the gradient
                 x = adv.detach().requires_grad_(True)
                 purified = defended.purified(x, indices)
                 logits = defended.victim(purified).float()
-                right = _still_right(defended, logits.detach(), labels)
+                right = still_right(defended, logits.detach(), labels)
                 loss = nn.functional.cross_entropy(logits, labels, reduction="sum")
                 penalty = defended.evasion_penalty(x, purified)
                 if penalty is not None and self.evasion_weight:
@@ -232,14 +232,14 @@ class RandomNoise(Attack):
 
     @torch.no_grad()
     def _run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        defended = _defended(model)
+        defended = as_defended(model)
         indices = defended.indices_for(images)
         history = torch.zeros(len(images), self.tries, dtype=torch.bool, device=images.device)
         broken = torch.zeros(len(images), dtype=torch.bool, device=images.device)
         first = images.clone()
         for k in range(self.tries):
             noisy = (images + self.eps * torch.randint_like(images, 2).mul(2).sub(1)).clamp(0, 1)
-            right = _still_right(defended, defended(noisy, indices), labels)
+            right = still_right(defended, defended(noisy, indices), labels)
             history[:, k] = right
             newly = ~right & ~broken
             first[newly] = noisy[newly]

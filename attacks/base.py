@@ -58,8 +58,10 @@ class Attack:
     # ``needs_gradient``: it backpropagates through the model (through a defense only where the
     # defense is differentiable, unless ``uses_bpda``: it runs on a DefendedClassifier, whose
     # BPDA stands in). ``adaptive_only``: it is built to attack a defended model
-    # (``defenses.defended.DefendedClassifier``) and has no oblivious form.
+    # (``defenses.defended.DefendedClassifier``) and has no oblivious form. ``needs_projection``:
+    # it searches the latent space of a defense that projects onto a generator (``project``).
     needs_gradient: ClassVar[bool] = False
+    needs_projection: ClassVar[bool] = False
     uses_bpda: ClassVar[bool] = False
     adaptive_only: ClassVar[bool] = False
     norm: str = "none"

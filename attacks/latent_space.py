@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from attacks.adaptive import _defended, _still_right
+from attacks.adaptive import as_defended, still_right
 from attacks.base import Attack, AttackError, check_eps
 
 
@@ -52,7 +52,7 @@ class LatentSpaceAttack(Attack):
         self.last_history: torch.Tensor | None = None
 
     def _run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        defended = _defended(model)
+        defended = as_defended(model)
         purifier = defended.purifier
         if not hasattr(purifier, "project"):
             raise AttackError(
@@ -71,7 +71,7 @@ class LatentSpaceAttack(Attack):
             if k % self.check_every == 0:
                 with torch.no_grad():
                     candidate = purifier.generator(z).clamp(0, 1)
-                    right = _still_right(defended, defended(candidate, indices), labels)
+                    right = still_right(defended, defended(candidate, indices), labels)
                 history[:, k // self.check_every] = right.cpu()
                 newly = ~right & ~broken
                 first[newly] = candidate[newly]

@@ -156,7 +156,7 @@ def check_against_defense(runs: list[AttackRun], defense: Any) -> None:
         purifier = getattr(defense, "purifier", defense)
         differentiable = getattr(purifier, "differentiable", True) or getattr(defense, "kind", "") == "detector"
         attack = ATTACKS[run.name]
-        if getattr(attack, "needs_projection", False) and not hasattr(purifier, "project"):
+        if attack.needs_projection and not hasattr(purifier, "project"):
             raise UserError(
                 f"attack {run.id} vs defense {defense.name!r}: {run.name} searches a generator's latent space and "
                 "needs a defense that projects onto one (inc); what works here: bpda_pgd, eot_pgd, random_noise"
