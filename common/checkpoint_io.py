@@ -83,7 +83,16 @@ def load_checkpoint(path: str | os.PathLike, kind: str) -> dict[str, Any]:
 def load_state_dict_strict(
     module: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: str | os.PathLike, what: str
 ) -> None:
-    """``module.load_state_dict(strict=True)`` with a one-line error on a mismatch."""
+    """``module.load_state_dict(strict=True)`` with a one-line error on a mismatch, and a
+    refusal of non-finite weights (a diverged run's checkpoint evaluates silently otherwise)."""
+    broken = [
+        name
+        for name, value in state_dict.items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()
+    ]
+    if broken:
+        shown = ", ".join(broken[:3]) + (f" and {len(broken) - 3} more" if len(broken) > 3 else "")
+        raise CheckpointError(f"{path}: {what} has NaN or infinite weights ({shown}); the run that saved it diverged")
     try:
         module.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:

@@ -2,6 +2,7 @@
 
 import hashlib
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +34,9 @@ def load_image_folder(
     )
     cache_file = cache_root() / "tensors" / f"{split_dir.name}-{hashlib.sha1(signature.encode()).hexdigest()[:16]}.pt"
     if cache_file.is_file():
-        cached = torch.load(cache_file, weights_only=True)
-        return cached["images"], cached["labels"]
+        cached = _read_decoded_cache(cache_file, len(sum(files.values(), [])), image_shape)
+        if cached is not None:
+            return cached
     mode = ImageReadMode.RGB if image_shape[0] == 3 else ImageReadMode.GRAY
     images = torch.empty((sum(len(v) for v in files.values()), *image_shape), dtype=torch.uint8)
     labels = torch.empty(len(images), dtype=torch.long)
@@ -54,6 +56,22 @@ def load_image_folder(
             f"{split_dir} has class folders but no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
         )
     atomic_torch_save({"images": images, "labels": labels}, cache_file)
+    return images, labels
+
+
+def _read_decoded_cache(
+    cache_file: Path, count: int, image_shape: tuple[int, int, int]
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The cached tensors, or None (with a warning naming the file) when the file is damaged
+    or does not hold ``count`` images of ``image_shape``: it is then decoded afresh."""
+    try:
+        cached = torch.load(cache_file, weights_only=True)
+        images, labels = cached["images"], cached["labels"]
+        if images.dtype != torch.uint8 or tuple(images.shape) != (count, *image_shape) or labels.shape != (count,):
+            raise ValueError(f"holds {tuple(images.shape)} {images.dtype}, expected {(count, *image_shape)} uint8")
+    except Exception as err:  # a truncated zip, a pickle error, a missing key: all mean "rebuild"
+        warnings.warn(f"decoded-image cache {cache_file} is damaged ({err}); decoding the images again", stacklevel=3)
+        return None
     return images, labels
 
 

@@ -71,19 +71,25 @@ def split_attack_list(text: str) -> list[tuple[str, dict[str, Any], str]]:
             current += ch
     if depth != 0:
         raise UserError(f"--attacks {text!r}: unbalanced parentheses")
-    parsed = []
-    for item in items:
-        match = re.fullmatch(r"([A-Za-z_0-9]+)(?:\((.*)\))?", item)
-        if not match:
-            raise UserError(f"--attacks: cannot read {item!r}; write NAME or NAME(key=value,...)")
-        inline_text, inline = match.group(2) or "", {}
-        for pair in filter(None, (p.strip() for p in inline_text.split(","))):
-            key, sep, value = pair.partition("=")
-            if not sep:
-                raise UserError(f"--attacks: {item!r}: {pair!r} is not key=value")
+    return [parse_call(item, "--attacks") for item in items]
+
+
+def parse_call(item: str, option: str) -> tuple[str, dict[str, Any], str]:
+    """``"pgd(steps=50,alpha=0.01)"`` -> ("pgd", {"steps": 50, "alpha": 0.01}, "steps=50,alpha=0.01");
+    values are read as YAML scalars (``true``, ``null``, numbers)."""
+    match = re.fullmatch(r"\s*([A-Za-z_0-9]+)\s*(?:\((.*)\))?\s*", item)
+    if not match:
+        raise UserError(f"{option}: cannot read {item!r}; write NAME or NAME(key=value,...)")
+    inline_text, inline = match.group(2) or "", {}
+    for pair in filter(None, (p.strip() for p in inline_text.split(","))):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise UserError(f"{option}: {item!r}: {pair!r} is not key=value")
+        try:
             inline[key.strip()] = yaml.safe_load(value.strip())
-        parsed.append((match.group(1), inline, inline_text.replace(" ", "")))
-    return parsed
+        except yaml.YAMLError:
+            raise UserError(f"{option}: {item!r}: cannot read the value of {key.strip()!r}") from None
+    return match.group(1), inline, inline_text.replace(" ", "")
 
 
 def _threat_of(name: str, inline: dict[str, Any], inline_text: str, default: str) -> tuple[str, str]:

@@ -231,6 +231,33 @@ def test_build_attack_refuses_bad_names_budgets_and_parameters():
     assert build_attack("hopskipjump", eps=2.0).eps == 2.0  # an L2 budget may exceed 1
 
 
+@pytest.mark.parametrize(
+    ("name", "params", "message"),
+    [
+        ("pgd", {"steps": -5}, "steps=-5 is not accepted; steps must be an integer >= 1"),  # ran 0 steps: 100%
+        ("pgd", {"steps": 0}, "steps must be an integer >= 1"),
+        ("pgd", {"steps": 2.5}, "steps must be an integer >= 1"),
+        ("pgd", {"steps": True}, "steps must be an integer >= 1"),
+        ("pgd", {"alpha": -0.01}, "alpha must be a finite number >= 0"),
+        ("pgd", {"alpha": float("nan")}, "alpha must be a finite number >= 0"),
+        ("pgd", {"random_start": "yes"}, "random_start must be true or false"),
+        ("bpda_pgd", {"eot": -1}, "eot must be an integer >= 0"),
+        ("hopskipjump", {"queries": "many"}, "queries must be an integer >= 1"),
+        ("bpda_pgd", {"select": 3}, "select must be a string"),
+    ],
+)
+def test_build_attack_refuses_parameters_of_the_wrong_type_or_sign(name, params, message):
+    eps = None if name == "hopskipjump" else EPS
+    with pytest.raises(AttackError, match=message):
+        build_attack(name, eps=eps, **params)
+
+
+def test_build_attack_accepts_zero_seeds_and_draws_and_none_where_allowed():
+    assert build_attack("bpda_pgd", eps=EPS, eot=0, alpha=None).eot == 0
+    assert build_attack("autoattack", eps=EPS, seed=0).seed == 0
+    assert build_attack("hopskipjump", eps=None, queries=1).queries == 1
+
+
 def test_params_are_json_and_tell_settings_apart():
     for name, (eps, params, _) in CASES.items():
         record = build_attack(name, eps=eps, **params).params()

@@ -1,0 +1,78 @@
+"""An evaluation's output folder: whose records it holds, who may write to it, what a killed
+run left behind."""
+
+import errno
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from common.errors import UserError
+
+LOCK_NAME = ".lock"
+
+
+def check_out_dir(out: Path, manifest: dict[str, Any]) -> None:
+    """Refuse an ``out`` that holds another run's records; nothing is written here."""
+    existing = out / "run.json"
+    if existing.is_file():
+        try:
+            previous = json.loads(existing.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"{existing} is unreadable; delete {out} or choose another --out") from None
+        if not isinstance(previous, dict):
+            raise UserError(f"{existing} is not a run manifest; delete {out} or choose another --out")
+        differing = [k for k in manifest if k != "command" and previous.get(k) != manifest[k]]
+        if differing:
+            raise UserError(
+                f"--out {out} holds another run's records ({', '.join(differing)} differ); "
+                "choose another --out or delete that folder"
+            )
+    elif (out / "samples.jsonl").is_file():
+        raise UserError(f"--out {out} holds samples.jsonl without run.json; choose another --out or delete that folder")
+
+
+class OutputLock:
+    """An exclusive lock on ``out`` for the run's lifetime (``flock`` on ``out/.lock``): a second
+    evaluation started on the same folder stops with a clear error instead of interleaving its
+    records and results with the first's. The kernel drops the lock when the process dies, so
+    a killed run never leaves a stale lock behind."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / LOCK_NAME
+        self._fd: int | None = None
+
+    def __enter__(self) -> "OutputLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            if err.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise UserError(
+                    f"--out {self.path.parent} is in use by another evaluation (pid {holder}); wait for it to end "
+                    "or choose another --out"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Delete the temporary files of atomic writes that a ``kill -9`` interrupted (the caller
+    holds :class:`OutputLock`, so no live writer owns them). Returns what was removed."""
+    removed = []
+    for folder in (out, *(p for p in out.rglob("*") if p.is_dir())):
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed

@@ -1,0 +1,254 @@
+"""evaluate.py's options (one deep-merged config system) and the faults a run folder meets:
+a second writer, SIGTERM, files a killed run left, a full disk, damaged data."""
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import evaluate
+from common.checkpoint_io import save_checkpoint
+from common.errors import CheckpointError, DataNotFoundError, UserError
+from datamodules import CIFAR10DataModule
+from datamodules.data_paths import extract_archive
+from evaluation.run_folder import OutputLock
+from evaluation.sample_log import read_records
+from nets import build_classifier, load_classifier
+from tests.conftest import REPO, TINY_VICTIM_CONFIG
+
+
+def _config(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "options.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_partial_config_keeps_every_other_default(tmp_path):
+    options = evaluate.load_options(["--config", _config(tmp_path, "attack_params: {cw: {kappa: 5.0}}\n")])
+    assert options["attack_params"] == {"pgd": {"steps": 50}, "cw": {"kappa": 5.0}}  # pgd kept its 50 steps
+    assert {k: options[k] for k in ("seed", "batch_size", "attacks")} == {
+        "seed": 0,
+        "batch_size": 100,
+        "attacks": "clean,pgd",
+    }
+    assert options["data"]["class_path"] == "datamodules.CIFAR10DataModule"
+
+
+def test_nested_overrides_and_both_flag_styles(tmp_path):
+    config = _config(tmp_path, "defense_params: {dip_stitch: {tau: 0.5}}\n")
+    options = evaluate.load_options(
+        ["--config", config, "--defense_params.dip_stitch.t0", "100", "--attack_params.pgd.steps=10",
+         "--data.data_dir", "/somewhere", "--num_samples", "7", "--batch-size", "3"]
+    )  # fmt: skip
+    assert options["defense_params"] == {"dip_stitch": {"tau": 0.5, "t0": 100}}
+    assert options["attack_params"] == {"pgd": {"steps": 10}}
+    assert options["data"]["init_args"] == {"data_dir": "/somewhere"}
+    assert (options["num_samples"], options["batch_size"]) == (7, 3)
+
+
+def test_inline_defense_parameters_go_to_their_part():
+    options = evaluate.load_options(["--defense", "glow_gate+dip_stitch(t0=100,tau=0.25)"])
+    assert options["defense"] == "glow_gate+dip_stitch"
+    assert options["defense_params"] == {"dip_stitch": {"t0": 100, "tau": 0.25}}
+
+
+def test_print_config_prints_a_config_that_loads_back_to_the_same_options(tmp_path, capsys):
+    argv = ["--defense", "dip_stitch(t0=100)", "--attack_params.pgd.steps", "20", "--eps", "2,4"]
+    assert evaluate.main([*argv, "--print_config"]) == []
+    printed = capsys.readouterr().out
+    assert yaml.safe_load(printed)["defense_params"] == {"dip_stitch": {"t0": 100}}
+    reloaded = evaluate.load_options(["--config", _config(tmp_path, printed)])
+    expected = evaluate.load_options(argv)
+    assert reloaded == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["CONFIG:seed: abc\n"], r"option seed: 'abc' is not accepted; it must be an integer >= 0"),
+        (["CONFIG:defense_params: 5\n"], r"option defense_params: 5 is not accepted; it must be a mapping"),
+        (["CONFIG:attack_params: {pgd: 10}\n"], r"option attack_params: .* must be a mapping"),
+        (["CONFIG:- a list\n"], r"must hold a mapping of options"),
+        (["CONFIG:download: maybe\n"], r"option download: 'maybe' is not accepted; it must be true or false"),
+        (["--num_samples", "-3"], r"option num_samples: -3 is not accepted"),
+        (["--foo.bar", "1"], r"unrecognised argument '--foo.bar'.*data, defense_params, attack_params"),
+        (["--defense_params.dip_stitch.t0"], r"--defense_params.dip_stitch.t0 needs a value"),
+        (["--defense", "dip_stitch(t0)"], r"--defense: 'dip_stitch\(t0\)': 't0' is not key=value"),
+    ],
+)
+def test_options_of_the_wrong_type_get_one_clear_error(argv, message, tmp_path):
+    if argv[0].startswith("CONFIG:"):
+        argv = ["--config", _config(tmp_path, argv[0].removeprefix("CONFIG:"))]
+    with pytest.raises(UserError, match=message):
+        evaluate.load_options(argv)
+
+
+def _args(tiny_victim, data_dir, out, *extra):
+    return ["--victim", str(tiny_victim), "--data-dir", str(data_dir), "--out", str(out), "--batch-size", "4", *extra]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--accelerator", "bogus"], "--accelerator bogus .*invalid accelerator name"),
+        (["--attacks", "clean,pgd(steps=-5)"], r"pgd: steps=-5 is not accepted; steps must be an integer >= 1"),
+        (["--num-samples", "31"], r"--num_samples 31: the test set has 30 images; 0 takes them all"),
+        (["--victim", "NAN"], r"NaN or infinite weights"),
+    ],
+)
+def test_bad_input_found_before_anything_is_written(extra, message, tiny_victim, cifar_batches_dir, tmp_path):
+    if "NAN" in extra:
+        state = build_classifier(**TINY_VICTIM_CONFIG).state_dict()
+        next(v for v in state.values() if v.is_floating_point()).fill_(float("nan"))
+        save_checkpoint(tmp_path / "nan.ckpt", "victim", TINY_VICTIM_CONFIG, state)
+        extra = ["--victim", str(tmp_path / "nan.ckpt")]
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=message):
+        evaluate.main([*_args(tiny_victim, cifar_batches_dir, out), *extra])
+    assert not out.exists()
+
+
+def test_nan_weights_are_refused_by_every_loader(tmp_path):
+    state = build_classifier(**TINY_VICTIM_CONFIG).state_dict()
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key][0] = float("inf")
+    save_checkpoint(tmp_path / "inf.ckpt", "victim", TINY_VICTIM_CONFIG, state)
+    with pytest.raises(CheckpointError, match=f"NaN or infinite weights \\({key}\\)"):
+        load_classifier(tmp_path / "inf.ckpt")
+
+
+def test_a_second_evaluation_on_the_same_out_is_refused(tiny_victim, cifar_batches_dir, tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    with OutputLock(out), pytest.raises(UserError, match=r"--out .*busy is in use by another evaluation \(pid \d+\)"):
+        evaluate.main(_args(tiny_victim, cifar_batches_dir, out, "--attacks", "clean", "--num-samples", "4"))
+    assert not (out / "run.json").exists() and not (out / "samples.jsonl").exists()
+    # the lock died with its holder: the same command now runs
+    rows = evaluate.main(_args(tiny_victim, cifar_batches_dir, out, "--attacks", "clean", "--num-samples", "4"))
+    assert rows[0]["n"] == 4
+
+
+def test_the_report_counts_only_the_runs_own_sample(tiny_victim, cifar_batches_dir, tmp_path):
+    out = tmp_path / "run"
+    args = _args(tiny_victim, cifar_batches_dir, out, "--attacks", "clean", "--num-samples", "6")
+    evaluate.main(args)
+    with open(out / "samples.jsonl", "a") as log:  # a stray record of an image outside the sample
+        log.write(json.dumps({"index": 10_000, "attack": "clean", "label": 0, "pred": 0}) + "\n")
+    rows = evaluate.main(args)
+    assert rows[0]["n"] == 6
+
+
+def test_temporary_files_a_killed_run_left_are_removed_and_files_get_the_umask_mode(
+    tiny_victim, cifar_batches_dir, tmp_path
+):
+    out = tmp_path / "run"
+    args = _args(tiny_victim, cifar_batches_dir, out, "--attacks", "clean", "--num-samples", "4")
+    evaluate.main(args)
+    stale = [out / ".results.json.abc123.tmp", out / "examples" / ".clean.pt.x1.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    evaluate.main(args)
+    assert not any(path.exists() for path in stale)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "results.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (out / "samples.jsonl").stat().st_mode & 0o777 == (out / "results.json").stat().st_mode & 0o777
+
+
+def test_a_full_disk_is_one_clear_error(tiny_victim, cifar_batches_dir, tmp_path, monkeypatch):
+    def no_space(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(evaluate, "atomic_write_text", no_space)
+    with pytest.raises(UserError, match=r"cannot write the run's files in .*No space left on device"):
+        evaluate.main(
+            _args(tiny_victim, cifar_batches_dir, tmp_path / "full", "--attacks", "clean", "--num-samples", "4")
+        )
+
+
+def test_sigterm_stops_the_run_promptly_and_keeps_finished_records(tiny_victim, cifar_batches_dir, tmp_path):
+    """What ``timeout``, SLURM preemption and scancel send: the run stops at once (exit 143)
+    with every finished chunk's records kept, and the same command resumes."""
+    config = _config(
+        tmp_path,
+        "defense: dip_stitch\n"
+        "defense_params: {dip_stitch: {network: small, iterations: 400, observe_every: 4, t0: 0, tau: 0.0}}\n",
+    )
+    out = tmp_path / "term"
+    cmd = [sys.executable, str(REPO / "evaluate.py"), "--config", config,
+           *_args(tiny_victim, cifar_batches_dir, out, "--attacks", "clean", "--num-samples", "12", "--batch-size", "1")]  # fmt: skip
+    process = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not read_records(out / "samples.jsonl") and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        process.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert time.monotonic() - sent < 30  # not the rest of the run (12 DIP fits)
+    assert "stopped by SIGTERM" in stderr
+    kept = read_records(out / "samples.jsonl")
+    assert 1 <= len(kept) < 12 and not (out / "results.json").exists()
+
+
+def test_download_reaches_the_data_sets_fetch_with_the_data_dir(tiny_victim, cifar_batches_dir, tmp_path, monkeypatch):
+    """No network here: the call that would download is replaced by one that lays the files down."""
+    import torchvision
+
+    calls = []
+
+    def fake_cifar10(root, train=True, download=False, **kwargs):
+        calls.append((Path(root), download))
+        shutil.copytree(cifar_batches_dir / "cifar-10-batches-py", Path(root) / "cifar-10-batches-py")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", fake_cifar10)
+    empty = tmp_path / "empty"
+    args = ["--victim", str(tiny_victim), "--data-dir", str(empty), "--out", str(tmp_path / "o"), "--attacks", "clean"]
+    with pytest.raises(DataNotFoundError, match="CIFAR-10 not found"):
+        evaluate.main([*args, "--num-samples", "3"])
+    rows = evaluate.main([*args, "--num-samples", "3", "--download"])
+    assert calls == [(empty, True)] and rows[0]["n"] == 3
+
+
+def test_a_damaged_decoded_image_cache_is_rebuilt_with_a_warning(cifar_folder_dir):
+    first = CIFAR10DataModule(data_dir=str(cifar_folder_dir)).load_split(train=False)
+    cached = list((Path(os.environ["DIPDEF_CACHE"]) / "tensors").glob("test-*.pt"))
+    assert len(cached) == 1
+    cached[0].write_bytes(cached[0].read_bytes()[:100])  # truncated by a full disk or a kill
+    with pytest.warns(UserWarning, match=f"{cached[0].name} is damaged"):
+        again = CIFAR10DataModule(data_dir=str(cifar_folder_dir)).load_split(train=False)
+    assert torch.equal(first.images, again.images)
+    torch.load(cached[0], weights_only=True)  # rewritten whole
+
+
+def test_a_truncated_archive_is_one_clear_error_and_abandoned_extractions_are_removed(cifar_folder_archive, tmp_path):
+    truncated = tmp_path / "cut.tar.gz"
+    truncated.write_bytes(cifar_folder_archive.read_bytes()[:3000])
+    with pytest.raises(DataNotFoundError, match="cut.tar.gz is a damaged archive"):
+        extract_archive(truncated)
+    extracted = Path(os.environ["DIPDEF_CACHE"]) / "extracted"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    abandoned = extracted / f".partial-{dead.pid}-abc"
+    abandoned.mkdir()
+    mine = extracted / f".partial-{os.getpid()}-live"  # a live process's extraction is left alone
+    mine.mkdir()
+    target = extract_archive(cifar_folder_archive)
+    assert (target / "test").is_dir() and not abandoned.exists() and mine.exists()
+    assert not any(p.name.startswith(".partial") for p in extracted.iterdir() if p != mine)
+    with tarfile.open(cifar_folder_archive) as tar:
+        assert len([m for m in tar.getmembers() if m.isfile()]) == len(list(target.rglob("*.jpg")))
