@@ -20,11 +20,13 @@ def resolve_config(name: str) -> str:
 
 
 def resolve_config_args(argv: list[str]) -> list[str]:
-    """Apply :func:`resolve_config` to every ``--config NAME`` / ``--config=NAME``."""
+    """Apply :func:`resolve_config` to every ``--config NAME``, ``--config=NAME``, ``-c NAME``
+    and ``-c=NAME`` (LightningCLI's short form)."""
     out = list(argv)
     for i, arg in enumerate(out):
-        if arg == "--config" and i + 1 < len(out):
+        if arg in ("--config", "-c") and i + 1 < len(out):
             out[i + 1] = resolve_config(out[i + 1])
-        elif arg.startswith("--config="):
-            out[i] = "--config=" + resolve_config(arg.split("=", 1)[1])
+        elif arg.startswith(("--config=", "-c=")):
+            flag, _, name = arg.partition("=")
+            out[i] = f"{flag}={resolve_config(name)}"
     return out

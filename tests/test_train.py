@@ -26,6 +26,7 @@ def test_bare_config_names_resolve_against_configs_dir(tmp_path):
         str(CONFIG_DIR / "victim_cifar.yaml"),
     ]
     assert resolve_config_args(["--config=victim_fmnist"]) == ["--config=" + str(CONFIG_DIR / "victim_fmnist.yaml")]
+    assert resolve_config_args(["-c", "victim_fmnist"]) == ["-c", str(CONFIG_DIR / "victim_fmnist.yaml")]
     own = tmp_path / "mine.yaml"
     own.write_text("seed_everything: 1\n")
     assert resolve_config_args(["--config", str(own), "--x", "1"]) == ["--config", str(own), "--x", "1"]
@@ -64,6 +65,27 @@ def test_one_epoch_fit_on_a_tiny_subset_exports_a_loadable_checkpoint(cifar_batc
     assert 0.0 <= model.checkpoint_metrics["test/acc"] <= 1.0
     assert model.checkpoint_config["arch"] == "resnet20"
     assert (tmp_path / "logs" / "victim_cifar_quick").is_dir()
+
+    # Testing a checkpoint without training: -c resolves like --config, --fit false --weights PATH.
+    tested = tmp_path / "tested.ckpt"
+    train.main(
+        [
+            "-c", "victim_cifar_quick",
+            "--data.data_dir", str(cifar_batches_dir),
+            "--data.val_size", "20",
+            "--data.eval_batch_size", "16",
+            "--trainer.precision", "32-true",
+            "--trainer.enable_progress_bar", "false",
+            "--fit", "false",
+            "--weights", str(export),
+            "--export", str(tested),
+        ]
+    )  # fmt: skip
+    again = load_classifier(tested)
+    assert again.checkpoint_metrics["test/acc"] == model.checkpoint_metrics["test/acc"]
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values(), strict=True))
+    with pytest.raises(UserError, match="--fit false .* give --weights PATH"):
+        train.main(["-c", "victim_cifar_quick", "--data.data_dir", str(cifar_batches_dir), "--fit", "false"])
 
 
 def test_bad_data_dir_is_one_line_on_stderr(tmp_path):
