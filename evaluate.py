@@ -401,23 +401,19 @@ def run(o: dict[str, Any], plan: SimpleNamespace) -> None:
     from datamodules.data_paths import cache_root
     from evaluation.adversarial_cache import AdversarialCache
     from evaluation.run_folder import remove_stale_temporaries
-    from evaluation.sample_log import SampleLog, read_records, unique_records
     from lightning_modules.robustness_eval import RobustnessEvaluation
 
     out = plan.out
-    log = SampleLog(out / "samples.jsonl")
     if rank_zero_only.rank == 0:
         removed = remove_stale_temporaries(out)
         if removed:
             print(f"removed {len(removed)} temporary file(s) a killed run left in {out}", file=sys.stderr)
         atomic_write_text(out / "run.json", json.dumps(plan.manifest, indent=2) + "\n")
-    # Rank 0 cuts off a line left partial by a crash before anyone appends; other ranks only read.
-    done = set(unique_records(read_records(log.path, repair=rank_zero_only.rank == 0)))
     plan.cache = AdversarialCache(Path(o["cache_dir"]) if o["cache_dir"] else cache_root() / "adversarial")
     defense, dataset_name = plan.defense, plan.dataset_name
     module = RobustnessEvaluation(
         plan.classifier, defense, plan.runs, plan.dataset, plan.indices, o["batch_size"], plan.cache,
-        {"victim": plan.attack_hash or plan.victim_hash, "dataset": dataset_name}, log, done, o["seed"],
+        {"victim": plan.attack_hash or plan.victim_hash, "dataset": dataset_name}, out, o["seed"],
         out / "examples", o["num_examples"], out / "traces", getattr(plan.dataset, "classes", None),
         plan.attack_model,
         {"victim": plan.victim_hash, "dataset": dataset_name, "threat": "adaptive", "defense": o["defense"],
@@ -429,14 +425,13 @@ def run(o: dict[str, Any], plan: SimpleNamespace) -> None:
 def write_report(o: dict[str, Any], plan: SimpleNamespace) -> list[dict[str, Any]]:
     """results.json/csv/md and the plots, from the records of this run's own sample."""
     from evaluation import report
-    from evaluation.sample_log import read_records, unique_records
+    from evaluation.sample_log import merge_rank_logs, read_run_records, unique_records
 
     out, runs = plan.out, plan.runs
+    merge_rank_logs(out)
     wanted, run_ids = set(plan.indices), {r.id for r in runs}
     records = [
-        r
-        for r in unique_records(read_records(out / "samples.jsonl")).values()
-        if r["index"] in wanted and r["attack"] in run_ids
+        r for r in unique_records(read_run_records(out)).values() if r["index"] in wanted and r["attack"] in run_ids
     ]
     rows = report.build_rows(records, runs, plan.num_classes)
     header = {
@@ -511,7 +506,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             ) from None
     except Terminated:
         print(
-            f"stopped by SIGTERM; the records finished so far are in {out / 'samples.jsonl'}: "
+            f"stopped by SIGTERM; the records finished so far are in {out}/samples*.jsonl: "
             "rerun the same command to resume",
             file=sys.stderr,
         )

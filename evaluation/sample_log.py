@@ -1,11 +1,14 @@
 """``samples.jsonl``: one JSON line per (image, attack), appended as soon as it is done.
 
-Every rank appends to the same file through an ``O_APPEND`` descriptor with one
-``write`` per line, so lines from several processes never interleave. A rerun reads the
-file, drops a last line cut off by a crash (the file is truncated back to the last
-complete line before anything new is appended) and skips what is done. A damaged line in
-the middle (bad bytes, not JSON, not a record) is skipped with a warning and its image
-evaluated again; the records after it are kept (they may be hours of DIP fits).
+Each rank appends to a file of its own (rank 0 to ``samples.jsonl``, rank R to
+``samples.rank<R>.jsonl``) with one ``write`` per line: one writer per file, so records
+never interleave, on NFS too (whose ``O_APPEND`` is not atomic across clients). After the
+run rank 0 folds the other ranks' files into ``samples.jsonl`` and deletes them. A rerun
+reads every file, cuts a last line left partial by a crash off its own file before
+appending, and skips what is done; records are keyed by (index, attack), so a record met
+twice (a fold interrupted by a kill) counts once. A damaged line in the middle (bad bytes,
+not JSON, not a record) is skipped with a warning and its image evaluated again; the records
+after it are kept (they may be hours of DIP fits).
 """
 
 import json
@@ -61,6 +64,44 @@ def unique_records(records: list[dict[str, Any]]) -> dict[RecordKey, dict[str, A
     for r in records:
         out.setdefault(record_key(r), r)
     return out
+
+
+MAIN_LOG = "samples.jsonl"
+
+
+def rank_log_path(out: Path, rank: int) -> Path:
+    """The file rank ``rank`` appends to."""
+    return out / (MAIN_LOG if rank == 0 else f"samples.rank{rank}.jsonl")
+
+
+def rank_log_paths(out: Path) -> list[Path]:
+    """The other ranks' files, in rank order."""
+    found = [(p, p.name.removeprefix("samples.rank").removesuffix(".jsonl")) for p in out.glob("samples.rank*.jsonl")]
+    return [p for p, rank in sorted(found, key=lambda f: int(f[1]) if f[1].isdigit() else -1) if rank.isdigit()]
+
+
+def read_run_records(out: Path, repair_rank: int | None = None) -> list[dict[str, Any]]:
+    """Every record of the run in ``out``: ``samples.jsonl``, then the other ranks' files.
+    ``repair_rank``: the rank whose own file gets a partial last line cut off."""
+    records = []
+    for path in [out / MAIN_LOG, *rank_log_paths(out)]:
+        records += read_records(path, repair=repair_rank is not None and path == rank_log_path(out, repair_rank))
+    return records
+
+
+def merge_rank_logs(out: Path) -> int:
+    """Fold the other ranks' files into ``samples.jsonl`` (records it lacks, appended), then
+    delete them; returns how many records were added. Call on rank 0 after every rank ended."""
+    main = out / MAIN_LOG
+    known = set(unique_records(read_records(main, repair=True)))
+    added = 0
+    for path in rank_log_paths(out):
+        fresh = [r for r in read_records(path) if record_key(r) not in known]
+        SampleLog(main).append(fresh)  # before the unlink: a kill in between leaves duplicates, never a loss
+        known |= {record_key(r) for r in fresh}
+        added += len(fresh)
+        path.unlink()
+    return added
 
 
 class SampleLog:

@@ -26,7 +26,7 @@ from evaluation.adversarial_cache import AdversarialCache, cached_attack_entry
 from evaluation.attack_specs import ADAPTIVE, CLEAN, AttackRun
 from evaluation.chunks import ChunkDataset
 from evaluation.metrics import per_image_ssim, perturbation_norms
-from evaluation.sample_log import RecordKey, SampleLog
+from evaluation.sample_log import RecordKey, SampleLog, rank_log_path, read_run_records, unique_records
 
 
 class RobustnessEvaluation(pl.LightningModule):
@@ -38,7 +38,8 @@ class RobustnessEvaluation(pl.LightningModule):
     indices: sampled dataset indices, in evaluation order.
     chunk_size: images per chunk (one attack batch, one defense batch).
     cache: the adversarial cache; ``cache_key`` holds the victim hash and data set name.
-    sample_log: where records go; ``done`` holds the (index, attack) pairs already there.
+    records_dir: the run's folder; each rank appends its records to a file of its own there
+        (``evaluation.sample_log``) and skips the (index, attack) pairs any file already holds.
     seed: seeds each chunk's attack randomness with (seed, first index of the chunk).
     examples_dir: where the first chunk's images are kept for the example grid. Default: None.
     num_examples: images kept per attack for that grid. Default: 8.
@@ -61,8 +62,7 @@ class RobustnessEvaluation(pl.LightningModule):
         chunk_size: int,
         cache: AdversarialCache,
         cache_key: dict[str, Any],
-        sample_log: SampleLog,
-        done: set[RecordKey],
+        records_dir: Path,
         seed: int = 0,
         examples_dir: Path | None = None,
         num_examples: int = 8,
@@ -94,7 +94,9 @@ class RobustnessEvaluation(pl.LightningModule):
         self.runs = runs
         self.chunks = ChunkDataset(dataset, indices, chunk_size)
         self.cache, self.cache_key = cache, cache_key
-        self.sample_log, self.done = sample_log, done
+        self.records_dir = Path(records_dir)
+        self.sample_log: SampleLog | None = None  # set per rank in on_test_start
+        self.done: set[RecordKey] = set()
         self.seed = seed
         self.examples_dir, self.num_examples = examples_dir, num_examples
         self.traces_dir, self.class_names = traces_dir, class_names
@@ -111,6 +113,9 @@ class RobustnessEvaluation(pl.LightningModule):
 
     def on_test_start(self) -> None:
         self.defense.to(self.device)
+        rank = self.trainer.global_rank
+        self.sample_log = SampleLog(rank_log_path(self.records_dir, rank))
+        self.done = set(unique_records(read_run_records(self.records_dir, repair_rank=rank)))
         if self.trainer.is_global_zero:
             mine = range(0, len(self.chunks), self.trainer.world_size)
             total = sum(len(self.chunks.chunks[k]) for k in mine) * len(self.runs)

@@ -183,6 +183,24 @@ def test_evaluate_writes_results_and_resumes_identically(tiny_victim, cifar_batc
     assert len(records) == 100 == len(unique_records(records))
 
 
+def test_a_killed_multi_rank_run_resumes_from_every_ranks_file_exactly_once(tiny_victim, cifar_batches_dir, tmp_path):
+    """Each rank appends to a file of its own (one writer per file, safe on NFS); a run killed
+    mid-way leaves samples.jsonl and samples.rank1.jsonl, each maybe with a partial last line."""
+    args = ("--attacks", "clean,fgsm", "--eps", "8", "--num-samples", "12")
+    whole = _run(tmp_path / "whole", tiny_victim, cifar_batches_dir, *args)
+    lines = (tmp_path / "whole" / "samples.jsonl").read_bytes().splitlines(keepends=True)
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "run.json").write_bytes((tmp_path / "whole" / "run.json").read_bytes())
+    (killed / "samples.jsonl").write_bytes(b"".join(lines[:7]) + lines[7][:30])
+    (killed / "samples.rank1.jsonl").write_bytes(b"".join(lines[8:15]) + lines[15][:11])
+    resumed = _run(killed, tiny_victim, cifar_batches_dir, *args)
+    assert _comparable(resumed) == _comparable(whole)
+    assert not (killed / "samples.rank1.jsonl").exists()
+    records = read_records(killed / "samples.jsonl")
+    assert len(records) == 24 == len(unique_records(records))
+
+
 def test_out_dir_of_another_run_is_refused_and_untouched(tiny_victim, cifar_batches_dir, tmp_path):
     out = tmp_path / "run"
     _run(out, tiny_victim, cifar_batches_dir, "--attacks", "clean", "--num-samples", "8")
@@ -235,6 +253,7 @@ def test_ddp_on_two_cpu_processes_runs_dip_on_disjoint_shards_like_one_process(
     assert result.returncode == 0, result.stderr[-2000:]
     records = read_records(out / "samples.jsonl")
     assert len(records) == 14 == len(unique_records(records))
+    assert not list(out.glob("samples.rank*.jsonl"))  # rank 1's own file was folded into samples.jsonl
     assert sorted({r["index"] for r in records}) == sorted(sample_indices(30, 7, 0))
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["n"] for r in rows] == [7, 7]
