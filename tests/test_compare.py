@@ -1,0 +1,59 @@
+import csv
+import json
+
+import pytest
+
+from common.errors import UserError
+from evaluation import compare
+
+
+def _results(defense, rows, worst=()):
+    return {"defense": defense, "dataset": "CIFAR10", "num_samples": 10, "rows": rows, "worst_case": list(worst)}
+
+
+def _row(attack, eps, threat, accuracy, ssim=0.9, variant="", **extra):
+    return {"attack": attack, "variant": variant, "eps": eps, "threat_model": threat, "n": 10, "accuracy": accuracy,
+            "accuracy_ci95_low": accuracy - 0.1, "accuracy_ci95_high": accuracy + 0.1, "ssim": ssim, **extra}  # fmt: skip
+
+
+def test_runs_merge_into_one_table_with_threat_models_rejection_and_worst_case(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "results.json").write_text(json.dumps(_results("none", [
+        _row("clean", None, "oblivious", 0.9),
+        _row("pgd", 8 / 255, "oblivious", 0.1),
+        _row("hopskipjump", None, "adaptive", 0.3, variant="queries=200,threat=adaptive"),
+    ], [{"eps": 8 / 255, "threat_model": "all", "n": 10, "accuracy": 0.05}])))  # fmt: skip
+    (tmp_path / "b.json").write_text(json.dumps(_results("glow_gate", [
+        _row("clean", None, "oblivious", 0.8, accuracy_with_rejection=0.85),
+        _row("bpda_pgd", 8 / 255, "adaptive", 0.02, accuracy_with_rejection=0.07, ssim=0.5),
+    ])))  # fmt: skip
+    table = compare.main([str(tmp_path / "a"), str(tmp_path / "b.json"), "--out", str(tmp_path / "cmp")])
+    header, _, first, second = table.splitlines()
+    assert header == (
+        "| run | defense | data | images | clean | pgd@8/255 (oblivious) | hopskipjump(queries=200) (adaptive) "
+        "| bpda_pgd@8/255 (adaptive) | worst case@8/255 (all) |"
+    )
+    assert first == "| a | none | CIFAR10 | 10 | 90.0 | 10.0 | 30.0 | - | 5.0 |"
+    assert second == "| tmp_path | glow_gate | CIFAR10 | 10 | 85.0 r | - | - | 7.0 r | - |".replace(
+        "tmp_path", tmp_path.name
+    )
+    lines = list(csv.DictReader((tmp_path / "cmp" / "comparison.csv").open()))
+    assert len(lines) == 6
+    assert {(r["run"], r["column"], r["accuracy"], r["with_rejection"]) for r in lines} >= {
+        ("a", "pgd@8/255 (oblivious)", "0.1", "False"),
+        (tmp_path.name, "bpda_pgd@8/255 (adaptive)", "0.07", "True"),
+    }
+    assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 1000
+    ssim = compare.main(
+        [str(tmp_path / "a"), str(tmp_path / "b.json"), "--metric", "ssim", "--out", str(tmp_path / "s")]
+    )
+    assert "| 0.500 |" in ssim and "worst case" not in ssim
+
+
+def test_a_folder_without_results_is_one_clear_error(tmp_path):
+    with pytest.raises(UserError, match="no results.json there"):
+        compare.main([str(tmp_path), "--out", str(tmp_path / "cmp")])
+    (tmp_path / "results.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match="is not an evaluate.py results.json"):
+        compare.main([str(tmp_path), "--out", str(tmp_path / "cmp")])
+    assert not (tmp_path / "cmp").exists()
