@@ -1,109 +1,12 @@
 """Train anything that has a config: ``python train.py --config victim_cifar.yaml``.
 
-Bare config names resolve against ``configs/``; every value can be overridden on the
-command line (``--trainer.max_epochs 5``, ``--data.data_dir /data/cifar``). After
-fitting, the best checkpoint is tested and, with ``--export PATH``, written as a compact
-weights-only checkpoint that evaluate.py and ``nets.load_classifier`` read.
-
-Test a checkpoint without training: ``--fit false --weights PATH`` (an export of train.py or
-a Lightning ``.ckpt`` of the same model), e.g.
-``python train.py -c victim_cifar --fit false --weights checkpoints/victim_cifar_resnet20.ckpt``.
+The code is in :mod:`lightning_modules.train_cli` (installed as the ``dipdef-train`` command);
+this file is the checkout's entry point and re-exports it.
 """
 
-import sys
-import warnings
-
-import lightning.pytorch as pl
-import torch
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-
-from common.checkpoint_io import load_checkpoint, load_state_dict_strict, save_checkpoint
-from common.config_files import resolve_config_args
-from common.errors import CheckpointError, UserError, run_main
-
-
-class TrainCLI(LightningCLI):
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument(
-            "--export", type=str | None, default=None, help="write the best weights here as a compact checkpoint"
-        )
-        parser.add_argument("--test", type=bool, default=True, help="test the best checkpoint after fitting")
-        parser.add_argument("--fit", type=bool, default=True, help="fit the model (false: only test --weights)")
-        parser.add_argument(
-            "--weights",
-            type=str | None,
-            default=None,
-            help="start from these weights: an export of train.py or a Lightning .ckpt of the same model",
-        )
-
-
-def load_weights(model: pl.LightningModule, path: str) -> None:
-    """Load an export of train.py (the inner network's weights) or a Lightning ``.ckpt`` (the
-    whole module's) into ``model``; a file that fits neither is one clear error."""
-    kind = getattr(model, "checkpoint_kind", None)
-    if kind is None:
-        raise UserError(f"--weights: {type(model).__name__} has no checkpoint kind, so it cannot load {path}")
-    ckpt = load_checkpoint(path, kind=kind)
-    state = ckpt["state_dict"]
-    if ckpt.get("lightning"):
-        load_state_dict_strict(model, state, path, type(model).__name__)
-        return
-    for name, child in model.named_children():
-        if set(child.state_dict()) == set(state):
-            load_state_dict_strict(child, state, path, f"{type(model).__name__}.{name}")
-            return
-    raise CheckpointError(f"--weights {path}: its weights fit no part of {type(model).__name__}")
-
-
-def build_cli(argv: list[str], save_config: bool = True) -> TrainCLI:
-    """Parse ``argv`` (config names resolved) and instantiate trainer, model and data."""
-    with warnings.catch_warnings():
-        # LightningCLI warns whenever args= is given while sys.argv has arguments: here args= is
-        # sys.argv itself, with bare config names resolved.
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-        return _build_cli(argv, save_config)
-
-
-def _build_cli(argv: list[str], save_config: bool) -> TrainCLI:
-    return TrainCLI(
-        pl.LightningModule,
-        pl.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        run=False,
-        args=resolve_config_args(argv),
-        save_config_callback=SaveConfigCallback if save_config else None,
-        save_config_kwargs={"overwrite": True},
-    )
-
-
-def main(argv: list[str] | None = None) -> None:
-    cli = build_cli(sys.argv[1:] if argv is None else argv)
-    trainer, model, data = cli.trainer, cli.model, cli.datamodule
-    if cli.config.weights:
-        load_weights(model, cli.config.weights)
-    elif not cli.config.fit:
-        raise UserError("--fit false tests the model as it is built: give --weights PATH (a checkpoint to test)")
-    best = None
-    if cli.config.fit:
-        trainer.fit(model, datamodule=data)
-        callback = trainer.checkpoint_callback
-        best = callback.best_model_path if callback is not None and callback.best_model_path else None
-    if best:
-        # Restore the best epoch's weights for both testing and export.
-        model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
-    metrics: dict[str, float] = {}
-    if cli.config.test:
-        results = trainer.test(model, datamodule=data)
-        metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
-    if cli.config.export and trainer.is_global_zero:
-        if not hasattr(model, "checkpoint_config"):
-            raise UserError(f"{type(model).__name__} cannot be exported (no checkpoint_config)")
-        path = save_checkpoint(
-            cli.config.export, model.checkpoint_kind, model.checkpoint_config(), model.exported_state_dict(), metrics
-        )
-        print(f"exported {model.checkpoint_kind} checkpoint to {path} ({path.stat().st_size / 1e6:.2f} MB)")
-
+from common.errors import run_main
+from lightning_modules.train_cli import *  # noqa: F403
+from lightning_modules.train_cli import build_cli, load_weights, main  # noqa: F401
 
 if __name__ == "__main__":
     run_main(main)

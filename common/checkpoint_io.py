@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from common.assets import asset_dir
 from common.atomic_files import atomic_torch_save
 from common.errors import CheckpointError
 
@@ -102,10 +103,10 @@ def load_state_dict_strict(
 
 
 def resolve_repo_path(path: str | os.PathLike) -> Path:
-    """A path as given, or relative to the repository when only that exists (the shipped
-    checkpoints, whatever the working directory)."""
+    """A path as given, or a shipped one (``checkpoints/NAME``, ``configs/NAME``) when only that
+    exists, whatever the working directory and whether the project is installed or checked out."""
     given = Path(path).expanduser()
-    repo = Path(__file__).resolve().parents[1]
-    if given.is_absolute() or given.exists() or not (repo / given).exists():
+    if given.is_absolute() or given.exists() or given.parts[0] not in ("checkpoints", "configs"):
         return given
-    return repo / given
+    shipped = asset_dir(given.parts[0]).joinpath(*given.parts[1:])
+    return shipped if shipped.exists() else given

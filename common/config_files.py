@@ -2,9 +2,10 @@
 
 from pathlib import Path
 
+from common.assets import asset_dir
 from common.errors import UserError
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = asset_dir("configs")
 
 
 def resolve_config(name: str) -> str:

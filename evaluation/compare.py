@@ -1,4 +1,4 @@
-"""One table and one plot from many runs: ``python -m evaluation.compare runs/*``.
+"""One table and one plot from many runs: ``python -m evaluation.compare runs/*`` (or ``dipdef-compare``).
 
 Rows are runs (a defense on a data set and victim), columns are (attack, eps, threat model),
 cells the accuracy in percent, shaped like paper 002 Table 1 (accuracy) and Table 2 (SSIM
@@ -164,5 +164,10 @@ def main(argv: list[str] | None = None) -> str:
     return table
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The ``dipdef-compare`` console script."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    entry()

@@ -17,6 +17,7 @@ import torch
 import yaml
 
 import evaluate
+import evaluation.cli
 from common.checkpoint_io import save_checkpoint
 from common.errors import CheckpointError, DataNotFoundError, UserError
 from datamodules import CIFAR10DataModule
@@ -169,7 +170,7 @@ def test_a_full_disk_is_one_clear_error(tiny_victim, cifar_batches_dir, tmp_path
     def no_space(path, text):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(evaluate, "atomic_write_text", no_space)
+    monkeypatch.setattr(evaluation.cli, "atomic_write_text", no_space)
     with pytest.raises(UserError, match=r"cannot write the run's files in .*No space left on device"):
         evaluate.main(
             _args(tiny_victim, cifar_batches_dir, tmp_path / "full", "--attacks", "clean", "--num-samples", "4")

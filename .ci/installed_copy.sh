@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# An installed (non-editable) copy works from any directory: the console scripts run, the shipped
+# configs and checkpoints are found as package data, and no top-level `evaluate`/`train` module is
+# installed (it would shadow Hugging Face's `evaluate`). The dependencies come from .venv through a
+# .pth line, which adds its site-packages without running its editable-install hook.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+.venv/bin/pip wheel -q --no-deps -w "$work/wheel" . 2>&1 | grep -v "^WARNING: Location" || true
+python3 -m venv "$work/venv"
+purelib() { "$1" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
+purelib .venv/bin/python > "$(purelib "$work/venv/bin/python")/dipdef-dependencies.pth"
+"$work/venv/bin/pip" install -q --no-deps "$work"/wheel/*.whl 2>&1 | grep -v "^WARNING: Location" || true
+cd "$work"
+"$work/venv/bin/python" -c 'import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in ("evaluate", "train")))' ||
+  { echo "installed copy: a top-level evaluate/train module is installed" >&2; exit 1; }
+"$work/venv/bin/python" -c 'import common, sys; sys.exit(not common.__file__.startswith(sys.prefix))' ||
+  { echo "installed copy: the project was imported from outside the fresh venv" >&2; exit 1; }
+for command in dipdef-evaluate dipdef-train dipdef-compare; do "$work/venv/bin/$command" --help > /dev/null; done
+"$work/venv/bin/dipdef-evaluate" --config evaluate_fmnist.yaml --attacks clean,fgsm --eps 0.1 --num_samples 8 \
+  --out "$work/run" > "$work/evaluate.log" 2>&1 || { tail -20 "$work/evaluate.log" >&2; exit 1; }
+"$work/venv/bin/dipdef-compare" "$work/run" --out "$work/compare" > /dev/null
+grep -q '"num_samples": 8' "$work/run/results.json"
+echo "installed copy: console scripts, shipped configs and checkpoints work from $work"
