@@ -5,6 +5,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from common.seeding import item_seed
 from defenses.base import Purifier
 from defenses.registry import register_defense
 from dip.dipdefend import DIPDefendRule, DIPDefendSettings
@@ -35,13 +36,6 @@ DIP_NETWORKS: dict[str, dict[str, Any]] = {
         "kernel_down": 2,
         "kernel_up": 2,
     },
-    "medium": {
-        "channels_down": [32] * 3,
-        "channels_up": [32] * 3,
-        "channels_skip": [3] * 3,
-        "kernel_down": 3,
-        "kernel_up": 3,
-    },
     "large": {
         "channels_down": [48] * 4,
         "channels_up": [48] * 4,
@@ -65,6 +59,7 @@ DIP_NETWORKS: dict[str, dict[str, Any]] = {
         "activation": "Swish",
     },
 }
+DIP_NETWORKS["medium"] = DIP_NETWORKS["cifar"]  # the middle of small/medium/large is paper 002's CIFAR net
 
 
 class DIPPurifier(Purifier):
@@ -137,7 +132,7 @@ class DIPPurifier(Purifier):
             wanted = [j for j, i in enumerate(indices[part].tolist()) if i in self.trace_indices]
             if wanted and hasattr(rule, "record_trace"):
                 rule.record_trace()
-            seeds = [self.seed * 1_000_003 + int(i) for i in indices[part]]
+            seeds = [item_seed(self.seed, i) for i in indices[part]]
             last = fit_dip(x, seeds, self.dip, rule, observe_tail=self.observe_tail)
             out.append((last if rule is None else rule.result()).clamp(0, 1))
             details += self.details(rule, out[-1], classifier, y)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from common.atomic_files import atomic_torch_save
+from common.seeding import item_seed
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -118,7 +119,7 @@ def cached_attack_entry(
 ) -> dict[str, torch.Tensor]:
     """``cached_attack`` with what else the attack kept: "history" [B, iterates], whether the
     defended victim was still right at each iterate (the adaptive attacks' ``last_history``)."""
-    chunk_seed = seed * 1_000_003 + int(indices[0])
+    chunk_seed = item_seed(seed, indices[0])
     key = {
         **cache_key,
         "attack": attack_name,

@@ -360,12 +360,12 @@ def build(o: dict[str, Any], argv: list[str]) -> SimpleNamespace:
     check_against_defense(runs, defense)
     trainer = build_trainer(o)
     classifier, victim_path, dm, dataset, num_classes = load_victim_and_data(o)
-    if o["num_samples"] > len(dataset) and chosen_samples:  # the defense's default takes what there is
-        raise UserError(f"--num_samples {o['num_samples']}: the test set has {len(dataset)} images; 0 takes them all")
     attack_model, attack_hash = None, None
     if o["attack_victim"]:
         attack_model, attack_path = load_attack_victim(o["attack_victim"], classifier)
         attack_hash = file_sha256(attack_path)
+    if o["num_samples"] > len(dataset) and chosen_samples:  # the defense's default takes what there is
+        raise UserError(f"--num_samples {o['num_samples']}: the test set has {len(dataset)} images; 0 takes them all")
     indices = sample_indices(len(dataset), o["num_samples"] or None, o["seed"])
     if o["save_traces"]:
         if not hasattr(defense, "trace_indices"):

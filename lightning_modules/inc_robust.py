@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from common.checkpoint_io import resolve_repo_path
+from common.seeding import item_seed
 from manifold.minmax import initial_pairs, minmax_attack, output_gap
 from nets import load_classifier, load_vae
 
@@ -102,7 +103,7 @@ class ManifoldAdversarialTraining(pl.LightningModule):
         images, labels = batch
         optimizer = self.optimizers()
         self.model.eval()
-        attack = self._attack(hp.pairs, hp.inner_steps, hp.seed * 1_000_003 + self.global_step)
+        attack = self._attack(hp.pairs, hp.inner_steps, item_seed(hp.seed, self.global_step))
         valid = attack.stats["valid"]
         adversariality = images.new_zeros(())
         if valid.any():

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from common.seeding import item_seed
+
 Generator = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -30,7 +32,7 @@ def seeded_latents(indices: torch.Tensor, restarts: int, latent_dim: int, seed: 
     image's dataset index: an image's result does not depend on its batch or shard."""
     rows = []
     for index in indices.tolist():
-        g = torch.Generator().manual_seed(seed * 1_000_003 + int(index))
+        g = torch.Generator().manual_seed(item_seed(seed, index))
         rows.append(torch.randn(restarts, latent_dim, generator=g))
     return torch.stack(rows)
 

@@ -11,7 +11,15 @@ from common.checkpoint_io import load_checkpoint, load_state_dict_strict
 from common.errors import CheckpointError
 from nets.registry import build_classifier
 
-_BUILD_ARGS = set(inspect.signature(build_classifier).parameters)
+
+def _offline_classifier(**config) -> nn.Module:
+    """``build_classifier`` that never fetches pretrained ImageNet weights: the checkpoint's are loaded."""
+    if "arch" not in config:
+        raise ValueError(f"its config has no 'arch' (keys: {sorted(config)})")
+    return build_classifier(**{**config, "pretrained": False})
+
+
+_offline_classifier.__signature__ = inspect.signature(build_classifier)
 
 
 def load_classifier(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
@@ -21,22 +29,7 @@ def load_classifier(path: str | os.PathLike, map_location: str | torch.device = 
     :class:`lightning_modules.VictimClassifier`. Pretrained ImageNet weights are never
     fetched here: the checkpoint's own weights are loaded.
     """
-    ckpt = load_checkpoint(path, kind="victim")
-    config = {k: v for k, v in ckpt["config"].items() if k in _BUILD_ARGS}
-    if "arch" not in config:
-        raise CheckpointError(f"{path}: checkpoint config has no 'arch' (keys: {sorted(ckpt['config'])})")
-    config["pretrained"] = False
-    try:
-        model = build_classifier(**config)
-    except (ValueError, TypeError) as err:
-        raise CheckpointError(f"{path}: cannot build the classifier it describes: {err}") from None
-    state = ckpt["state_dict"]
-    if ckpt.get("lightning"):
-        state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-    load_state_dict_strict(model, state, path, f"architecture {config['arch']!r}")
-    model.checkpoint_config = dict(ckpt["config"])
-    model.checkpoint_metrics = dict(ckpt["metrics"])
-    return model.to(map_location).eval()
+    return load_network(path, "victim", _offline_classifier, map_location, lightning_prefix="model.")
 
 
 def load_network(

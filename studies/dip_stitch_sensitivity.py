@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from attacks import build_attack  # noqa: E402
 from common.atomic_files import atomic_torch_save, atomic_write_text  # noqa: E402
+from common.seeding import item_seed  # noqa: E402
 from datamodules import CIFAR10DataModule  # noqa: E402
 from datamodules.data_paths import cache_root  # noqa: E402
 from defenses.dip_defenses import DIP_NETWORKS  # noqa: E402
@@ -195,7 +196,7 @@ def main() -> None:
     clean, labels, indices = pick_images(args.num_images, args.seed)
     adversarial = build_attack("pgd", eps=8 / 255, steps=50)(classifier, clean, labels)
     inputs = {"clean": clean, "pgd": adversarial}
-    seeds = [1_000_003 * 7 + int(i) for i in indices]  # a seed namespace of its own
+    seeds = [item_seed(7, i) for i in indices]  # a seed namespace of its own
     cache = cache_root() / "studies" / f"stitch_traces_n{args.num_images}_s{args.seed}_T{args.iterations}.pt"
     if cache.exists():
         traces = torch.load(cache, weights_only=True)

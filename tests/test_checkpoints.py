@@ -63,7 +63,7 @@ def test_wrong_kind_and_wrong_architecture(tmp_path):
         load_classifier(tmp_path / "ae.ckpt")
     model = build_classifier("resnet32")
     save_checkpoint(tmp_path / "mismatch.ckpt", "victim", CONFIG, model.state_dict())
-    with pytest.raises(CheckpointError, match="weights do not fit architecture 'resnet20'"):
+    with pytest.raises(CheckpointError, match="weights do not fit the victim \\({'arch': 'resnet20'"):
         load_classifier(tmp_path / "mismatch.ckpt")
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="found keys \\['weights'\\]"):
