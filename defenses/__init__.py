@@ -2,7 +2,7 @@
 score images; each is registered by name for ``evaluate.py --defense NAME``."""
 
 from defenses import dip_defenses, inc, learned  # noqa: F401  (register their defenses)
-from defenses.base import Defense, Detector, IdentityDefense, Purifier
+from defenses.base import Defense, Detector, IdentityDefense, Purified, Purifier
 from defenses.defended import DefendedClassifier
 from defenses.registry import DEFENSES, build_defense, register_defense
 
@@ -12,6 +12,7 @@ __all__ = [
     "Defense",
     "Detector",
     "IdentityDefense",
+    "Purified",
     "Purifier",
     "build_defense",
     "register_defense",

@@ -7,10 +7,21 @@ higher meaning "more likely adversarial", and flags images whose score reaches i
 dataset indices (per-image seeds make a result independent of batch and shard).
 """
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
+
+
+class Purified(NamedTuple):
+    """What a purifier hands back: the reconstructions, one dict of extra per-image fields for
+    the evaluation's records (iterations used, INC's inversion distance and refusal, a gate's
+    score, ...), and the decision traces of the images asked for (``trace_indices``), by
+    dataset index."""
+
+    images: torch.Tensor
+    details: list[dict[str, Any]]
+    traces: dict[int, dict[str, Any]]
 
 
 class Defense:
@@ -31,12 +42,11 @@ class Defense:
 
 class Purifier(Defense):
     """``uses_labels``: an analysis mode (an oracle) that is given the true labels.
-    ``last_details``: per-image extra fields of the last call (iterations used, ...), which
-    the evaluation adds to its records."""
+    A subclass implements ``purify`` or, when it has per-image details to report,
+    ``purify_detailed``; each is defined by the other."""
 
     kind = "purifier"
     uses_labels: bool = False
-    last_details: list[dict[str, Any]] | None = None
     # ``differentiable``: ``purify_with_grad`` is the defense's own gradient (attacks get full
     # gradients); otherwise an adaptive gradient attack needs BPDA. ``seeded``: the output
     # depends on the dataset indices (per-image seeds), so a query needs one.
@@ -47,7 +57,15 @@ class Purifier(Defense):
         self, images: torch.Tensor, classifier: nn.Module, indices: torch.Tensor, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Return reconstructions in [0, 1] with the shape of ``images``."""
-        raise NotImplementedError
+        if type(self).purify_detailed is Purifier.purify_detailed:
+            raise NotImplementedError(f"{type(self).__name__} implements neither purify nor purify_detailed")
+        return self.purify_detailed(images, classifier, indices, labels).images
+
+    def purify_detailed(
+        self, images: torch.Tensor, classifier: nn.Module, indices: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> Purified:
+        """``purify`` with its per-image details and decision traces (none by default)."""
+        return Purified(self.purify(images, classifier, indices, labels), [{} for _ in images], {})
 
     def purify_with_grad(self, images: torch.Tensor) -> torch.Tensor:
         """``purify`` with the autograd graph kept (only where ``differentiable``)."""

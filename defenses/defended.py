@@ -19,6 +19,7 @@ other than the evaluation's own (EOT) shift the index by ``DRAW_STRIDE``.
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -137,8 +138,7 @@ class DefendedClassifier(nn.Module):
             return images
         detector = self.detector
         if detector is None:
-            out = self._through(self.defense, images, indices)
-            details = self.defense.last_details or []
+            out, details = self._through(self.defense, images, indices)
             if details and all("rejected" in d for d in details):
                 self.last_rejected = torch.tensor([bool(d["rejected"]) for d in details], device=images.device)
             return out
@@ -147,7 +147,7 @@ class DefendedClassifier(nn.Module):
         rows = flagged.nonzero().flatten()
         out = images.clone()
         if len(rows):
-            out[rows] = self._through(self.purifier, images[rows], indices[rows])
+            out[rows] = self._through(self.purifier, images[rows], indices[rows])[0]
         return out
 
     def forward(self, images: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
@@ -170,12 +170,16 @@ class DefendedClassifier(nn.Module):
         distance = (images - purified.detach()).flatten(1).norm(dim=1)
         return torch.relu(distance / eta - 1)
 
-    def _through(self, purifier: Purifier, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    def _through(
+        self, purifier: Purifier, images: torch.Tensor, indices: torch.Tensor
+    ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        """purifier(images) with this module's gradient policy, and its per-image details."""
         if not (torch.is_grad_enabled() and images.requires_grad):
             with torch.no_grad():
-                return purifier.purify(images.detach(), self.victim, indices).to(images.dtype)
+                purified = purifier.purify_detailed(images.detach(), self.victim, indices)
+            return purified.images.to(images.dtype), purified.details
         if purifier.differentiable:
-            return purifier.purify_with_grad(images)
+            return purifier.purify_with_grad(images), []
         if not self.bpda:
             raise UserError(
                 f"defense {purifier.name!r} has no gradient of its own (bpda=False): use BPDA (bpda_pgd, eot_pgd) "
@@ -183,11 +187,15 @@ class DefendedClassifier(nn.Module):
             )
         from attacks.advertorch_compat import BPDAWrapper
 
+        details: list[dict[str, Any]] = []
+
         def forward(x: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                return purifier.purify(x.detach(), self.victim, indices).to(x.dtype)
+                purified = purifier.purify_detailed(x.detach(), self.victim, indices)
+            details[:] = purified.details
+            return purified.images.to(x.dtype)
 
-        return BPDAWrapper(forward)(images)  # identity backward (paper 002 App. A)
+        return BPDAWrapper(forward)(images), details  # identity backward (paper 002 App. A)
 
 
 def _check_range(images: torch.Tensor) -> None:

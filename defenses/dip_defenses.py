@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from common.seeding import item_seed
-from defenses.base import Purifier
+from defenses.base import Purified, Purifier
 from defenses.registry import register_defense
 from dip.dipdefend import DIPDefendRule, DIPDefendSettings
 from dip.early_stopping import MSEEarlyStop, OracleTop5Stop
@@ -76,10 +76,8 @@ class DIPPurifier(Purifier):
     # A per-image fit costs seconds on a CPU: the default run (clean + PGD) takes ~5 minutes
     # on 2 cores; the paper-size run passes --num-samples 1000 (or 0 for all).
     default_num_samples = 40
-    # Dataset indices whose decision traces are kept (``evaluate.py --save-traces``), and
-    # the traces of the last call by index.
+    # Dataset indices whose decision traces are kept (``evaluate.py --save-traces``).
     trace_indices: frozenset[int] = frozenset()
-    last_traces: dict[int, dict[str, Any]] | None = None
 
     def __init__(
         self,
@@ -121,9 +119,9 @@ class DIPPurifier(Purifier):
     ) -> list[dict[str, Any]]:
         return [{} for _ in images]
 
-    def purify(
+    def purify_detailed(
         self, images: torch.Tensor, classifier: nn.Module, indices: torch.Tensor, labels: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    ) -> Purified:
         out, details, traces = [], [], {}
         for start in range(0, len(images), self.dip_batch):
             part = slice(start, start + self.dip_batch)
@@ -138,8 +136,7 @@ class DIPPurifier(Purifier):
             details += self.details(rule, out[-1], classifier, y)
             if wanted and hasattr(rule, "diagnostics"):
                 traces |= {int(indices[part][j]): rule.diagnostics(j) for j in wanted}
-        self.last_details, self.last_traces = details, traces
-        return torch.cat(out)
+        return Purified(torch.cat(out), details, traces)
 
 
 class DIPStitch(DIPPurifier):

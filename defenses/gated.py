@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from defenses.base import Detector, Purifier
+from defenses.base import Detector, Purified, Purifier
 
 
 class DetectorGatedPurifier(Purifier):
@@ -31,9 +31,9 @@ class DetectorGatedPurifier(Purifier):
         self.detector, self.purifier = self.detector.to(device), self.purifier.to(device)
         return self
 
-    def purify(
+    def purify_detailed(
         self, images: torch.Tensor, classifier: nn.Module, indices: torch.Tensor, labels: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    ) -> Purified:
         with torch.no_grad():
             scores = self.detector.score(images).float()
         flagged = scores >= self.detector.threshold
@@ -42,10 +42,12 @@ class DetectorGatedPurifier(Purifier):
             {"score": float(s), "flagged": bool(f)} for s, f in zip(scores, flagged, strict=True)
         ]
         rows = flagged.nonzero().flatten()
+        traces: dict[int, dict[str, Any]] = {}
         if len(rows):
             given = None if labels is None else labels[rows]
-            out[rows] = self.purifier.purify(images[rows], classifier, indices[rows], given)
+            purified = self.purifier.purify_detailed(images[rows], classifier, indices[rows], given)
+            out[rows] = purified.images
             for j, i in enumerate(rows.tolist()):
-                details[i].update((self.purifier.last_details or [{}] * len(rows))[j])
-        self.last_details = details
-        return out
+                details[i].update(purified.details[j])
+            traces = purified.traces
+        return Purified(out, details, traces)

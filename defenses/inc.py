@@ -8,7 +8,7 @@ from torch import nn
 
 from common.checkpoint_io import resolve_repo_path
 from common.errors import UserError
-from defenses.base import Purifier
+from defenses.base import Purified, Purifier
 from defenses.registry import register_defense
 from manifold.inversion import Inversion, invert
 
@@ -111,12 +111,12 @@ class InvertAndClassify(Purifier):
             torch.cat([p.distance for p in parts]),
         )
 
-    def purify(
+    def purify_detailed(
         self, images: torch.Tensor, classifier: nn.Module, indices: torch.Tensor, labels: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    ) -> Purified:
         result = self.project(images, indices)
-        self.last_details = [{"inversion_distance": float(d), "rejected": bool(d >= self.eta)} for d in result.distance]
-        return result.reconstruction.clamp(0, 1)
+        details = [{"inversion_distance": float(d), "rejected": bool(d >= self.eta)} for d in result.distance]
+        return Purified(result.reconstruction.clamp(0, 1), details, {})
 
 
 register_defense(InvertAndClassify.name, InvertAndClassify)

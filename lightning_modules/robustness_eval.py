@@ -176,14 +176,15 @@ class RobustnessEvaluation(pl.LightningModule):
         history = None if history is None else history[sel.to(history.device)]
         adv_logits = self._classify(adversarial)
         started = time.perf_counter()
-        scores = None
+        scores, details, traces = None, [{} for _ in indices], {}
         if isinstance(self.defense, Detector):
             scores = self.defense.score(adversarial).float()
             defended, logits = adversarial, adv_logits
         else:
             with torch.enable_grad():
                 given = labels if self.defense.uses_labels else None
-                defended = self.defense.purify(adversarial, self.classifier, indices, given).detach()
+                defended, details, traces = self.defense.purify_detailed(adversarial, self.classifier, indices, given)
+            defended = defended.detach()
             logits = self._classify(defended)
         seconds = (time.perf_counter() - started) / len(indices)
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(labels[:, None]).any(1)
@@ -221,11 +222,11 @@ class RobustnessEvaluation(pl.LightningModule):
             if scores is not None:  # a lone detector refuses what it flags, as the adaptive attacks assume
                 flagged = bool(scores[i] >= self.defense.threshold)
                 record.update(score=float(scores[i]), flagged=flagged, rejected=flagged)
-            elif self.defense.last_details:
-                record.update(self.defense.last_details[i])
+            else:
+                record.update(details[i])
             records.append(record)
         self.sample_log.append(records)
-        self._plot_traces(run, images, adversarial, defended, labels, adv_pred, indices)
+        self._plot_traces(run, traces, images, adversarial, defended, labels, adv_pred, indices)
         if self.examples_dir is not None and int(indices[0]) == self.first_index:
             k = self.num_examples
             examples = {"clean": images, "adversarial": adversarial, "defended": defended, "labels": labels}
@@ -233,8 +234,7 @@ class RobustnessEvaluation(pl.LightningModule):
             path = self.examples_dir / f"{run.id.replace('/', '_')}.pt"
             atomic_torch_save({name: t[:k].cpu() for name, t in examples.items()}, path)
 
-    def _plot_traces(self, run: AttackRun, images, adversarial, defended, labels, adv_pred, indices) -> None:
-        traces = getattr(self.defense, "last_traces", None)
+    def _plot_traces(self, run: AttackRun, traces, images, adversarial, defended, labels, adv_pred, indices) -> None:
         if not traces or self.traces_dir is None:
             return
         position = {int(idx): i for i, idx in enumerate(indices.tolist())}

@@ -17,7 +17,7 @@ import evaluate
 from attacks import build_attack
 from attacks.base import AttackError
 from common.errors import UserError
-from defenses import Purifier, build_defense
+from defenses import Purified, Purifier, build_defense
 from defenses.base import Detector, IdentityDefense
 from defenses.defended import DRAW_STRIDE, HASHED_INDEX_BASE, DefendedClassifier, draw_indices, hashed_indices
 from evaluation.attack_specs import check_against_defense, expand_attacks
@@ -258,11 +258,10 @@ class ProjectToConstant(Purifier):
 
     name, eta = "project_to_constant", 0.5
 
-    def purify(self, images, classifier, indices, labels=None):
+    def purify_detailed(self, images, classifier, indices, labels=None):
         projected = images.mean(dim=(1, 2, 3), keepdim=True).expand_as(images).clone()
         distance = (images - projected).flatten(1).norm(dim=1)
-        self.last_details = [{"rejected": bool(d > self.eta)} for d in distance]
-        return projected
+        return Purified(projected, [{"rejected": bool(d > self.eta)} for d in distance], {})
 
 
 class FirstPixel(nn.Module):

@@ -81,15 +81,15 @@ def test_dip_defenses_build_and_run_with_their_details():
     images, indices = torch.rand(2, 3, 16, 16), torch.tensor([4, 9])
     classifier = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 10)).eval()
     inc = build_defense("dip_inc", iterations=30, threshold=0.05)
-    out = inc.purify(images, classifier, indices)
-    assert out.shape == images.shape and all(1 <= d["iterations"] <= 30 for d in inc.last_details)
+    out, details, _ = inc.purify_detailed(images, classifier, indices)
+    assert out.shape == images.shape and all(1 <= d["iterations"] <= 30 for d in details)
     dipdefend = build_defense("dipdefend", iterations=20)
     assert dipdefend.purify(images, classifier, indices).shape == images.shape
     oracle = build_defense("deep_protection", network="small", iterations=100, oracle=True)
     assert oracle.uses_labels
     with pytest.raises(ValueError, match="needs the true labels"):
         oracle.purify(images, classifier, indices)
-    oracle.purify(images, classifier, indices, labels=torch.tensor([1, 2]))
-    assert {d["error_type"] for d in oracle.last_details} <= {"correct", "overfit", "underfit"}
+    details = oracle.purify_detailed(images, classifier, indices, labels=torch.tensor([1, 2])).details
+    assert {d["error_type"] for d in details} <= {"correct", "overfit", "underfit"}
     with pytest.raises(ValueError, match="unknown DIP network 'huge'"):
         build_defense("dip_stitch", network="huge")

@@ -11,7 +11,7 @@ from skimage.metrics import structural_similarity
 import evaluate
 from common.checkpoint_io import save_checkpoint
 from common.errors import UserError
-from defenses import DEFENSES, Detector, Purifier, build_defense, register_defense
+from defenses import DEFENSES, Detector, Purified, Purifier, build_defense, register_defense
 from evaluation.adversarial_cache import AdversarialCache
 from evaluation.attack_specs import expand_attacks, parse_eps
 from evaluation.chunks import ChunkDataset, sample_indices
@@ -327,9 +327,8 @@ class _BrightnessGate(Detector):
 class _Blackout(Purifier):
     name = "test_blackout"
 
-    def purify(self, images, classifier, indices, labels=None):
-        self.last_details = [{"purified_index": int(i)} for i in indices]
-        return torch.zeros_like(images)
+    def purify_detailed(self, images, classifier, indices, labels=None):
+        return Purified(torch.zeros_like(images), [{"purified_index": int(i)} for i in indices], {})
 
 
 for _cls in (_BrightnessGate, _Blackout):
@@ -340,10 +339,11 @@ for _cls in (_BrightnessGate, _Blackout):
 def test_detector_gated_purifier_purifies_only_flagged_images():
     gated = build_defense("test_brightness_gate+test_blackout")
     images = torch.cat([torch.full((2, 3, 4, 4), 0.9), torch.full((2, 3, 4, 4), 0.1)])[[0, 2, 1, 3]]
-    out = gated.purify(images, torch.nn.Identity(), torch.tensor([10, 11, 12, 13]))
+    out, details, _ = gated.purify_detailed(images, torch.nn.Identity(), torch.tensor([10, 11, 12, 13]))
     assert torch.equal(out[[0, 2]], torch.zeros(2, 3, 4, 4)) and torch.equal(out[[1, 3]], images[[1, 3]])
-    assert [d["flagged"] for d in gated.last_details] == [True, False, True, False]
-    assert gated.last_details[2]["purified_index"] == 12 and "purified_index" not in gated.last_details[1]
+    assert [d["flagged"] for d in details] == [True, False, True, False]
+    assert details[2]["purified_index"] == 12 and "purified_index" not in details[1]
+    assert torch.equal(gated.purify(images, torch.nn.Identity(), torch.tensor([10, 11, 12, 13])), out)
     with pytest.raises(UserError, match="'none' is not a detector"):
         build_defense("none+test_blackout")
     with pytest.raises(UserError, match="DETECTOR\\+PURIFIER"):

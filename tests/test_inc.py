@@ -98,10 +98,10 @@ def test_inc_rejects_off_manifold_inputs_and_reports_it(tiny_vae, fmnist_victim)
         on_manifold = vae.decode(torch.randn(2, 4, generator=torch.Generator().manual_seed(3)))
     checkerboard = (torch.arange(28)[:, None] + torch.arange(28)[None]).remainder(2).float().expand(2, 1, 28, 28)
     images = torch.cat([on_manifold, checkerboard])
-    out = inc.purify(images, load_classifier(fmnist_victim), torch.arange(4))
+    out, details, _ = inc.purify_detailed(images, load_classifier(fmnist_victim), torch.arange(4))
     assert out.shape == images.shape
-    assert [d["rejected"] for d in inc.last_details] == [False, False, True, True]
-    assert inc.last_details[2]["inversion_distance"] > 5  # a checkerboard is ~14 from a smooth image
+    assert [d["rejected"] for d in details] == [False, False, True, True]
+    assert details[2]["inversion_distance"] > 5  # a checkerboard is ~14 from a smooth image
 
 
 def test_inc_refuses_bad_settings(tmp_path, tiny_vae):

@@ -130,8 +130,8 @@ def test_inc_with_the_shipped_vae_restores_real_fgsm_images():
         undefended = (victim(adversarial).argmax(1) == y).float().mean()
     defended = (victim(inc.purify(adversarial, victim, torch.arange(64))).argmax(1) == y).float().mean()
     assert undefended < 0.5 and defended > undefended + 0.25, (undefended, defended)
-    inc.purify(x, victim, torch.arange(64))
-    assert sum(d["rejected"] for d in inc.last_details) <= 12
+    details = inc.purify_detailed(x, victim, torch.arange(64)).details
+    assert sum(d["rejected"] for d in details) <= 12
 
 
 @pytest.mark.skipif(not FMNIST_DEBIAN.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
