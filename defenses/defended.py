@@ -1,5 +1,5 @@
 """A defended classifier as one ``nn.Module``: ``victim(defense(x))``, the model an attacker who
-knows the defense attacks (DESIGN.md, "Threat models"; paper 002 Sec. 4.3).
+knows the defense attacks (Carlini et al. 2019, "On Evaluating Adversarial Robustness"; paper 002 Sec. 4.3).
 
 The backward pass is the defense's own gradient where it has one (``none``, the autoencoder,
 the Glow detector of a gated defense) and BPDA where it has none (Athalye et al. 2018, Sec.

@@ -11,7 +11,7 @@ from attacks.base import Attack
 from common.errors import UserError
 
 CLEAN = "clean"
-# Who the attack is crafted on (DESIGN.md, "Threat models"): the bare victim, the defense unknown
+# Who the attack is crafted on (Carlini et al. 2019, "On Evaluating Adversarial Robustness"): the bare victim, the defense unknown
 # to the attacker (paper 002's "white-box" Table 1), or the defended model, victim(defense(x)).
 OBLIVIOUS, ADAPTIVE = "oblivious", "adaptive"
 THREAT_MODELS = (OBLIVIOUS, ADAPTIVE)

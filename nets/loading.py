@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from common.checkpoint_io import load_checkpoint, load_state_dict_strict
+from common.checkpoint_io import load_checkpoint, load_state_dict_strict, resolve_repo_path
 from common.errors import CheckpointError
 from nets.registry import build_classifier
 
@@ -41,7 +41,7 @@ def load_network(
 ) -> nn.Module:
     """Build ``builder(**config)`` from a checkpoint of ``kind`` (train.py's export, or a
     Lightning ``.ckpt`` whose module keeps the network as ``lightning_prefix``) and load it."""
-    ckpt = load_checkpoint(path, kind=kind)
+    ckpt = load_checkpoint(resolve_repo_path(path), kind=kind)
     accepted = set(inspect.signature(builder).parameters)
     config = {k: v for k, v in ckpt["config"].items() if k in accepted}
     try:
