@@ -338,6 +338,20 @@ def build_trainer(o: dict[str, Any]):
         ) from None
 
 
+def sample_sha256(dataset: Any, indices: list[int]) -> str:
+    """A hash of the sampled images (as 8-bit pixels) and labels, in sample order."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for index in indices:
+        image, label = dataset[index]
+        digest.update(image.mul(255).round().to(torch.uint8).numpy().tobytes())
+        digest.update(int(label).to_bytes(8, "little", signed=True))
+    return digest.hexdigest()
+
+
 def build(o: dict[str, Any], argv: list[str]) -> SimpleNamespace:
     """Everything the run needs, every input checked; nothing is written here."""
     from defenses import build_defense
@@ -382,6 +396,11 @@ def build(o: dict[str, Any], argv: list[str]) -> SimpleNamespace:
         "attacks": [{"id": r.id, "params": attack.params() if (attack := r.build()) else {}} for r in runs],
         "num_samples": len(indices),
         "seed": o["seed"],
+        # The chunk is an attack batch, and an attack's random start is drawn per chunk, so a resume
+        # with another chunk size would mix perturbations drawn differently.
+        "batch_size": o["batch_size"],
+        # What the sample's images are, wherever the data set is read from.
+        "sample_sha256": sample_sha256(dataset, indices),
         "command": "python evaluate.py " + " ".join(argv),
     }
     if attack_hash:  # only then, so run.json of plain runs stays as before and they resume

@@ -13,6 +13,23 @@ from common.errors import UserError
 LOCK_NAME = ".lock"
 
 
+def recorded_batch_size(previous: dict[str, Any]) -> int | None:
+    """The chunk size of a run whose run.json predates the ``batch_size`` key: from its command
+    (``--batch-size N`` / ``--batch_size N``), else evaluate.py's default then, 100. A config file
+    could have set it, so a command naming ``--config`` without the flag gives None (unknown)."""
+    words = str(previous.get("command", "")).replace("=", " ").split()
+    for flag in ("--batch-size", "--batch_size"):
+        if flag in words and words.index(flag) + 1 < len(words):
+            value = words[words.index(flag) + 1]
+            return int(value) if value.isdigit() else None
+    return None if "--config" in words else 100
+
+
+# Keys a run.json may lack because it was written before they were recorded, and how to read
+# them off such a file (None: unknown, and an unknown value is accepted, as it was then).
+LEGACY_KEYS = {"batch_size": recorded_batch_size, "sample_sha256": lambda previous: None}
+
+
 def check_out_dir(out: Path, manifest: dict[str, Any]) -> None:
     """Refuse an ``out`` that holds another run's records; nothing is written here."""
     existing = out / "run.json"
@@ -23,6 +40,10 @@ def check_out_dir(out: Path, manifest: dict[str, Any]) -> None:
             raise UserError(f"{existing} is unreadable; delete {out} or choose another --out") from None
         if not isinstance(previous, dict):
             raise UserError(f"{existing} is not a run manifest; delete {out} or choose another --out")
+        for key, read in LEGACY_KEYS.items():
+            if key in manifest and key not in previous:
+                recorded = read(previous)
+                previous[key] = manifest[key] if recorded is None else recorded
         differing = [k for k in manifest if k != "command" and previous.get(k) != manifest[k]]
         if differing:
             raise UserError(

@@ -172,6 +172,17 @@ def chunk_size(defense: str, images: int) -> int:
     return min(images, 100)
 
 
+def recorded_chunk_size(run_dir: Path) -> int | None:
+    """The chunk size a run already in ``run_dir`` was made with (evaluate.py refuses another)."""
+    from evaluation.run_folder import recorded_batch_size
+
+    manifest = run_dir / "run.json"
+    if not manifest.is_file():
+        return None
+    previous = json.loads(manifest.read_text())
+    return previous.get("batch_size") or recorded_batch_size(previous)
+
+
 def run_plan(plan: str, runs_dir: Path, archive: Path, only: list[str] | None, extra: list[str]) -> None:
     """The plan's runs in order, or the ``only`` ones in the order given; each restored from
     ``archive`` first where its folder is missing, and archived when it ends."""
@@ -185,7 +196,8 @@ def run_plan(plan: str, runs_dir: Path, archive: Path, only: list[str] | None, e
         if restore_run(archive / name, out):
             print(f"{name}: resuming from the records archived in {archive / name}", flush=True)
         cmd = [sys.executable, "evaluate.py", "--defense", defense, "--attacks", attacks, "--eps", eps]
-        cmd += ["--num-samples", str(images), "--batch-size", str(chunk_size(defense, images)), "--out", str(out)]
+        batch = recorded_chunk_size(out) or chunk_size(defense, images)  # a resume keeps the run's own chunks
+        cmd += ["--num-samples", str(images), "--batch-size", str(batch), "--out", str(out)]
         cmd += [*(arguments[0] if arguments else ()), *extra]
         print("$", " ".join(cmd), flush=True)
         done = subprocess.run(cmd, cwd=REPO)

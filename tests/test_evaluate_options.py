@@ -4,6 +4,7 @@ a second writer, SIGTERM, files a killed run left, a full disk, damaged data."""
 import errno
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -253,3 +254,39 @@ def test_a_truncated_archive_is_one_clear_error_and_abandoned_extractions_are_re
     assert not any(p.name.startswith(".partial") for p in extracted.iterdir() if p != mine)
     with tarfile.open(cifar_folder_archive) as tar:
         assert len([m for m in tar.getmembers() if m.isfile()]) == len(list(target.rglob("*.jpg")))
+
+
+def test_a_resume_with_another_chunk_size_or_other_images_is_refused(tiny_victim, cifar_batches_dir, tmp_path):
+    """An attack's random start is drawn per chunk: a resume with another --batch_size would mix
+    perturbations drawn differently (15 of 20 differed in one try); other data, other images."""
+    out = tmp_path / "run"
+    args = _args(tiny_victim, cifar_batches_dir, out, "--attacks", "clean", "--num-samples", "8")
+    evaluate.main(args)
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["batch_size"] == 4 and len(manifest["sample_sha256"]) == 64
+    with pytest.raises(UserError, match=r"holds another run's records \(batch_size differ\)"):
+        evaluate.main([*args, "--batch_size", "2"])
+    other = tmp_path / "other_data"
+    shutil.copytree(cifar_batches_dir, other)
+    test_batch = other / "cifar-10-batches-py" / "test_batch"
+    with open(test_batch, "rb") as f:
+        entry = pickle.load(f)
+    entry["data"] = 255 - entry["data"]  # the same labels, other pixels
+    with open(test_batch, "wb") as f:
+        pickle.dump(entry, f)
+    with pytest.raises(UserError, match=r"\(sample_sha256 differ\)"):
+        evaluate.main([*_args(tiny_victim, other, out), "--attacks", "clean", "--num-samples", "8"])
+
+
+def test_a_run_json_from_before_the_chunk_size_was_recorded_still_resumes(tiny_victim, cifar_batches_dir, tmp_path):
+    out = tmp_path / "old"
+    args = _args(tiny_victim, cifar_batches_dir, out, "--attacks", "clean", "--num-samples", "8")
+    evaluate.main(args)
+    manifest = json.loads((out / "run.json").read_text())
+    del manifest["batch_size"], manifest["sample_sha256"]
+    manifest["command"] = "python evaluate.py --defense none --batch-size 4"
+    (out / "run.json").write_text(json.dumps(manifest))
+    assert evaluate.main(args)[0]["n"] == 8  # its command says 4, as now
+    (out / "run.json").write_text(json.dumps({**manifest, "command": "python evaluate.py --batch_size=2"}))
+    with pytest.raises(UserError, match=r"\(batch_size differ\)"):
+        evaluate.main(args)
