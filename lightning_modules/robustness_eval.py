@@ -21,7 +21,7 @@ from attacks.adaptive import ADAPTIVE_REVISION
 from common.atomic_files import atomic_torch_save
 from defenses.base import Defense, Detector
 from defenses.defended import DefendedClassifier
-from dip.diagnostics import plot_trace
+from evaluation.trace_plots import plot_trace
 from evaluation.adversarial_cache import AdversarialCache, cached_attack_entry
 from evaluation.attack_specs import ADAPTIVE, CLEAN, AttackRun
 from evaluation.chunks import ChunkDataset
