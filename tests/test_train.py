@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -138,3 +139,31 @@ def test_init_checkpoint_starts_from_exported_weights(tmp_path):
     assert torch.equal(module(x), source(x))
     with pytest.raises(CheckpointError, match="weights do not fit architecture 'resnet32'"):
         VictimClassifier(arch="resnet32", init_checkpoint=str(tmp_path / "v.ckpt"))
+
+
+def test_train_download_flag_reaches_the_data_sets_fetch_with_the_data_dir(idx_dir, tmp_path, monkeypatch):
+    """No network here: torchvision's class is replaced by one that lays the IDX files down
+    when asked to download, and reads them as torchvision does otherwise."""
+    import gzip
+
+    from datamodules import FashionMNISTDataModule
+
+    real, calls = FashionMNISTDataModule.dataset_cls, []
+
+    def fake(root, train=True, download=False):
+        calls.append((root, train, download))
+        if download:
+            raw = Path(root) / "FashionMNIST" / "raw"
+            raw.mkdir(parents=True, exist_ok=True)
+            for packed in idx_dir.glob("*.gz"):
+                (raw / packed.name.removesuffix(".gz")).write_bytes(gzip.decompress(packed.read_bytes()))
+        return real(root, train=train, download=False)
+
+    monkeypatch.setattr(FashionMNISTDataModule, "dataset_cls", staticmethod(fake))
+    monkeypatch.chdir(tmp_path)
+    empty = tmp_path / "empty"
+    args = ["-c", "victim_fmnist", "--data.data_dir", str(empty), "--data.val_size", "10", "--trainer.logger", "false"]
+    cli = train.build_cli([*args, "--data.init_args.download", "true"], save_config=False)
+    cli.datamodule.prepare_data()
+    cli.datamodule.setup("test")
+    assert calls[0] == (str(empty), True, True) and len(cli.datamodule.test_set) == 20
