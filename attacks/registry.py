@@ -1,7 +1,6 @@
 """One name per attack; ``build_attack`` checks the budget and parameters and builds it."""
 
 import inspect
-import math
 from typing import Any
 
 from attacks.adaptive import BPDAPGD, EOTPGD, RandomNoise
@@ -10,6 +9,7 @@ from attacks.base import Attack, AttackError
 from attacks.foolbox_attacks import AdditiveGaussianNoise, BlendedUniformNoise, HopSkipJump, NewtonFool, SaltAndPepper
 from attacks.latent_space import LatentSpaceAttack
 from attacks.torchattacks_attacks import APGD, BIM, CW, FGSM, MIFGSM, PGD, AutoAttack, DeepFool, Square
+from common.parameters import check_parameter
 
 ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls
@@ -47,30 +47,6 @@ def attack_parameters(name: str) -> list[str]:
 _MAY_BE_ZERO = {"seed", "eot"}
 
 
-def _check_parameter(attack: str, key: str, value: Any, annotation: Any) -> None:
-    """Refuse a parameter of the wrong type or sign by its annotation: ``steps=-5`` would
-    otherwise run no step at all and report the clean accuracy as robust."""
-    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
-    kinds = text.replace(" ", "").replace("typing.", "").split("|")
-    if value is None and "None" in kinds:
-        return
-    if "bool" in kinds:
-        ok, accepted = isinstance(value, bool), "true or false"
-    elif "int" in kinds:
-        least = 0 if key in _MAY_BE_ZERO else 1
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= least
-        accepted = f"an integer >= {least}"
-    elif "float" in kinds:
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        ok, accepted = number and math.isfinite(value) and value >= 0, "a finite number >= 0"
-    elif "str" in kinds:
-        ok, accepted = isinstance(value, str), "a string"
-    else:
-        return
-    if not ok:
-        raise AttackError(f"{attack}: {key}={value!r} is not accepted; {key} must be {accepted}")
-
-
 def build_attack(name: str, eps: float | None = None, **params: Any) -> Attack:
     """The attack registered as ``name``.
 
@@ -93,7 +69,8 @@ def build_attack(name: str, eps: float | None = None, **params: Any) -> Attack:
             + ("" if cls.eps_mode == "none" else " (and eps)")
         )
     for key, value in params.items():
-        _check_parameter(name, key, value, inspect.signature(cls.__init__).parameters[key].annotation)
+        annotation = inspect.signature(cls.__init__).parameters[key].annotation
+        check_parameter(name, key, value, annotation, _MAY_BE_ZERO, AttackError)
     if cls.eps_mode == "required" and eps is None:
         raise AttackError(f"{name}: eps is required (an L-inf budget in [0, 1] pixel units, e.g. 8/255 = 0.0314)")
     if cls.eps_mode == "none":

@@ -5,9 +5,12 @@ from collections.abc import Callable
 from typing import Any
 
 from common.errors import UserError
+from common.parameters import check_parameter
 from defenses.base import Defense, IdentityDefense
 
 DEFENSES: dict[str, Callable[..., Defense]] = {}
+# Integer parameters where 0 is meaningful (a seed; paper 002's t0, the first iteration a crossing counts at).
+_MAY_BE_ZERO = {"seed", "t0"}
 
 
 def register_defense(name: str, factory: Callable[..., Defense]) -> None:
@@ -29,6 +32,9 @@ def build_defense(name: str, **params: Any) -> Defense:
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise UserError(f"defense {name!r} has no parameter(s) {unknown}; accepted: {accepted or 'none'}")
+    signature = inspect.signature(factory).parameters
+    for key, value in params.items():
+        check_parameter(f"defense {name}", key, value, signature[key].annotation, _MAY_BE_ZERO)
     return factory(**params)
 
 

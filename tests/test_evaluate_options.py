@@ -290,3 +290,20 @@ def test_a_run_json_from_before_the_chunk_size_was_recorded_still_resumes(tiny_v
     (out / "run.json").write_text(json.dumps({**manifest, "command": "python evaluate.py --batch_size=2"}))
     with pytest.raises(UserError, match=r"\(batch_size differ\)"):
         evaluate.main(args)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"t0": "abc"}, r"defense dip_stitch: t0='abc' is not accepted; t0 must be an integer >= 0"),
+        ({"iterations": 0}, r"iterations must be an integer >= 1"),
+        ({"tau": -0.5}, r"tau must be a number >= 0"),
+        ({"search": 3}, r"search must be a string"),
+    ],
+)
+def test_defense_parameters_of_the_wrong_type_or_sign_are_refused(params, message):
+    from defenses import build_defense
+
+    with pytest.raises(UserError, match=message):
+        build_defense("dip_stitch", **params)
+    assert build_defense("dip_stitch", t0=0, seed=0).params()["t0"] == 0  # 0 is a meaningful t0

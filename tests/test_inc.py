@@ -110,7 +110,7 @@ def test_inc_refuses_bad_settings(tmp_path, tiny_vae):
     with pytest.raises(UserError, match="no calibrated inversion_eta; give eta"):
         build_defense("inc", generator=str(no_eta))
     assert build_defense("inc", generator=str(no_eta), eta=float("inf")).params()["eta"] == "inf"
-    with pytest.raises(UserError, match="restarts >= 1"):
+    with pytest.raises(UserError, match="restarts must be an integer >= 1"):
         build_defense("inc", generator=str(tiny_vae), restarts=0)
     with pytest.raises(UserError, match=r"makes \(1, 28, 28\) images, the inputs are \(3, 32, 32\)"):
         build_defense("inc", generator=str(tiny_vae)).purify(torch.rand(1, 3, 32, 32), nn.Identity(), torch.zeros(1))
