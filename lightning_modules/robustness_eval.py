@@ -21,12 +21,12 @@ from attacks.adaptive import ADAPTIVE_REVISION
 from common.atomic_files import atomic_torch_save
 from defenses.base import Defense, Detector
 from defenses.defended import DefendedClassifier
-from evaluation.trace_plots import plot_trace
 from evaluation.adversarial_cache import AdversarialCache, cached_attack_entry
 from evaluation.attack_specs import ADAPTIVE, CLEAN, AttackRun
 from evaluation.chunks import ChunkDataset
 from evaluation.metrics import per_image_ssim, perturbation_norms
 from evaluation.sample_log import RecordKey, SampleLog, rank_log_path, read_run_records, unique_records
+from evaluation.trace_plots import plot_trace
 
 
 class RobustnessEvaluation(pl.LightningModule):
