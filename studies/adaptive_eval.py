@@ -79,7 +79,9 @@ PLANS: dict[str, list[tuple]] = {
         ("dip_stitch_unbounded", "dip_stitch", UNBOUNDED, "255", 4),
         ("glow_gate_dip_stitch", "glow_gate+dip_stitch", "clean,pgd,bpda_pgd", "8", 32),
         ("glow_gate_dip_stitch_unbounded", "glow_gate+dip_stitch", UNBOUNDED, "255", 4),
-        ("dipdefend", "dipdefend", GRADIENT, "8", 32),
+        # dipdefend's BPDA took one 32-image chunk (about 2 h here); its noise baseline runs apart, in chunks of 8.
+        ("dipdefend", "dipdefend", "clean,pgd,bpda_pgd", "8", 32),
+        ("dipdefend_noise", "dipdefend", "clean,random_noise", "8", 32),
         ("dipdefend_unbounded", "dipdefend", UNBOUNDED, "255", 4),
         ("deep_protection", "deep_protection", GRADIENT, "8", 16),
         ("deep_protection_unbounded", "deep_protection", UNBOUNDED, "255", 4),
