@@ -6,7 +6,6 @@ repository root, in a notebook too.
 """
 
 from common.errors import run_main
-from evaluation.cli import *  # noqa: F403
 from evaluation.cli import DEFAULTS, build, deep_merge, load_options, main, run, write_report  # noqa: F401
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ this file is the checkout's entry point and re-exports it.
 """
 
 from common.errors import run_main
-from lightning_modules.train_cli import *  # noqa: F403
 from lightning_modules.train_cli import build_cli, load_weights, main  # noqa: F401
 
 if __name__ == "__main__":
