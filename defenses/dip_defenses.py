@@ -108,7 +108,8 @@ class DIPPurifier(Purifier):
         return {}
 
     def params(self) -> dict[str, Any]:
-        return {**vars(self.dip), **self.rule_settings(), "seed": self.seed}
+        engine = {k: v for k, v in vars(self.dip).items() if k != "retain_cpu_memory"}  # speed only, like dip_batch
+        return {**engine, **self.rule_settings(), "seed": self.seed}
 
     def make_rule(self, images: torch.Tensor, classifier: nn.Module, labels: torch.Tensor | None):
         """The observer that selects the output, or None for the last iterate."""

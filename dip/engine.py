@@ -11,8 +11,10 @@ The trace is streamed: every ``observe_every``-th iterate is handed to an observ
 selection rule) and then dropped, so memory does not grow with the iteration count.
 """
 
+import contextlib
+import ctypes
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +41,7 @@ class DIPSettings:
     init: "xavier" (Algorithm 1, line 1) or "default" (PyTorch's, the official DIP code's). Default: "xavier".
     exact_cpu: on CPU, use PyTorch's native convolutions instead of oneDNN. Default: True.
     optimize_input: optimise the noise input z with the network (DIPDefend does). Default: False.
+    retain_cpu_memory: on CPU, keep freed memory in the process (``retain_freed_cpu_memory``). Default: True.
 
     Why ``exact_cpu``: in float32 a DIP fit is numerically chaotic. Conv biases before
     BatchNorm, and BatchNorm scales followed by another BatchNorm, have a true gradient
@@ -58,6 +61,7 @@ class DIPSettings:
     init: str = "xavier"
     exact_cpu: bool = True
     optimize_input: bool = False
+    retain_cpu_memory: bool = True
 
     def __post_init__(self) -> None:
         if self.init not in ("xavier", "default"):
@@ -111,6 +115,91 @@ def replay_trace(
                 return
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+_retained = False
+
+
+def retain_freed_cpu_memory() -> bool:
+    """Ask glibc to keep freed blocks of up to 32 MB in the heap instead of unmapping them.
+
+    A fit step frees and reallocates the same 1-16 MB activations some 250 times; past glibc's
+    mmap threshold each one is a fresh mapping whose pages fault in cold, every step. Reused
+    heap blocks stay warm (measured in benchmarks/RESULTS.md). Process-wide and once; the
+    process then keeps its peak memory until it exits. Returns whether the setting took
+    (False off glibc)."""
+    global _retained
+    if not _retained:
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            _retained = bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(
+                libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+            )
+        except (OSError, AttributeError):
+            return False
+    return _retained
+
+
+class DIPFit:
+    """The state of one batch's fit: the grouped network, its noise input z, the target
+    images and Adam. ``forward`` is Algorithm 1's line 4 (x(t) = f(z; theta_t)) with the
+    per-image MSE of line 5; ``update`` its lines 6-7 (one Adam step on the summed loss).
+
+    The parameters of the B networks (and z when it is optimised) are views into one flat
+    buffer and Adam updates that buffer: a handful of element-wise ops per step instead of
+    ~10 per parameter tensor, with the same arithmetic on every element (bit for bit the
+    per-tensor Adam's, tests/test_dip_engine.py)."""
+
+    def __init__(self, images: torch.Tensor, seeds: Sequence[int], settings: DIPSettings) -> None:
+        b, c, h, w = images.shape
+        if len(seeds) != b:
+            raise ValueError(f"{b} images but {len(seeds)} seeds")
+        if images.device.type == "cpu" and settings.retain_cpu_memory:
+            retain_freed_cpu_memory()
+        self.shape = (b, c, h, w)
+        net, noise = build_dip_batch(settings, seeds, c, (h, w))
+        self.net, self.noise = net.to(images.device).train(), noise.to(images.device)
+        self.target = images.detach().reshape(1, b * c, h, w)
+        self.params = self._flatten(settings.optimize_input)
+        # Not fused=True: the fused CPU kernel rounds vector bodies and tails differently, so a
+        # parameter's update would depend on its tensor's size, i.e. on B (measured: 0.33 apart).
+        self.optimizer = torch.optim.Adam([self.flat], lr=settings.lr)
+        self.exact = settings.exact_cpu and images.device.type == "cpu"
+
+    def _flatten(self, optimize_input: bool) -> list[nn.Parameter]:
+        owners = [(m, name) for m in self.net.modules() for name, p in m._parameters.items() if p is not None]
+        tensors = [getattr(m, name) for m, name in owners] + ([self.noise] if optimize_input else [])
+        self.flat = nn.Parameter(torch.cat([t.detach().reshape(-1) for t in tensors]))
+        views, offset = [], 0
+        for t in tensors:
+            views.append(nn.Parameter(self.flat.detach()[offset : offset + t.numel()].view_as(t)))
+            offset += t.numel()
+        for (module, name), view in zip(owners, views[: len(owners)], strict=True):
+            module._parameters[name] = view
+        if optimize_input:
+            self.noise = views[-1]
+        return views
+
+    @contextlib.contextmanager
+    def numerics(self) -> Iterator[None]:
+        """The context the fit runs in: gradients on, oneDNN off in ``exact_cpu`` mode."""
+        with torch.enable_grad(), torch.backends.mkldnn.flags(enabled=not self.exact):
+            yield
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """x(t) as [1, B*C, H, W] and the per-image MSE [B]."""
+        out = self.net(self.noise)
+        return out, (out - self.target).pow(2).reshape(self.shape[0], -1).mean(1)
+
+    def backward(self, per_image_loss: torch.Tensor) -> None:
+        """The gradient of the summed loss, gathered into the flat buffer's ``grad``."""
+        grads = torch.autograd.grad(per_image_loss.sum(), self.params)
+        self.flat.grad = torch.cat([g.reshape(-1) for g in grads])
+
+    def update(self, per_image_loss: torch.Tensor) -> None:
+        self.backward(per_image_loss)
+        self.optimizer.step()
+
+
 def fit_dip(
     images: torch.Tensor,
     seeds: Sequence[int],
@@ -122,32 +211,17 @@ def fit_dip(
     iterate x(T-1) [B, C, H, W]. ``observer`` sees x(t) for t = 0, k, 2k, ... (k =
     ``observe_every``), for every t of the last ``observe_tail`` iterations, and for T-1; if
     it returns a mask saying every image is finished, fitting stops early."""
-    b, c, h, w = images.shape
-    if len(seeds) != b:
-        raise ValueError(f"{b} images but {len(seeds)} seeds")
-    net, noise = build_dip_batch(settings, seeds, c, (h, w))
-    net, noise = net.to(images.device).train(), noise.to(images.device)
-    target = images.detach().reshape(1, b * c, h, w)
-    params = list(net.parameters())
-    if settings.optimize_input:
-        noise = nn.Parameter(noise)
-        params.append(noise)
-    # Not fused=True: the fused CPU kernel rounds vector bodies and tails differently, so a
-    # parameter's update would depend on its tensor's size, i.e. on B (measured: 0.33 apart).
-    optimizer = torch.optim.Adam(params, lr=settings.lr)
+    fit = DIPFit(images, seeds, settings)
+    b, c, h, w = fit.shape
     last = settings.iterations - 1
-    exact = settings.exact_cpu and images.device.type == "cpu"
-    with torch.enable_grad(), torch.backends.mkldnn.flags(enabled=not exact):
+    with fit.numerics():
         for t in range(settings.iterations):
-            optimizer.zero_grad(set_to_none=True)
-            out = net(noise)
-            per_image = (out - target).pow(2).reshape(b, -1).mean(1)
+            out, per_image = fit.forward()
             if observer is not None and is_observed(t, settings.iterations, settings.observe_every, observe_tail):
                 done = observer(t, out.detach().reshape(b, c, h, w), per_image.detach())
                 if done is not None and bool(done.all()):
                     break
             if t == last:
                 break
-            per_image.sum().backward()
-            optimizer.step()
+            fit.update(per_image)
     return out.detach().reshape(b, c, h, w)

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from dip import DIPSettings, build_dip_batch, fit_dip, skip
+from dip.engine import DIPFit
 
 CIFAR = DIPSettings(iterations=50)
 SMALL_EVEN = DIPSettings(
@@ -52,6 +53,68 @@ def test_batched_fit_equals_separate_fits(settings):
     # The result of an image does not depend on its batch companions or position.
     reordered = fit_dip(images[[2, 0]], [33, 11], settings)
     assert (reordered - batched[[2, 0]]).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("optimize_input", [False, True], ids=["network", "network_and_input"])
+def test_flat_buffer_adam_matches_adam_over_each_parameter_bit_for_bit(optimize_input):
+    settings = DIPSettings(iterations=30, optimize_input=optimize_input)
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    net, noise = build_dip_batch(settings, [3, 4], 3, (32, 32))
+    noise = torch.nn.Parameter(noise) if optimize_input else noise
+    reference = torch.optim.Adam([*net.parameters(), *([noise] if optimize_input else [])], lr=settings.lr)
+    fit = DIPFit(images, [3, 4], settings)
+    with fit.numerics():
+        for _ in range(settings.iterations):
+            reference.zero_grad()
+            (net(noise) - images.reshape(1, 6, 32, 32)).pow(2).reshape(2, -1).mean(1).sum().backward()
+            reference.step()
+            _, loss = fit.forward()
+            fit.update(loss)
+        assert torch.equal(fit.net(fit.noise), net(noise))
+    assert all(torch.equal(a, b) for a, b in zip(fit.net.parameters(), net.parameters(), strict=True))
+    assert torch.equal(fit.noise, noise)
+    # The module's parameters are views of the buffer Adam updates.
+    assert all(p.untyped_storage().data_ptr() == fit.flat.untyped_storage().data_ptr() for p in fit.net.parameters())
+
+
+@pytest.mark.parametrize(
+    "c_in,c_out,kernel,stride,pad,bias,groups,size",
+    [
+        (32, 32, 1, 1, "reflection", True, 8, 16),  # 1x1: one bmm
+        (4, 3, 1, 1, "reflection", False, 5, 8),
+        (35, 32, 3, 1, "reflection", True, 6, 32),  # im2col + bmm, in chunks of groups
+        (4, 32, 3, 2, "reflection", True, 4, 32),
+        (16, 16, 2, 1, "zero", False, 3, 16),  # App. B's even kernels
+        (48, 48, 4, 2, "reflection", True, 2, 8),
+        (32, 32, 3, 1, "reflection", True, 5, 4),  # replication fallback at a deep scale
+    ],
+)
+def test_batched_gemm_convolution_equals_native_grouped_convolution_bit_for_bit(
+    c_in, c_out, kernel, stride, pad, bias, groups, size
+):
+    from dip.skip_net import GroupedIm2colConv, SamePadConv
+
+    layer = SamePadConv(c_in, c_out, kernel, stride, pad, bias, groups)
+    x = torch.randn(1, groups * c_in, size, size, requires_grad=True)
+    inputs = (x, *layer.parameters())
+    results = []
+    with torch.backends.mkldnn.flags(enabled=False), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(GroupedIm2colConv, "CHUNK_BYTES", 100_000)  # several chunks in the 35-channel case
+        for batched in (False, True):
+            patch.setattr(SamePadConv, "batched_gemm", batched)
+            out = layer(x)
+            grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
+            results.append((out, *torch.autograd.grad(out, inputs, grad_out)))
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
+
+
+def test_fit_with_batched_gemm_convolutions_equals_the_native_fit_bit_for_bit(monkeypatch):
+    from dip.skip_net import SamePadConv
+
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    batched = fit_dip(images, [1, 2, 3], CIFAR)
+    monkeypatch.setattr(SamePadConv, "batched_gemm", False)
+    assert torch.equal(batched, fit_dip(images, [1, 2, 3], CIFAR))
 
 
 def test_network_and_noise_come_from_the_seed():
