@@ -1,0 +1,214 @@
+"""The DIP engine before and after issue 14's changes, measured side by side in one process.
+
+    python benchmarks/fit_speed.py --batch-sizes 1,8,32,128 --rounds 5
+    python benchmarks/fit_speed.py --batch-sizes 32 --stitch --rounds 1
+
+"before" is the engine as it was: Adam over every parameter tensor, glibc's default memory
+handling, convolutions in PyTorch's native per-group loop. "after" is ``dip.engine.DIPFit``:
+Adam over one flat buffer, freed memory kept warm (``retain_freed_cpu_memory``), grouped
+convolutions as batched matrix products (``dip.skip_net.grouped_pointwise_conv`` for 1x1,
+``GroupedIm2colConv`` for the others). Both compute the same numbers bit for bit (checked here on
+every run). Absolute speeds on shared machines drift by 2x from minute to minute, so the two
+are interleaved round by round and the ratio is the median of the per-round ratios.
+
+``--stitch`` times the full dip_stitch defense (fit + victim mapping + stitching, T = 1000) on
+real CIFAR-10 test images (``$DIPDEF_CIFAR10``) instead of fit steps.
+"""
+
+import argparse
+import ctypes
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+import dip.engine  # noqa: E402
+from benchmarks.profile_fit import LargestConv, forward_flops, images_for  # noqa: E402
+from dip.engine import DIPFit, DIPSettings  # noqa: E402
+from dip.skip_net import SamePadConv  # noqa: E402
+
+LIBC = ctypes.CDLL("libc.so.6")
+
+
+# name: (Adam over one flat buffer, freed memory retained, convolutions as batched GEMMs)
+VARIANTS = {
+    "before": (False, False, False),
+    "after": (True, True, True),
+    "flat Adam only": (True, False, False),
+    "retained memory only": (False, True, False),
+    "batched-GEMM convs only": (False, False, True),
+}
+
+
+class VariantFit(DIPFit):
+    """``DIPFit`` with each of issue 14's changes on or off; all off is the engine as it was
+    (per-tensor Adam, gradients accumulated into each .grad, PyTorch's per-group native convolutions)."""
+
+    def __init__(self, images: torch.Tensor, seeds: list[int], settings: DIPSettings, variant: str) -> None:
+        super().__init__(images, seeds, settings)
+        self.flat_adam, self.retain, self.batched_gemm_convs = VARIANTS[variant]
+        if not self.flat_adam:
+            self.optimizer = torch.optim.Adam(self.params, lr=settings.lr)
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        SamePadConv.batched_gemm = self.batched_gemm_convs
+        try:
+            return super().forward()
+        finally:
+            SamePadConv.batched_gemm = True
+
+    def update(self, per_image_loss: torch.Tensor) -> None:
+        if self.flat_adam:
+            return super().update(per_image_loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        per_image_loss.sum().backward()
+        self.optimizer.step()
+
+
+class BeforeFit(VariantFit):
+    def __init__(self, images: torch.Tensor, seeds: list[int], settings: DIPSettings) -> None:
+        super().__init__(images, seeds, settings, "before")
+
+
+def memory_mode(after: bool) -> None:
+    if after:
+        LIBC.mallopt(-3, 32 << 20)
+        LIBC.mallopt(-1, 1 << 30)
+    else:  # glibc's defaults, and give back what the other mode kept
+        LIBC.mallopt(-3, 128 << 10)
+        LIBC.mallopt(-1, 128 << 10)
+        LIBC.malloc_trim(0)
+
+
+def steps_per_round(batch: int) -> int:
+    return max(1, 16 // batch)
+
+
+def fit_rows(batches: list[int], rounds: int, variants: list[str], data_dir: str | None) -> list[dict]:
+    settings = DIPSettings(retain_cpu_memory=False)  # the benchmark switches memory modes itself
+    rows = []
+    for batch in batches:
+        x = images_for(batch, data_dir)
+        fits = {v: VariantFit(x, list(range(batch)), settings, v) for v in variants}
+        seconds: dict[str, list[float]] = {v: [] for v in variants}
+        exact = fits["after"].exact
+        convs = {"engine": LargestConv(batch, exact), "native": LargestConv(batch, exact, batched=False)}
+        conv_seconds: dict[str, list[float]] = {n: [] for n in convs}
+        k = steps_per_round(batch)
+        with fits["after"].numerics():
+            for _ in range(rounds):
+                for name, conv in convs.items():
+                    conv_seconds[name].append(conv.seconds(k))
+                for name, fit in fits.items():
+                    memory_mode(fit.retain)
+                    _, loss = fit.forward()
+                    fit.update(loss)
+                    start = time.perf_counter()
+                    for _ in range(k):
+                        _, loss = fit.forward()
+                        fit.update(loss)
+                    seconds[name].append((time.perf_counter() - start) / k)
+            outs = [fit.forward()[0] for fit in fits.values()]
+            flops = 3 * forward_flops(fits["after"])
+        conv_gflops = {n: convs[n].gflops(statistics.median(s)) for n, s in conv_seconds.items()}
+        rows.append(
+            {
+                "batch": batch,
+                "ms_per_image_step": {n: 1e3 * statistics.median(s) / batch for n, s in seconds.items()},
+                "gflops": {n: flops / statistics.median(s) / 1e9 for n, s in seconds.items()},
+                "largest_conv_gflops": conv_gflops,
+                # median over rounds of (before / variant): robust to the machine's drift between rounds
+                "speedup": {
+                    n: statistics.median(b / a for b, a in zip(seconds["before"], s, strict=True))
+                    for n, s in seconds.items()
+                },
+                "bit_equal": all(torch.equal(outs[0], o) for o in outs[1:]),
+            }
+        )
+    return rows
+
+
+def stitch_rows(batches: list[int], rounds: int, data_dir: str | None) -> list[dict]:
+    from defenses.dip_defenses import DIPStitch
+    from nets import load_classifier
+
+    classifier = load_classifier(REPO / "checkpoints" / "victim_cifar_resnet20.ckpt")
+    rows = []
+    for batch in batches:
+        x = images_for(batch, data_dir)
+        seconds: dict[str, list[float]] = {"before": [], "after": []}
+        results = {}
+        for _ in range(rounds):
+            for name, fit_class in (("before", BeforeFit), ("after", DIPFit)):
+                memory_mode(name == "after")
+                dip.engine.DIPFit = fit_class  # fit_dip builds its fit by this name
+                defense = DIPStitch(dip_batch=batch)
+                defense.dip.retain_cpu_memory = False
+                start = time.perf_counter()
+                results[name] = defense.purify(x, classifier, torch.arange(batch))
+                seconds[name].append(time.perf_counter() - start)
+        dip.engine.DIPFit = DIPFit
+        ratios = [b / a for b, a in zip(seconds["before"], seconds["after"], strict=True)]
+        rows.append(
+            {
+                "batch": batch,
+                "images_per_s": {n: batch / statistics.median(s) for n, s in seconds.items()},
+                "speedup": statistics.median(ratios),
+                "round_ratios": ratios,
+                "bit_equal": bool(torch.equal(results["before"], results["after"])),
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch-sizes", default="1,8,32,128")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument(
+        "--ablate",
+        action="store_true",
+        help="also time each change alone (flat Adam, retained memory, batched-GEMM convs)",
+    )
+    p.add_argument("--stitch", action="store_true", help="time the full dip_stitch defense, not fit steps")
+    p.add_argument("--data-dir", default=os.environ.get("DIPDEF_CIFAR10"))
+    args = p.parse_args()
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    args.ablate = [v for v in VARIANTS if v not in ("before", "after")] if args.ablate else []
+    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    if args.stitch:
+        for r in stitch_rows(batches, args.rounds, args.data_dir):
+            ips = r["images_per_s"]
+            print(
+                f"| {r['batch']} | {ips['before']:.3f} | {ips['after']:.3f} | {r['speedup']:.2f}x | {r['bit_equal']} |"
+            )
+        return
+    rows = fit_rows(batches, args.rounds, ["before", "after", *args.ablate], args.data_dir)
+    print(
+        "| B | variant | ms / image-step | speedup (median of rounds) | GFLOP/s / largest conv's "
+        "(as the engine runs it) | bit-equal |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        ref = r["largest_conv_gflops"]["engine"]
+        print(
+            f"| {r['batch']} | largest conv alone | | | engine {ref:.1f}, "
+            f"PyTorch native {r['largest_conv_gflops']['native']:.1f} GFLOP/s | |"
+        )
+        for name, ms in r["ms_per_image_step"].items():
+            print(
+                f"| {r['batch']} | {name} | {ms:.2f} | {r['speedup'][name]:.2f}x | "
+                f"{r['gflops'][name]:.1f} / {ref:.1f} = {r['gflops'][name] / ref:.2f} | {r['bit_equal']} |"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""Where one DIP fit step spends its time: torch.profiler over fit steps of paper 002's CIFAR
+network at several batch sizes, per op category (forward, backward, Adam) and per convolution
+layer, with the step's effective FLOP rate against its own largest convolution.
+
+    python benchmarks/profile_fit.py --batch-sizes 1,8,32 --steps 20
+
+The reference rate is the grouped 3x3 convolution at 32x32 (35 -> 32 channels per network, the
+largest layer), forward and backward as the engine runs it, timed in the same process at the
+same B. FLOPs are
+counted on a forward pass (torch's FlopCounterMode over-counts grouped convolutions'
+backward) and tripled for forward + backward. Images are real CIFAR-10 test images when
+``$DIPDEF_CIFAR10`` (or ``--data-dir``) points at a copy, random otherwise.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from dip.engine import DIPFit, DIPSettings  # noqa: E402
+from dip.skip_net import SamePadConv  # noqa: E402
+
+PHASES = ("forward", "backward", "adam")
+CATEGORIES = (
+    ("convolution", ("conv", "bmm")),  # bmm: the batched-GEMM convolutions' backward (1x1)
+    ("batchnorm", ("batch_norm", "batchnorm")),
+    ("activation", ("leaky_relu", "leakyrelu", "sigmoid")),
+    ("upsample", ("upsample",)),
+    ("padding", ("pad",)),
+    ("concat / crop / copy", ("cat", "slice", "view", "reshape", "copy", "clone", "contiguous", "unsafe")),
+    ("loss", ("sub", "pow", "mean", "sum", "mul")),
+    ("grad accumulation", ("accumulategrad",)),
+)
+
+
+def category(phase: str, name: str) -> str:
+    if phase == "adam":
+        return "adam"
+    name = name.lower().removeprefix("autograd::engine::evaluate_function: ")
+    for label, keys in CATEGORIES:
+        if any(k in name for k in keys):
+            return label
+    return "other"
+
+
+def label_convolutions(net: torch.nn.Module) -> None:
+    """Wrap each convolution layer's forward in a profiler range named after its shape, so a
+    layer shows up as one event whichever implementation (native or batched GEMM) runs it."""
+
+    def enter(module: SamePadConv, args: tuple) -> None:
+        c_in, c_out = module.conv.in_channels // module.conv.groups, module.conv.out_channels // module.conv.groups
+        size = "x".join(map(str, args[0].shape[-2:]))
+        module._profile_range = record_function(
+            f"conv {c_in}->{c_out} ch, k{module.kernel} s{module.stride}, in {size}"
+        )
+        module._profile_range.__enter__()
+
+    def leave(module: SamePadConv, args: tuple, output: torch.Tensor) -> None:
+        module._profile_range.__exit__(None, None, None)
+
+    for module in net.modules():
+        if isinstance(module, SamePadConv):
+            module.register_forward_pre_hook(enter)
+            module.register_forward_hook(leave)
+
+
+def images_for(batch: int, data_dir: str | None) -> torch.Tensor:
+    if data_dir:
+        from datamodules import CIFAR10DataModule
+
+        test = CIFAR10DataModule(data_dir=data_dir).load_split(train=False)
+        return test.images[:batch].float().div(255)
+    return torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def step(fit: DIPFit) -> None:
+    with record_function("forward"):
+        _, per_image = fit.forward()
+    with record_function("backward"):
+        fit.backward(per_image)
+    with record_function("adam"):
+        fit.optimizer.step()
+
+
+def forward_flops(fit: DIPFit) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fit.forward()
+    return counter.get_total_flops()
+
+
+LARGEST_CONV_FLOPS = 3 * 2 * 35 * 32 * 9 * 32 * 32  # per network, forward + backward
+
+
+class LargestConv:
+    """The fit's largest layer (grouped 3x3, 35 -> 32 channels per network at 32x32, with its
+    reflection padding), forward + backward, as the engine runs it (``batched``) or through
+    PyTorch's own per-group convolution."""
+
+    def __init__(self, batch: int, exact: bool, batched: bool = True) -> None:
+        self.batch, self.exact, self.batched = batch, exact, batched
+        self.conv = SamePadConv(35, 32, 3, groups=batch)
+        self.x = torch.randn(1, 35 * batch, 32, 32, requires_grad=True)
+        self.seconds(3)
+
+    def seconds(self, repeats: int) -> float:
+        SamePadConv.batched_gemm = self.batched
+        try:
+            with torch.backends.mkldnn.flags(enabled=not self.exact):
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    self.conv(self.x).sum().backward()
+                return (time.perf_counter() - start) / repeats
+        finally:
+            SamePadConv.batched_gemm = True
+
+    def gflops(self, seconds: float) -> float:
+        return LARGEST_CONV_FLOPS * self.batch / seconds / 1e9
+
+
+def reference_conv_rate(batch: int, exact: bool, repeats: int = 20) -> float:
+    """GFLOP/s of the largest layer as the engine runs it."""
+    conv = LargestConv(batch, exact)
+    return conv.gflops(conv.seconds(repeats))
+
+
+def profile_batch(batch: int, steps: int, warmup: int, settings: DIPSettings, data_dir: str | None) -> dict:
+    fit = DIPFit(images_for(batch, data_dir), list(range(batch)), settings)
+    label_convolutions(fit.net)
+    with fit.numerics():
+        flops = 3 * forward_flops(fit)
+        for _ in range(warmup):
+            step(fit)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step(fit)
+        step_seconds = (time.perf_counter() - start) / steps
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            for _ in range(steps):
+                step(fit)
+    by_category: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    calls: dict[str, int] = defaultdict(int)
+    phase_total: dict[str, float] = defaultdict(float)
+    conv_layers: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for event in prof.events():
+        if event.name in PHASES:
+            phase_total[event.name] += event.cpu_time_total
+            for child in event.cpu_children:
+                by_category[category(event.name, child.name)][event.name] += child.cpu_time_total
+                calls[event.name] += 1
+        if event.name.startswith("conv "):
+            conv_layers[event.name.removeprefix("conv ")]["forward"] += event.cpu_time_total
+    per_step = 1e-3 / steps  # profiler microseconds summed over steps -> ms per step
+    return {
+        "batch": batch,
+        "step_ms": step_seconds * 1e3,
+        "ms_per_image_step": step_seconds * 1e3 / batch,
+        "gflop_per_image_step": flops / batch / 1e9,
+        "gflops": flops / step_seconds / 1e9,
+        "reference_conv_gflops": reference_conv_rate(batch, fit.exact),
+        "phase_ms": {p: phase_total[p] * per_step for p in PHASES},
+        "ops_per_step": {p: calls[p] / steps for p in PHASES},
+        "categories_ms": {c: {p: v[p] * per_step for p in PHASES} for c, v in by_category.items()},
+        "conv_layers_forward_ms": {k: v["forward"] * per_step for k, v in conv_layers.items()},
+    }
+
+
+def report(rows: list[dict]) -> str:
+    lines = []
+    for r in rows:
+        ratio = r["gflops"] / r["reference_conv_gflops"]
+        lines += [
+            f"\nB = {r['batch']}: {r['step_ms']:.1f} ms per step, {r['ms_per_image_step']:.2f} ms per image-step, "
+            f"{r['gflops']:.1f} GFLOP/s effective ({r['gflop_per_image_step'] * 1e3:.0f} MFLOP per image-step); "
+            f"largest conv alone {r['reference_conv_gflops']:.1f} GFLOP/s (ratio {ratio:.2f}); "
+            "top-level ops per step: " + ", ".join(f"{p} {n:.0f}" for p, n in r["ops_per_step"].items()),
+            "",
+            "| category | forward ms | backward ms | adam ms | share of step |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        total = sum(r["phase_ms"].values())
+        ordered = sorted(r["categories_ms"].items(), key=lambda kv: -sum(kv[1].values()))
+        for name, ms in ordered:
+            share = sum(ms.values()) / total
+            lines.append(
+                f"| {name} | {ms['forward']:.2f} | {ms['backward']:.2f} | {ms['adam']:.2f} | {100 * share:.1f}% |"
+            )
+        unattributed = {p: r["phase_ms"][p] - sum(ms[p] for ms in r["categories_ms"].values()) for p in PHASES}
+        share = sum(unattributed.values()) / total
+        lines.append(
+            f"| Python / dispatch between ops | {unattributed['forward']:.2f} | {unattributed['backward']:.2f} | "
+            f"{unattributed['adam']:.2f} | {100 * share:.1f}% |"
+        )
+        lines += ["", "| conv layer (per network; padding included) | forward ms |", "| --- | --- |"]
+        for name, ms in sorted(r["conv_layers_forward_ms"].items(), key=lambda kv: -kv[1]):
+            lines.append(f"| {name} | {ms:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch-sizes", default="1,8,32")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--data-dir", default=os.environ.get("DIPDEF_CIFAR10"))
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "profile_fit.json"))
+    args = p.parse_args()
+    settings = DIPSettings()
+    rows = [
+        profile_batch(int(b), args.steps, args.warmup, settings, args.data_dir) for b in args.batch_sizes.split(",")
+    ]
+    machine = (
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
+    Path(args.out).write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    print(machine)
+    print(report(rows))
+
+
+if __name__ == "__main__":
+    main()
