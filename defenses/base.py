@@ -36,6 +36,10 @@ class Defense:
     def params(self) -> dict[str, Any]:
         return {}
 
+    def check_images(self, shape: tuple[int, ...]) -> None:
+        """Raise ValueError when the defense cannot take images of this (C, H, W) shape, so an
+        evaluation stops before it starts (e.g. a DIP network too deep for 32x32 images)."""
+
     def to(self, device: torch.device | str) -> "Defense":
         return self
 

@@ -10,7 +10,7 @@ from defenses.base import Purified, Purifier
 from defenses.registry import register_defense
 from dip.dipdefend import DIPDefendRule, DIPDefendSettings
 from dip.early_stopping import MSEEarlyStop, OracleTop5Stop
-from dip.engine import DIPSettings, fit_dip
+from dip.engine import DIPSettings, check_image_size, fit_dip
 from dip.stitching import StitchRule, StitchSettings
 
 DIP_NETWORKS: dict[str, dict[str, Any]] = {
@@ -56,6 +56,15 @@ DIP_NETWORKS: dict[str, dict[str, Any]] = {
         "channels_down": [128] * 5,
         "channels_up": [128] * 5,
         "channels_skip": [4] * 5,
+        "activation": "Swish",
+    },
+    # The same with 4 scales, for 32x32 images: five halvings leave CIFAR-10 at 1x1, where
+    # BatchNorm cannot normalise (paper 001 works at 224 px).
+    "deep_protection_cifar": {
+        "input_channels": 32,
+        "channels_down": [128] * 4,
+        "channels_up": [128] * 4,
+        "channels_skip": [4] * 4,
         "activation": "Swish",
     },
 }
@@ -106,6 +115,9 @@ class DIPPurifier(Purifier):
 
     def rule_settings(self) -> dict[str, Any]:
         return {}
+
+    def check_images(self, shape: tuple[int, ...]) -> None:
+        check_image_size(self.dip, tuple(shape[-2:]))
 
     def params(self) -> dict[str, Any]:
         engine = {k: v for k, v in vars(self.dip).items() if k != "retain_cpu_memory"}  # speed only, like dip_batch
@@ -223,7 +235,8 @@ class DeepProtection(DIPPurifier):
     check every 50 iterations (up to 3000) and stop when the true label is in the top 5 and
     the adversarial label is not. Records say whether a wrong answer over- or underfit.
 
-    Arguments: network "deep_protection" (official denoiser, Swish), iterations 1750,
+    Arguments: network "deep_protection" (official denoiser, Swish, 5 scales: images of at
+    least 33 px; "deep_protection_cifar" is its 4-scale version for 32x32), iterations 1750,
     lr 0.01, noise_scale 0.1, oracle False, check_every 50, dip_batch 8, seed 0.
     """
 

@@ -27,6 +27,10 @@ class DetectorGatedPurifier(Purifier):
     def params(self) -> dict[str, Any]:
         return {"detector": self.detector.params(), "purifier": self.purifier.params()}
 
+    def check_images(self, shape: tuple[int, ...]) -> None:
+        self.detector.check_images(shape)
+        self.purifier.check_images(shape)
+
     def to(self, device: torch.device | str) -> "DetectorGatedPurifier":
         self.detector, self.purifier = self.detector.to(device), self.purifier.to(device)
         return self

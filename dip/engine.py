@@ -85,6 +85,23 @@ def _seeded_network_and_noise(
     return net, noise
 
 
+def check_image_size(settings: DIPSettings, size: tuple[int, int]) -> None:
+    """Refuse an image too small for the network's depth: each scale halves the size, and
+    BatchNorm in training mode needs more than one value per channel at the deepest one."""
+    scales = len(settings.network.get("channels_down", (32, 32, 32)))
+    h, w = size
+    for _ in range(scales):
+        h, w = -(-h // 2), -(-w // 2)
+    if h * w < 2:
+        smallest = 2**scales + 1  # ceil(s / 2^scales) >= 2
+        raise ValueError(
+            f"the DIP network has {scales} scales, each halving the image, so a {size[0]}x{size[1]} image is "
+            f"1x1 at the deepest one, where BatchNorm cannot normalise; it needs images of at least "
+            f"{smallest} pixels on a side. Use a network with fewer scales for these images "
+            "(e.g. network=deep_protection_cifar, the 4-scale version of deep_protection's, for 32x32)"
+        )
+
+
 def build_dip_batch(
     settings: DIPSettings, seeds: Sequence[int], channels: int, size: tuple[int, int]
 ) -> tuple[nn.Module, torch.Tensor]:
@@ -155,6 +172,7 @@ class DIPFit:
             raise ValueError(f"{b} images but {len(seeds)} seeds")
         if images.device.type == "cpu" and settings.retain_cpu_memory:
             retain_freed_cpu_memory()
+        check_image_size(settings, (h, w))
         self.shape = (b, c, h, w)
         net, noise = build_dip_batch(settings, seeds, c, (h, w))
         self.net, self.noise = net.to(images.device).train(), noise.to(images.device)

@@ -378,6 +378,10 @@ def build(o: dict[str, Any], argv: list[str]) -> SimpleNamespace:
     if o["attack_victim"]:
         attack_model, attack_path = load_attack_victim(o["attack_victim"], classifier)
         attack_hash = file_sha256(attack_path)
+    try:
+        defense.check_images(tuple(dataset[0][0].shape))
+    except ValueError as err:
+        raise UserError(f"--defense {o['defense']}: {err}") from None
     if o["num_samples"] > len(dataset) and chosen_samples:  # the defense's default takes what there is
         raise UserError(f"--num_samples {o['num_samples']}: the test set has {len(dataset)} images; 0 takes them all")
     indices = sample_indices(len(dataset), o["num_samples"] or None, o["seed"])

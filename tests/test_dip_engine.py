@@ -117,6 +117,17 @@ def test_fit_with_batched_gemm_convolutions_equals_the_native_fit_bit_for_bit(mo
     assert torch.equal(batched, fit_dip(images, [1, 2, 3], CIFAR))
 
 
+def test_an_image_too_small_for_the_network_depth_is_refused_with_the_fix():
+    from defenses.dip_defenses import DIP_NETWORKS
+
+    deep = DIPSettings(network=DIP_NETWORKS["deep_protection"], iterations=2)
+    with pytest.raises(ValueError, match=r"5 scales.*32x32 image is 1x1.*at least 33 pixels.*deep_protection_cifar"):
+        fit_dip(torch.rand(1, 3, 32, 32), [0], deep)
+    fit_dip(torch.rand(1, 3, 33, 33), [0], deep)  # 2x2 at the deepest scale
+    cifar = DIPSettings(network=DIP_NETWORKS["deep_protection_cifar"], iterations=2)
+    assert fit_dip(torch.rand(2, 3, 32, 32), [0, 1], cifar).shape == (2, 3, 32, 32)
+
+
 def test_network_and_noise_come_from_the_seed():
     net_a, z_a = build_dip_batch(CIFAR, [5], 3, (32, 32))
     net_b, z_b = build_dip_batch(CIFAR, [5], 3, (32, 32))

@@ -295,6 +295,10 @@ def test_dip_defense_runs_in_the_harness_and_saves_decision_traces(tiny_victim, 
         assert sorted(p.stem for p in (out / "traces" / run_id).glob("*.png")) == sorted(map(str, first_two))
     with pytest.raises(UserError, match="--save-traces needs a DIP defense"):
         _run(tmp_path / "none", tiny_victim, cifar_batches_dir, "--save-traces", "1")
+    # Paper 001's 5-scale network cannot take 32x32 images: refused before anything is written.
+    with pytest.raises(UserError, match="deep_protection: the DIP network has 5 scales.*deep_protection_cifar"):
+        _run(tmp_path / "deep", tiny_victim, cifar_batches_dir, "--defense", "glow_gate+deep_protection")
+    assert not (tmp_path / "deep").exists()
 
 
 def test_detection_rows_on_a_known_case():
