@@ -175,6 +175,39 @@ def profile_batch(batch: int, steps: int, warmup: int, settings: DIPSettings, da
     }
 
 
+def stitch_share(batch: int, data_dir: str | None) -> dict:
+    """The victim's share of a full dip_stitch run (T = 1000): time in the rule (classifying the
+    sampled iterates, SSIM, and the alpha search at each crossing) against the whole purify."""
+    from defenses.dip_defenses import DIPStitch
+    from dip.stitching import StitchRule
+    from nets import load_classifier
+
+    spent = {"rule": 0.0, "alpha_search": 0.0, "crossing_batches": 0}
+    observe, search = StitchRule.__call__, StitchRule._on_boundary
+
+    def timed_observe(rule: StitchRule, *args: object) -> None:
+        start = time.perf_counter()
+        observe(rule, *args)
+        spent["rule"] += time.perf_counter() - start
+
+    def timed_search(rule: StitchRule, *args: object) -> torch.Tensor:
+        start = time.perf_counter()
+        out = search(rule, *args)
+        spent["alpha_search"] += time.perf_counter() - start
+        spent["crossing_batches"] += 1
+        return out
+
+    classifier = load_classifier(REPO / "checkpoints" / "victim_cifar_resnet20.ckpt")
+    StitchRule.__call__, StitchRule._on_boundary = timed_observe, timed_search
+    try:
+        start = time.perf_counter()
+        DIPStitch(dip_batch=batch).purify(images_for(batch, data_dir), classifier, torch.arange(batch))
+        total = time.perf_counter() - start
+    finally:
+        StitchRule.__call__, StitchRule._on_boundary = observe, search
+    return {"batch": batch, "seconds": total, **spent}
+
+
 def report(rows: list[dict]) -> str:
     lines = []
     for r in rows:
@@ -214,7 +247,16 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--data-dir", default=os.environ.get("DIPDEF_CIFAR10"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "profile_fit.json"))
+    p.add_argument("--stitch-share", action="store_true", help="the victim's share of a full dip_stitch run instead")
     args = p.parse_args()
+    if args.stitch_share:
+        for b in args.batch_sizes.split(","):
+            r = stitch_share(int(b), args.data_dir)
+            print(
+                f"B = {r['batch']}: {r['seconds']:.1f} s; the rule {r['rule']:.1f} s ({100 * r['rule'] / r['seconds']:.1f}%), "
+                f"of which the alpha search {r['alpha_search']:.1f} s over {r['crossing_batches']} crossing batches"
+            )
+        return
     settings = DIPSettings()
     rows = [
         profile_batch(int(b), args.steps, args.warmup, settings, args.data_dir) for b in args.batch_sizes.split(",")
