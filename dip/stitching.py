@@ -9,8 +9,8 @@ Per image, on the sampled iterates x(t) of its DIP trace:
   on-manifold (Eq. 6): x_man = x_db + beta (x_db - x0) for the last K cross-boundary t;
   stitching (Eq. 7): x_rec = mean of the x_man. No crossing: the mean of the last K
       iterates x(T-K) ... x(T-1), beta = 0.
-Only the previous sampled iterate, the last K on-boundary images and the last K iterates
-are kept, so memory does not grow with T.
+Only the previous sampled iterate, the last K crossing pairs and the last K iterates are
+kept, so memory does not grow with T.
 """
 
 import math
@@ -56,23 +56,38 @@ def _mix(x_a: torch.Tensor, x_b: torch.Tensor, alpha: torch.Tensor) -> torch.Ten
 
 
 class StitchRule:
-    """Observer for ``dip.fit_dip`` that implements Algorithm 1 on the fly for B images."""
+    """Observer for ``dip.fit_dip`` that implements Algorithm 1 on the fly for B images.
+
+    While the fit runs it only keeps, per image, the last K crossing pairs (x(t), x(t+1)) in a
+    ring buffer updated with tensor ops, so observing issues no host sync (a GPU loop never
+    waits on it). The on-boundary search (Eq. 4-5) runs once, in ``result()``, on the kept
+    pairs of all images together: fewer, larger victim batches, and no search for crossings
+    that later fall out of the last K. The victim is applied per image, so the result equals
+    searching at each crossing."""
 
     def __init__(self, clean_input: torch.Tensor, classifier: nn.Module, settings: StitchSettings) -> None:
         self.x0 = clean_input  # the image being defended (adversarial or not)
         self.classifier, self.s = classifier, settings
-        b = len(clean_input)
+        b, device = len(clean_input), clean_input.device
         self.prev: tuple[int, torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # t, x, label, ssim
-        self.boundary: list[list[torch.Tensor]] = [[] for _ in range(b)]
+        # Ring buffers of the last K crossing pairs and their labels; slot crossings % K is next.
+        self.pairs = clean_input.new_zeros(b, settings.k, 2, *clean_input.shape[1:])
+        self.pair_labels = torch.zeros(b, settings.k, 2, dtype=torch.long, device=device)
         self.tail: list[torch.Tensor] = []
-        self.crossings = torch.zeros(b, dtype=torch.long)
-        # Diagnostics (off unless asked for): victim confidences per sampled t, crossing t's.
+        self.crossings = torch.zeros(b, dtype=torch.long, device=device)
+        self._boundary: list[torch.Tensor | None] | None = None  # last on-boundary image, per image
+        # Diagnostics (off unless asked for; they sync): victim confidences per sampled t, crossing t's.
         self.trace: list[tuple[int, torch.Tensor]] | None = None
         self.crossing_times: list[list[int]] = [[] for _ in range(b)]
 
     def record_trace(self) -> "StitchRule":
         self.trace = []
         return self
+
+    @property
+    def kept(self) -> torch.Tensor:
+        """Crossing pairs kept per image (at most K)."""
+        return self.crossings.clamp(max=self.s.k)
 
     @torch.no_grad()
     def _probs(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,14 +103,49 @@ class StitchRule:
         if self.prev is not None:
             t_prev, x_prev, label_prev, ssim_prev = self.prev
             crossed = (label != label_prev) & (ssim_prev >= self.s.tau) & (t_prev >= self.s.t0)
-            if crossed.any():
-                rows = crossed.nonzero().flatten()
-                x_db = self._on_boundary(x_prev[rows], x[rows], label_prev[rows], label[rows])
-                for j, i in enumerate(rows.tolist()):
-                    self.boundary[i] = [*self.boundary[i][-(self.s.k - 1) :], x_db[j]] if self.s.k > 1 else [x_db[j]]
+            slot = (self.crossings % self.s.k).view(-1, 1)
+            self._write(self.pairs, slot, torch.stack((x_prev, x), 1), crossed)
+            self._write(self.pair_labels, slot, torch.stack((label_prev, label), 1), crossed)
+            self.crossings += crossed
+            if self.trace is not None:
+                for i in crossed.nonzero().flatten().tolist():
                     self.crossing_times[i].append(t_prev)
-                self.crossings[rows.cpu()] += 1
         self.prev = (t, x, label, ssim)
+
+    @staticmethod
+    def _write(ring: torch.Tensor, slot: torch.Tensor, new: torch.Tensor, where: torch.Tensor) -> None:
+        """ring[i, slot[i]] = new[i] for the images where ``where`` holds, without a host sync."""
+        index = slot.view(-1, 1, *[1] * (ring.dim() - 2)).expand(-1, 1, *ring.shape[2:])
+        mask = where.view(-1, 1, *[1] * (ring.dim() - 2))
+        ring.scatter_(1, index, torch.where(mask, new.unsqueeze(1), ring.gather(1, index)))
+
+    def _kept_pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every image's kept pairs, oldest first, images one after another: x_a, x_b [P, ...],
+        labels [P, 2]; and the count per image."""
+        k, kept = self.s.k, self.kept
+        positions = torch.arange(k, device=kept.device)
+        order = ((self.crossings - kept).view(-1, 1) + positions) % k  # chronological slots
+        valid = positions.view(1, -1) < kept.view(-1, 1)
+        pairs = self.pairs.gather(1, order.view(*order.shape, *[1] * (self.pairs.dim() - 2)).expand_as(self.pairs))
+        labels = self.pair_labels.gather(1, order.view(*order.shape, 1).expand_as(self.pair_labels))
+        pairs, labels = pairs[valid], labels[valid]
+        return pairs, labels, kept
+
+    def _on_boundary_all(self) -> list[torch.Tensor | None]:
+        """Eq. 4-5 for every kept pair, in batches of B pairs; per image, its x_db [n, ...] or None."""
+        if self._boundary is None:
+            pairs, labels, kept = self._kept_pairs()
+            found = [
+                self._on_boundary(
+                    pairs[i : i + len(self.x0), 0], pairs[i : i + len(self.x0), 1], *labels[i : i + len(self.x0)].T
+                )
+                for i in range(0, len(pairs), len(self.x0))
+            ]
+            x_db = torch.cat(found) if found else pairs[:, 0]
+            counts = kept.tolist()
+            starts = [sum(counts[:i]) for i in range(len(counts))]
+            self._boundary = [x_db[a : a + n] if n else None for a, n in zip(starts, counts, strict=True)]
+        return self._boundary
 
     def _on_boundary(self, x_a: torch.Tensor, x_b: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor) -> torch.Tensor:
         if self.s.search == "bisection":
@@ -136,16 +186,15 @@ class StitchRule:
             "t": [t for t, _ in self.trace],
             "probs": torch.stack([p[i] for _, p in self.trace]),
             "crossings": list(self.crossing_times[i]),
-            "on_boundary": self.boundary[i][-1].cpu() if self.boundary[i] else None,
+            "on_boundary": None if (x_db := self._on_boundary_all()[i]) is None else x_db[-1].cpu(),
         }
 
     def result(self) -> torch.Tensor:
         """Eq. 6-7, or the no-crossing fallback."""
         fallback = torch.stack(self.tail).mean(0)
         out = []
-        for i, kept in enumerate(self.boundary):
-            if kept:
-                x_db = torch.stack(kept)
+        for i, x_db in enumerate(self._on_boundary_all()):
+            if x_db is not None:
                 out.append((x_db + self.s.beta * (x_db - self.x0[i])).mean(0))
             else:
                 out.append(fallback[i])

@@ -42,7 +42,7 @@ def test_warmup_ssim_threshold_and_k_select_the_crossings():
     assert _run(values, 0.2, tau=0.0, t0=6).crossings.tolist() == [1]  # t=5 < t0
     assert _run(values, 0.2, tau=0.99, t0=0).crossings.tolist() == [0]  # SSIM(x(t), x0) < tau
     rule = _run(values, 0.2, tau=0.0, t0=0, k=1)
-    assert len(rule.boundary[0]) == 1
+    assert rule.kept.tolist() == [1]
 
 
 def test_no_crossing_falls_back_to_the_mean_of_the_last_k_iterates_without_beta():
@@ -55,7 +55,7 @@ def test_no_crossing_falls_back_to_the_mean_of_the_last_k_iterates_without_beta(
 def test_memory_is_bounded_by_k(k):
     rule = _run([0.3, 0.7] * 50, x0_value=0.5, tau=0.0, t0=0, k=k)
     assert rule.crossings.item() == 99
-    assert len(rule.boundary[0]) == k and len(rule.tail) == k
+    assert rule.kept.item() == k and rule.pairs.shape[1] == k and len(rule.tail) == k
 
 
 def test_bisection_lands_within_one_grid_section_of_the_grid_search():
@@ -74,3 +74,57 @@ def test_bisection_lands_within_one_grid_section_of_the_grid_search():
     assert (alpha_diff <= 1 / 100 + 1e-6).all()
     with pytest.raises(ValueError, match="unknown search"):
         StitchSettings(search="golden")
+
+
+@pytest.mark.parametrize("search", ["grid", "bisection"])
+def test_deferred_search_equals_searching_at_each_crossing(search):
+    """The rule keeps crossing pairs and searches them in result(); Algorithm 1 as written
+    searches at each crossing and keeps the last K on-boundary images. Same numbers."""
+    torch.manual_seed(0)
+    classifier = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
+    settings = StitchSettings(tau=0.0, t0=10, k=3, search=search)
+    x0 = torch.rand(5, 3, 8, 8)
+    trace = [(x0 + 0.3 * torch.randn(5, 3, 8, 8)).clamp(0, 1) for _ in range(30)]
+    rule = StitchRule(x0, classifier, settings)
+    for step, x in enumerate(trace):
+        rule(5 * step, x, torch.zeros(5))
+    reference = StitchRule(x0, classifier, settings)  # only its _on_boundary
+    kept: list[list[torch.Tensor]] = [[] for _ in range(5)]
+    with torch.no_grad():
+        labels = [classifier(x).argmax(1) for x in trace]
+        for step in range(1, len(trace)):
+            for i in range(5):
+                if labels[step][i] != labels[step - 1][i] and 5 * (step - 1) >= settings.t0:
+                    pair = (trace[step - 1][i : i + 1], trace[step][i : i + 1])
+                    x_db = reference._on_boundary(*pair, labels[step - 1][i : i + 1], labels[step][i : i + 1])
+                    kept[i] = [*kept[i][-(settings.k - 1) :], x_db[0]]
+    assert rule.kept.tolist() == [len(k) for k in kept] and sum(map(len, kept)) >= 5
+    fallback = torch.stack(trace[-settings.k :]).mean(0)
+    expected = torch.stack(
+        [
+            (torch.stack(k) + settings.beta * (torch.stack(k) - x0[i])).mean(0) if k else fallback[i]
+            for i, k in enumerate(kept)
+        ]
+    ).clamp(0, 1)
+    assert torch.equal(rule.result(), expected)
+
+
+def test_observing_issues_no_host_sync(monkeypatch):
+    """A GPU fit loop never waits on the rule: no .item(), .tolist(), .cpu(), bool() or
+    nonzero() on a tensor while observing (diagnostics off)."""
+    torch.manual_seed(0)
+    classifier = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
+    x0 = torch.rand(3, 3, 8, 8)
+    rule = StitchRule(x0, classifier, StitchSettings(tau=0.0, t0=0, k=2))
+
+    def sync(*args, **kwargs):
+        raise AssertionError("host sync while observing")
+
+    trace = [torch.rand(3, 3, 8, 8) for _ in range(12)]
+    with monkeypatch.context() as patch:
+        for name in ("item", "tolist", "cpu", "__bool__", "nonzero"):
+            patch.setattr(torch.Tensor, name, sync)
+        for step, x in enumerate(trace):
+            rule(step, x, torch.zeros(3))
+    assert rule.crossings.sum().item() > 0
+    assert rule.result().shape == x0.shape
