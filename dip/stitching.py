@@ -75,7 +75,7 @@ class StitchRule:
         self.pair_labels = torch.zeros(b, settings.k, 2, dtype=torch.long, device=device)
         self.tail: list[torch.Tensor] = []
         self.crossings = torch.zeros(b, dtype=torch.long, device=device)
-        self._boundary: list[torch.Tensor | None] | None = None  # last on-boundary image, per image
+        self._boundary: list[torch.Tensor | None] | None = None  # per image, its on-boundary images (result())
         # Diagnostics (off unless asked for; they sync): victim confidences per sampled t, crossing t's.
         self.trace: list[tuple[int, torch.Tensor]] | None = None
         self.crossing_times: list[list[int]] = [[] for _ in range(b)]
@@ -142,9 +142,7 @@ class StitchRule:
                 for i in range(0, len(pairs), len(self.x0))
             ]
             x_db = torch.cat(found) if found else pairs[:, 0]
-            counts = kept.tolist()
-            starts = [sum(counts[:i]) for i in range(len(counts))]
-            self._boundary = [x_db[a : a + n] if n else None for a, n in zip(starts, counts, strict=True)]
+            self._boundary = [part if len(part) else None for part in x_db.split(kept.tolist())]
         return self._boundary
 
     def _on_boundary(self, x_a: torch.Tensor, x_b: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor) -> torch.Tensor:
