@@ -44,7 +44,7 @@ class DIPDefendRule:
         self.c0: torch.Tensor | None = None
         self.level = self.trend = self.best_level = None
         self.best = x0.clone()
-        self.best_t = torch.zeros(len(x0), dtype=torch.long)
+        self.best_t = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
 
     @torch.no_grad()
     def __call__(self, t: int, x: torch.Tensor, mse: torch.Tensor) -> None:
@@ -61,11 +61,12 @@ class DIPDefendRule:
             previous = self.level
             self.level = lam * c + (1 - lam) * (self.level + self.trend)
             self.trend = lam * (self.level - previous) + (1 - lam) * self.trend
+            # Selections by torch.where rather than a branch on rising.any(): the rule sees every
+            # iterate, and a host sync there would stall a GPU fit at every step.
             rising = self.level > self.best_level
-            if rising.any():
-                self.best_level = torch.where(rising, self.level, self.best_level)
-                self.best[rising] = x[rising]
-                self.best_t[rising.cpu()] = t
+            self.best_level = torch.where(rising, self.level, self.best_level)
+            self.best = torch.where(rising.view(-1, *[1] * (x.dim() - 1)), x, self.best)
+            self.best_t = torch.where(rising, t, self.best_t)
         self.count += 1
 
     def result(self) -> torch.Tensor:

@@ -38,6 +38,26 @@ def test_dipdefend_picks_the_peak_of_the_smoothed_psnr_curve(lam):
     assert torch.allclose(rule.result(), x0 + 10 ** (-curve[expected] / 20))
 
 
+def test_dipdefend_selects_per_image_without_a_host_sync(monkeypatch):
+    """Three images with their own curves, each peaking elsewhere; observing every iterate
+    never calls .item(), .tolist(), .cpu(), bool() or nonzero() (a GPU fit would wait on it)."""
+    x0 = torch.full((3, 3, 8, 8), 0.5)
+    peaks = (100, 250, 400)
+    curves = [[10 + 20 * min(t, p) / p - 15 * max(t - p, 0) / p for t in range(600)] for p in peaks]
+    rule = DIPDefendRule(x0, DIPDefendSettings(lam=0.05))
+
+    def sync(*args, **kwargs):
+        raise AssertionError("host sync while observing")
+
+    with monkeypatch.context() as patch:
+        for name in ("item", "tolist", "cpu", "__bool__", "nonzero"):
+            patch.setattr(torch.Tensor, name, sync)
+        for t in range(600):
+            delta = torch.tensor([10 ** (-c[t] / 20) for c in curves]).view(3, 1, 1, 1)
+            rule(t, x0 + delta, torch.zeros(3))
+    assert rule.best_t.tolist() == [_holt_reference(c, 0.05) for c in curves]
+
+
 def test_psnr_curve_takes_the_worst_tile_on_large_images():
     x0 = torch.zeros(1, 3, 64, 64)
     x = x0.clone()
