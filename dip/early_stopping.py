@@ -16,28 +16,40 @@ import torch
 from torch import nn
 
 
-class MSEEarlyStop:
+class _FreezingStop:
+    """Per image, the last iterate seen while it was live (``selected``) and how many iterations
+    that took; an image is frozen once the rule stops it."""
+
+    selected: torch.Tensor
+    iterations: torch.Tensor
+
+    def _keep_live(self, live: torch.Tensor, x: torch.Tensor, t: int) -> None:
+        # torch.where, not a boolean index: no host sync while the fit runs.
+        self.selected = torch.where(live.view(-1, *[1] * (x.dim() - 1)), x, self.selected)
+        self.iterations = torch.where(live, t + 1, self.iterations)
+
+    def result(self) -> torch.Tensor:
+        return self.selected
+
+
+class MSEEarlyStop(_FreezingStop):
     """Observer (observe every iterate). Arguments: threshold: MSE in [0, 1] units. Default: 0.00125."""
 
     def __init__(self, x0: torch.Tensor, threshold: float = 0.00125) -> None:
         self.threshold = threshold
         self.stopped = torch.zeros(len(x0), dtype=torch.bool, device=x0.device)
         self.selected = x0.clone()
-        self.iterations = torch.zeros(len(x0), dtype=torch.long)
+        self.iterations = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
 
     @torch.no_grad()
     def __call__(self, t: int, x: torch.Tensor, mse: torch.Tensor) -> torch.Tensor:
         live = ~self.stopped
-        self.selected[live] = x[live]
-        self.iterations[live.cpu()] = t + 1
+        self._keep_live(live, x, t)
         self.stopped |= mse < self.threshold
         return self.stopped
 
-    def result(self) -> torch.Tensor:
-        return self.selected
 
-
-class OracleTop5Stop:
+class OracleTop5Stop(_FreezingStop):
     """Observer (observe every ``check_every``-th iterate). Arguments: labels (true classes),
     adversarial_labels (the victim's prediction on the input), classifier."""
 
@@ -48,7 +60,7 @@ class OracleTop5Stop:
         self.stopped = torch.zeros(len(x0), dtype=torch.bool, device=x0.device)
         self.ever_correct = torch.zeros_like(self.stopped)
         self.selected = x0.clone()
-        self.iterations = torch.zeros(len(x0), dtype=torch.long)
+        self.iterations = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
 
     @torch.no_grad()
     def __call__(self, t: int, x: torch.Tensor, mse: torch.Tensor) -> torch.Tensor:
@@ -57,13 +69,9 @@ class OracleTop5Stop:
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         true_in, adv_in = (top5 == self.labels[:, None]).any(1), (top5 == self.adv[:, None]).any(1)
         self.ever_correct |= live & (logits.argmax(1) == self.labels)
-        self.selected[live] = x[live]
-        self.iterations[live.cpu()] = t + 1
+        self._keep_live(live, x, t)
         self.stopped |= true_in & ~adv_in
         return self.stopped
-
-    def result(self) -> torch.Tensor:
-        return self.selected
 
     def error_types(self, final_correct: torch.Tensor) -> list[str]:
         """Per image: "correct", or for a wrong final answer "overfit" (the true label was

@@ -1,11 +1,13 @@
-"""Fixtures that write small data sets in the real on-disk formats."""
+"""Fixtures that write small data sets in the real on-disk formats, and a host-sync guard."""
 
+import contextlib
 import gzip
 import os
 import pickle
 import struct
 import sys
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +115,21 @@ def idx_dir(tmp_path) -> Path:
         write_idx(d / f"{prefix}-images-idx3-ubyte.gz", random_images(n, (28, 28), seed=n), compress=True)
         write_idx(d / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10, compress=True)
     return d
+
+
+@pytest.fixture
+def no_host_sync(monkeypatch: pytest.MonkeyPatch):
+    """``with no_host_sync():`` fails on every tensor method that waits for the device (what a
+    DIP rule observing a GPU fit must avoid): .item(), .tolist(), .cpu(), bool(), nonzero()."""
+
+    def sync(*args, **kwargs):
+        raise AssertionError("host sync while observing")
+
+    @contextlib.contextmanager
+    def guard() -> Iterator[None]:
+        with monkeypatch.context() as patch:
+            for name in ("item", "tolist", "cpu", "__bool__", "nonzero"):
+                patch.setattr(torch.Tensor, name, sync)
+            yield
+
+    return guard

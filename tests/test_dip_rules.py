@@ -38,20 +38,14 @@ def test_dipdefend_picks_the_peak_of_the_smoothed_psnr_curve(lam):
     assert torch.allclose(rule.result(), x0 + 10 ** (-curve[expected] / 20))
 
 
-def test_dipdefend_selects_per_image_without_a_host_sync(monkeypatch):
+def test_dipdefend_selects_per_image_without_a_host_sync(no_host_sync):
     """Three images with their own curves, each peaking elsewhere; observing every iterate
     never calls .item(), .tolist(), .cpu(), bool() or nonzero() (a GPU fit would wait on it)."""
     x0 = torch.full((3, 3, 8, 8), 0.5)
     peaks = (100, 250, 400)
     curves = [[10 + 20 * min(t, p) / p - 15 * max(t - p, 0) / p for t in range(600)] for p in peaks]
     rule = DIPDefendRule(x0, DIPDefendSettings(lam=0.05))
-
-    def sync(*args, **kwargs):
-        raise AssertionError("host sync while observing")
-
-    with monkeypatch.context() as patch:
-        for name in ("item", "tolist", "cpu", "__bool__", "nonzero"):
-            patch.setattr(torch.Tensor, name, sync)
+    with no_host_sync():
         for t in range(600):
             delta = torch.tensor([10 ** (-c[t] / 20) for c in curves]).view(3, 1, 1, 1)
             rule(t, x0 + delta, torch.zeros(3))
@@ -66,12 +60,13 @@ def test_psnr_curve_takes_the_worst_tile_on_large_images():
     assert abs(psnr_curve_value(x, x0, patch=64).item() - 26.0206) < 1e-3
 
 
-def test_mse_early_stop_freezes_each_image_at_its_first_iterate_under_threshold():
+def test_mse_early_stop_freezes_each_image_at_its_first_iterate_under_threshold(no_host_sync):
     x0 = torch.zeros(2, 1, 4, 4)
     rule = MSEEarlyStop(x0, threshold=0.002)
     streams = [[0.01, 0.005, 0.001, 0.0005], [0.01, 0.009, 0.008, 0.0001]]
-    for t in range(4):
-        done = rule(t, torch.full((2, 1, 4, 4), float(t)), torch.tensor([streams[0][t], streams[1][t]]))
+    with no_host_sync():
+        for t in range(4):
+            done = rule(t, torch.full((2, 1, 4, 4), float(t)), torch.tensor([streams[0][t], streams[1][t]]))
     assert done.all() and rule.iterations.tolist() == [3, 4]
     assert rule.result()[0].unique().item() == 2.0 and rule.result()[1].unique().item() == 3.0
 
@@ -84,14 +79,15 @@ class NearestClass(nn.Module):
         return -(torch.arange(10.0) - 10 * v).abs()
 
 
-def test_oracle_top5_stop_and_the_overfit_underfit_split():
+def test_oracle_top5_stop_and_the_overfit_underfit_split(no_host_sync):
     x0 = torch.zeros(2, 1, 4, 4)
     rule = OracleTop5Stop(x0, NearestClass(), labels=torch.tensor([2, 2]), adversarial_labels=torch.tensor([8, 8]))
     # Image 0 passes through v = 0.2 (true label top-1 and top-5, adversarial label out): stops.
     # Image 1 stays near 0.8 (adversarial label in the top 5) and never stops.
-    for t, (a, b) in enumerate([(0.8, 0.8), (0.5, 0.75), (0.2, 0.8), (0.8, 0.8)]):
-        x = torch.stack([torch.full((1, 4, 4), a), torch.full((1, 4, 4), b)])
-        rule(50 * t, x, torch.zeros(2))
+    with no_host_sync():
+        for t, (a, b) in enumerate([(0.8, 0.8), (0.5, 0.75), (0.2, 0.8), (0.8, 0.8)]):
+            x = torch.stack([torch.full((1, 4, 4), a), torch.full((1, 4, 4), b)])
+            rule(50 * t, x, torch.zeros(2))
     assert rule.stopped.tolist() == [True, False] and rule.iterations.tolist() == [101, 151]
     assert rule.error_types(torch.tensor([False, False])) == ["overfit", "underfit"]
     assert rule.error_types(torch.tensor([True, False])) == ["correct", "underfit"]
