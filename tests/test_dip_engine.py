@@ -223,3 +223,24 @@ def test_replaying_a_recorded_trace_gives_the_live_rule_result():
     replay_trace(recorded, replayed, images, observe_every=4, observe_tail=3)
     assert torch.equal(live.result(), replayed.result())
     assert torch.equal(live.crossings, replayed.crossings) and live.crossings.sum() > 0
+
+
+def test_a_later_stop_check_changes_the_cost_not_the_result():
+    from dip.early_stopping import MSEEarlyStop
+
+    ramp = torch.linspace(0.2, 0.8, 32).view(1, 1, 1, 32).expand(2, 3, 32, 32).contiguous()
+    images = torch.stack([ramp[0], 1 - ramp[1]])
+    settings = DIPSettings(network=SMALL_EVEN.network, iterations=300, observe_every=1)
+    runs = {}
+    for every in (1, 7):
+        rule, calls = MSEEarlyStop(images, threshold=0.001), []
+
+        def counted(t, x, mse, rule=rule, calls=calls):
+            calls.append(t)
+            return rule(t, x, mse)
+
+        fit_dip(images, [1, 2], settings, counted, stop_check_every=every)
+        runs[every] = (rule.result(), rule.iterations, len(calls))
+    assert runs[1][2] < 300 and runs[1][1][0] != runs[1][1][1]  # both stopped early, at different iterations
+    assert torch.equal(runs[1][0], runs[7][0]) and torch.equal(runs[1][1], runs[7][1])
+    assert runs[1][2] <= runs[7][2] < runs[1][2] + 7 and runs[7][2] % 7 == 0
