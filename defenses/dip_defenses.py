@@ -58,17 +58,13 @@ DIP_NETWORKS: dict[str, dict[str, Any]] = {
         "channels_skip": [4] * 5,
         "activation": "Swish",
     },
-    # The same with 4 scales, for 32x32 images: five halvings leave CIFAR-10 at 1x1, where
-    # BatchNorm cannot normalise (paper 001 works at 224 px).
-    "deep_protection_cifar": {
-        "input_channels": 32,
-        "channels_down": [128] * 4,
-        "channels_up": [128] * 4,
-        "channels_skip": [4] * 4,
-        "activation": "Swish",
-    },
 }
 DIP_NETWORKS["medium"] = DIP_NETWORKS["cifar"]  # the middle of small/medium/large is paper 002's CIFAR net
+# Paper 001's network with 4 scales, for 32x32 images: five halvings leave CIFAR-10 at 1x1,
+# where BatchNorm cannot normalise (paper 001 works at 224 px).
+DIP_NETWORKS["deep_protection_cifar"] = {
+    key: value[:4] if isinstance(value, list) else value for key, value in DIP_NETWORKS["deep_protection"].items()
+}
 
 
 class DIPPurifier(Purifier):
