@@ -44,8 +44,9 @@ class SamePadConv(nn.Module):
     reflected or zero. Grouped over ``groups`` independent networks."""
 
     # On the native CPU path (exact_cpu), run grouped convolutions as batched matrix products
-    # (grouped_pointwise_conv, GroupedIm2colConv): same numbers, fewer small calls. False
-    # restores PyTorch's own per-group loop (benchmarks compare the two).
+    # (grouped_pointwise_conv, GroupedIm2colConv): fewer small calls, and used for a layer shape
+    # only where batched_matches_native shows the same numbers. False restores PyTorch's own
+    # per-group loop everywhere (benchmarks compare the two).
     batched_gemm = True
 
     def __init__(
@@ -69,7 +70,9 @@ class SamePadConv(nn.Module):
             self.batched_gemm and self.conv.groups > 1 and x.device.type == "cpu" and not torch.backends.mkldnn.enabled
         )
         if batched and self.kernel == 1 and self.stride == 1:
-            return grouped_pointwise_conv(x, self.conv.weight, self.conv.bias, self.conv.groups)
+            if batched_matches_native(self.conv, tuple(x.shape)):
+                return grouped_pointwise_conv(x, self.conv.weight, self.conv.bias, self.conv.groups)
+            return self.conv(x)
         total_h = max((-(-x.shape[-2] // self.stride) - 1) * self.stride + self.kernel - x.shape[-2], 0)
         total_w = max((-(-x.shape[-1] // self.stride) - 1) * self.stride + self.kernel - x.shape[-1], 0)
         if total_h or total_w:
@@ -77,9 +80,52 @@ class SamePadConv(nn.Module):
             # Reflection needs pad < size; deep scales of a small image fall back to replication.
             mode = "replicate" if self.mode == "reflect" and max(pads) >= min(x.shape[-2:]) else self.mode
             x = F.pad(x, pads, mode=mode)
-        if batched:
+        if batched and batched_matches_native(self.conv, tuple(x.shape)):
             return GroupedIm2colConv.apply(x, self.conv.weight, self.conv.bias, self.conv.groups, self.stride)
         return self.conv(x)
+
+
+_probed: dict[tuple, bool] = {}
+
+
+def batched_matches_native(conv: nn.Conv2d, input_shape: tuple[int, ...]) -> bool:
+    """Whether the batched-GEMM convolution computes what ``conv`` (PyTorch's native CPU path)
+    computes for inputs of ``input_shape``, bit for bit: output and the gradients of input,
+    weight and bias.
+
+    Which BLAS kernel a GEMM takes, and so how it rounds, depends on its shape and on the
+    machine: on the machine of benchmarks/RESULTS.md, layers with one input channel per group
+    (DIPDefend's first layer, whose input gradient moves z) or with fewer than 4 output
+    channels rounded differently from the native loop, by about 1e-6, which a chaotic DIP fit
+    turns into a different reconstruction. So each shape is tried once per process on seeded
+    random data (rounding follows the kernel's order of operations, not the values), and
+    the native convolution runs wherever the two differ."""
+    weight = conv.weight
+    key = (tuple(input_shape), tuple(weight.shape), conv.groups, conv.stride, conv.bias is not None)
+    key += (weight.dtype, torch.get_num_threads())
+    if key not in _probed:
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(input_shape, generator=generator, dtype=weight.dtype)
+        params = [torch.randn(weight.shape, generator=generator, dtype=weight.dtype)]
+        if conv.bias is not None:
+            params.append(torch.randn(conv.bias.shape, generator=generator, dtype=weight.dtype))
+        bias = params[1] if conv.bias is not None else None
+        stride, groups = conv.stride[0], conv.groups
+        results = []
+        with torch.enable_grad(), torch.backends.mkldnn.flags(enabled=False):
+            for batched in (False, True):
+                inputs = [t.clone().requires_grad_(True) for t in (x, *params)]
+                w, b = inputs[1], inputs[2] if bias is not None else None
+                if not batched:
+                    out = F.conv2d(inputs[0], w, b, stride, groups=groups)
+                elif w.shape[-1] == 1 and stride == 1:
+                    out = grouped_pointwise_conv(inputs[0], w, b, groups)
+                else:
+                    out = GroupedIm2colConv.apply(inputs[0], w, b, groups, stride)
+                grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+                results.append((out, *torch.autograd.grad(out, inputs, grad_out)))
+        _probed[key] = all(torch.equal(a, b) for a, b in zip(*results, strict=True))
+    return _probed[key]
 
 
 def grouped_pointwise_conv(

@@ -87,6 +87,13 @@ def test_flat_buffer_adam_matches_adam_over_each_parameter_bit_for_bit(optimize_
         (16, 16, 2, 1, "zero", False, 3, 16),  # App. B's even kernels
         (48, 48, 4, 2, "reflection", True, 2, 8),
         (32, 32, 3, 1, "reflection", True, 5, 4),  # replication fallback at a deep scale
+        # Shapes whose batched GEMMs rounded differently from the native loop here (one input
+        # channel per group: DIPDefend's first layer; under 4 output channels): the probe
+        # keeps them on the native path.
+        (1, 4, 3, 2, "reflection", True, 8, 32),
+        (1, 16, 3, 1, "reflection", True, 8, 34),
+        (3, 1, 5, 1, "reflection", True, 8, 33),
+        (1, 3, 3, 2, "zero", True, 8, 36),
     ],
 )
 def test_batched_gemm_convolution_equals_native_grouped_convolution_bit_for_bit(
@@ -108,6 +115,24 @@ def test_batched_gemm_convolution_equals_native_grouped_convolution_bit_for_bit(
     assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
 
 
+def test_a_batched_convolution_that_rounds_differently_is_not_used(monkeypatch):
+    import dip.skip_net as skip_net
+
+    layer = skip_net.SamePadConv(8, 8, 3, 1, "reflection", True, 4)
+    x = torch.randn(1, 32, 16, 16)
+    with torch.backends.mkldnn.flags(enabled=False):
+        native = layer.conv(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"))
+        monkeypatch.setattr(skip_net, "_probed", {})
+        off_by_one_ulp = skip_net.GroupedIm2colConv.forward
+        monkeypatch.setattr(
+            skip_net.GroupedIm2colConv,
+            "forward",
+            staticmethod(lambda ctx, *args: torch.nextafter(off_by_one_ulp(ctx, *args), torch.tensor(1e9))),
+        )
+        assert torch.equal(layer(x), native)
+    assert list(skip_net._probed.values()) == [False]
+
+
 def test_fit_with_batched_gemm_convolutions_equals_the_native_fit_bit_for_bit(monkeypatch):
     from dip.skip_net import SamePadConv
 
@@ -115,6 +140,18 @@ def test_fit_with_batched_gemm_convolutions_equals_the_native_fit_bit_for_bit(mo
     batched = fit_dip(images, [1, 2, 3], CIFAR)
     monkeypatch.setattr(SamePadConv, "batched_gemm", False)
     assert torch.equal(batched, fit_dip(images, [1, 2, 3], CIFAR))
+
+
+def test_dipdefend_fit_with_batched_gemm_convolutions_equals_the_native_fit_bit_for_bit(monkeypatch):
+    # DIPDefend optimises z, so its first layer's input gradient (one channel per group) counts.
+    from defenses.dip_defenses import DIP_NETWORKS
+    from dip.skip_net import SamePadConv
+
+    settings = DIPSettings(network=DIP_NETWORKS["dipdefend_cifar"], iterations=30, optimize_input=True)
+    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    batched = fit_dip(images, list(range(8)), settings)
+    monkeypatch.setattr(SamePadConv, "batched_gemm", False)
+    assert torch.equal(batched, fit_dip(images, list(range(8)), settings))
 
 
 def test_an_image_too_small_for_the_network_depth_is_refused_with_the_fix():
