@@ -11,6 +11,7 @@ import contextlib
 import copy
 import errno
 import importlib
+import inspect
 import json
 import os
 import signal
@@ -260,6 +261,13 @@ def load_options(argv: list[str]) -> dict[str, Any]:
     return options
 
 
+def _downloads(cls: type) -> bool:
+    try:
+        return "download" in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def build_datamodule(spec: dict[str, Any]):
     class_path = spec.get("class_path", "")
     module_name, _, class_name = class_path.rpartition(".")
@@ -267,8 +275,17 @@ def build_datamodule(spec: dict[str, Any]):
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError, ValueError):
         raise UserError(f"data.class_path {class_path!r} is not an importable data module class") from None
+    init_args = spec.get("init_args", {})
+    if init_args.get("download") and "download" not in inspect.signature(cls).parameters:
+        import datamodules
+
+        can = sorted(n for n, c in vars(datamodules).items() if isinstance(c, type) and _downloads(c))
+        raise UserError(
+            f"--download: {class_name} cannot download its data set; put it where data.init_args.data_dir "
+            f"points. Data modules that download: {', '.join(can)}"
+        )
     try:
-        return cls(**spec.get("init_args", {}))
+        return cls(**init_args)
     except TypeError as err:
         raise UserError(f"data.init_args for {class_path}: {err}") from None
 

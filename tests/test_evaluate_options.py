@@ -226,6 +226,14 @@ def test_download_reaches_the_data_sets_fetch_with_the_data_dir(tiny_victim, cif
     assert calls == [(empty, True)] and rows[0]["n"] == 3
 
 
+def test_download_of_a_data_set_that_cannot_be_downloaded_is_one_clear_error(tiny_victim, tmp_path):
+    args = ["--victim", str(tiny_victim), "--out", str(tmp_path / "o"), "--attacks", "clean", "--download"]
+    args += ["--data.class_path", "datamodules.ImageNetValDataModule"]
+    with pytest.raises(UserError, match=r"ImageNetValDataModule cannot download.*that download: CIFAR10DataModule"):
+        evaluate.main(args)
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_damaged_decoded_image_cache_is_rebuilt_with_a_warning(cifar_folder_dir):
     first = CIFAR10DataModule(data_dir=str(cifar_folder_dir)).load_split(train=False)
     cached = list((Path(os.environ["DIPDEF_CACHE"]) / "tensors").glob("test-*.pt"))
