@@ -235,22 +235,24 @@ def figures(archive: Path, report: Path) -> None:
 
     runs = load_runs(archive)
     report.mkdir(parents=True, exist_ok=True)
-    # Fig. 4: bpda_pgd curves by eps, one line per defense (the largest sample per defense and eps)
+    # Fig. 4: bpda_pgd curves by eps, one line per defense (the largest sample per defense and eps);
+    # EOT-PGD (the gradient averaged over defense draws) as a line of its own, dashed
     curves: dict[float, dict[str, dict]] = defaultdict(dict)
     budgets: dict[str, dict[str, dict]] = defaultdict(dict)
     for result in runs.values():
         for row in result["rows"]:
-            if row["attack"] == "bpda_pgd" and row.get("any_iterate_curve") and row["eps"] < 1:
-                best = curves[row["eps"]].get(result["defense"])
+            if row["attack"] in ("bpda_pgd", "eot_pgd") and row.get("any_iterate_curve") and row["eps"] < 1:
+                line = result["defense"] + (", EOT" if row["attack"] == "eot_pgd" else "")
+                best = curves[row["eps"]].get(line)
                 if best is None or row["n"] > best["n"]:
-                    curves[row["eps"]][result["defense"]] = row
+                    curves[row["eps"]][line] = row
             if row.get("budget_curve") and row.get("threat_model") == "adaptive":
                 budgets[row["variant"]][result["defense"]] = row
     md = ["# Defense-aware evaluation: paper 002 Fig. 4 and Fig. 5 shapes\n", PAPER_NOTE + "\n"]
     if curves:
         eps_values = sorted(curves)
         fig, axes = plt.subplots(1, len(eps_values), figsize=(4.2 * len(eps_values), 3.6), squeeze=False)
-        md.append("## BPDA-PGD: accuracy after iteration k (any iterate that fools counts)\n")
+        md.append("## BPDA-PGD and EOT-PGD: accuracy after iteration k (any iterate that fools counts)\n")
         for ax, eps in zip(axes[0], eps_values, strict=True):
             width = max(len(r["any_iterate_curve"]) for r in curves[eps].values())
             md.append(f"L-inf {eps * 255:.4g}/255:\n")
@@ -258,12 +260,13 @@ def figures(archive: Path, report: Path) -> None:
             md.append("|" + " --- |" * (3 + width))
             for defense, row in sorted(curves[eps].items()):
                 curve = [100 * a for a in row["any_iterate_curve"]]
-                ax.plot(range(len(curve)), curve, marker="o", ms=3, label=f"{defense} (n={row['n']})")
+                style = "--" if row["attack"] == "eot_pgd" else "-"
+                ax.plot(range(len(curve)), curve, style, marker="o", ms=3, label=f"{defense} (n={row['n']})")
                 md.append(
                     f"| {defense} | {row['gradient']} | {row['n']} | " + " | ".join(f"{a:.1f}" for a in curve) + " |"
                 )
             md.append("")
-            ax.set_title(f"BPDA-PGD, L-inf {eps * 255:.4g}/255")
+            ax.set_title(f"BPDA-PGD (EOT dashed), L-inf {eps * 255:.4g}/255")
             ax.set_xlabel("iteration")
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.set_ylabel("accuracy (%)")
