@@ -80,3 +80,29 @@ def test_study_resumes_from_the_archive_and_draws_from_it(tiny_victim, cifar_bat
 def test_only_refuses_runs_the_plan_does_not_have():
     with pytest.raises(SystemExit, match="no run"):
         adaptive_eval.run_plan("cpu", Path("unused"), Path("unused"), ["nonesuch"], [])
+
+
+def test_per_image_dip_defenses_run_in_small_chunks_so_a_killed_session_keeps_its_work():
+    assert adaptive_eval.chunk_size("none", 100) == 100
+    assert adaptive_eval.chunk_size("dip_stitch", 32) == 8
+    assert adaptive_eval.chunk_size("glow_gate+dip_stitch", 32) == 8
+    assert adaptive_eval.chunk_size("deep_protection(network=deep_protection_cifar)", 4) == 2
+    assert adaptive_eval.chunk_size("dipdefend", 5) == 5
+
+
+def test_eot_runs_get_a_line_of_their_own_in_fig4(tmp_path):
+    row = {
+        "eps": 8 / 255,
+        "n": 4,
+        "gradient": "bpda-identity",
+        "any_iterate_curve": [1.0, 0.5],
+        "iterate_curve": [1, 1],
+    }
+    row |= {"accuracy": 0.5, "accuracy_ci95_low": 0.1, "accuracy_ci95_high": 0.9}
+    for name, attack in (("bpda", "bpda_pgd"), ("eot", "eot_pgd")):
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        (run / "results.json").write_text(json.dumps({"defense": "dip_stitch", "rows": [{**row, "attack": attack}]}))
+    adaptive_eval.figures(tmp_path / "runs", tmp_path)
+    text = (tmp_path / "README.md").read_text()
+    assert "| dip_stitch | bpda-identity | 4 |" in text and "| dip_stitch, EOT | bpda-identity | 4 |" in text
