@@ -50,6 +50,9 @@ DEFAULTS: dict[str, Any] = {
     "num_examples": 8,
     "save_traces": 0,
     "download": False,  # let the data module fetch its data set when it is missing
+    # Write results from the records already in --out and stop: interim figures of a long or
+    # killed run, over the images every attack has finished.
+    "report_only": False,
 }
 
 
@@ -110,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="let the data module download its data set when it is missing (needs internet)",
+    )
+    _flag(
+        p,
+        "report_only",
+        action="store_true",
+        default=None,
+        help="write results/plots from the records already in --out (the same command's run) and stop, over the "
+        "images every attack has finished: interim figures of a long or killed run",
     )
     p.epilog = (
         "Mappings are set one entry at a time, keeping the other defaults: --attack_params.pgd.steps 10, "
@@ -195,7 +206,8 @@ def check_option_types(o: dict[str, Any]) -> None:
         require(key, is_int(o[key], least), f"an integer >= {least}")
     for key, least in (("num_samples", 0), ("num_nodes", 1)):
         require(key, o[key] is None or is_int(o[key], least), f"an integer >= {least}, or null for the default")
-    require("download", isinstance(o["download"], bool), "true or false")
+    for key in ("download", "report_only"):
+        require(key, isinstance(o[key], bool), "true or false")
     attacks = o["attacks"]
     require(
         "attacks",
@@ -473,6 +485,15 @@ def write_report(o: dict[str, Any], plan: SimpleNamespace) -> list[dict[str, Any
     records = [
         r for r in unique_records(read_run_records(out)).values() if r["index"] in wanted and r["attack"] in run_ids
     ]
+    # Only images every attack has finished, so that every row and the worst case cover the same
+    # images (all of them once a run ends; a --report_only of a killed run, the finished ones).
+    done_by: dict[int, set[str]] = {}
+    for r in records:
+        done_by.setdefault(r["index"], set()).add(r["attack"])
+    complete = {i for i, attacks in done_by.items() if attacks == run_ids}
+    if not complete:
+        raise UserError(f"{out} holds no image that every attack has finished yet; nothing to report")
+    records = [r for r in records if r["index"] in complete]
     rows = report.build_rows(records, runs, plan.num_classes)
     header = {
         "defense": o["defense"],
@@ -480,6 +501,7 @@ def write_report(o: dict[str, Any], plan: SimpleNamespace) -> list[dict[str, Any
         "victim_sha256": plan.victim_hash,
         "dataset": plan.dataset_name,
         "num_samples": len(plan.indices),
+        **({"complete_images": len(complete)} if len(complete) < len(plan.indices) else {}),
         "seed": o["seed"],
         "command": plan.manifest["command"],
         **(
@@ -497,11 +519,13 @@ def write_report(o: dict[str, Any], plan: SimpleNamespace) -> list[dict[str, Any
     report.plot_budget_curves(out, rows, title)
     classes = getattr(plan.dataset, "classes", None)
     report.plot_examples(out, out / "examples", [r.id for r in runs], classes)
-    cache = plan.cache
+    cache = getattr(plan, "cache", None)  # absent with --report_only
     print(
-        f"\n{plan.dataset_name} / {plan.victim_path.name} / defense {o['defense']} ({len(plan.indices)} images, "
-        f"cache {cache.hits} hits, {cache.misses} misses)"
+        f"\n{plan.dataset_name} / {plan.victim_path.name} / defense {o['defense']} ({len(plan.indices)} images"
+        + (f", cache {cache.hits} hits, {cache.misses} misses)" if cache else ")")
     )
+    if len(complete) < len(plan.indices):
+        print(f"partial: {len(complete)} of {len(plan.indices)} images have a record of every attack")
     print(report.summary_table(rows))
     for r in worst_case:
         print(
@@ -526,6 +550,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         return []
     plan = build(o, argv)
     out = plan.out
+    if o["report_only"] and not (out / "run.json").is_file():
+        raise UserError(f"--report_only: {out} holds no run yet; run the same command without it first")
     lock = OutputLock(out) if rank_zero_only.rank == 0 else contextlib.nullcontext()
     previous = signal.signal(signal.SIGTERM, _raise_terminated)  # Lightning's own handler calls this one too
     try:
@@ -533,6 +559,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             if rank_zero_only.rank == 0:
                 out.mkdir(parents=True, exist_ok=True)
             with lock:
+                if o["report_only"]:
+                    return write_report(o, plan)
                 run(o, plan)
                 if not plan.trainer.is_global_zero:
                     return []

@@ -315,3 +315,27 @@ def test_defense_parameters_of_the_wrong_type_or_sign_are_refused(params, messag
     with pytest.raises(UserError, match=message):
         build_defense("dip_stitch", **params)
     assert build_defense("dip_stitch", t0=0, seed=0).params()["t0"] == 0  # 0 is a meaningful t0
+
+
+def test_report_only_writes_interim_results_over_the_images_every_attack_finished(
+    tiny_victim, cifar_batches_dir, tmp_path
+):
+    out = tmp_path / "run"
+    args = _args(tiny_victim, cifar_batches_dir, out, "--attacks", "clean,fgsm", "--num-samples", "8")
+    with pytest.raises(UserError, match=r"--report_only: .*run holds no run yet"):
+        evaluate.main([*args, "--report-only"])
+    assert not out.exists()
+    evaluate.main(args)
+    records = read_records(out / "samples.jsonl")
+    first = list(dict.fromkeys(r["index"] for r in records))[:4]
+    straggler = next(r for r in records if r["index"] not in first and r["attack"] == "clean")
+    kept = [r for r in records if r["index"] in first] + [straggler]  # a killed run: one image half done
+    (out / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    (out / "results.json").unlink()
+    rows = evaluate.main([*args, "--report-only"])
+    result = json.loads((out / "results.json").read_text())
+    assert result["num_samples"] == 8 and result["complete_images"] == 4
+    assert [r["n"] for r in rows] == [4, 4]
+    right = sum(r["pred"] == r["label"] for r in kept if r["attack"] == "clean" and r["index"] in first)
+    assert rows[0]["accuracy"] == pytest.approx(right / 4)
+    assert len(read_records(out / "samples.jsonl")) == 9  # nothing attacked, nothing dropped
