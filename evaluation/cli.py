@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="write results/plots from the records already in --out (the same command's run) and stop, over the "
-        "images every attack has finished: interim figures of a long or killed run",
+        "images every attack has finished: interim figures of a stopped or killed run",
     )
     p.epilog = (
         "Mappings are set one entry at a time, keeping the other defaults: --attack_params.pgd.steps 10, "
