@@ -21,6 +21,7 @@ keep every run measured so far.
 import argparse
 import gzip
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -163,8 +164,28 @@ def restore_run(archive_dir: Path, run_dir: Path) -> bool:
     return True
 
 
+def report_stopped_run(run_dir: Path) -> None:
+    """A run stopped mid-way has records newer than its results (or none): have evaluate.py
+    report it over the images every attack has finished (``--report_only``), so its figures
+    count in the tables now rather than when the whole run ends, sessions later."""
+    samples, results = run_dir / "samples.jsonl", run_dir / "results.json"
+    if not (run_dir / "run.json").is_file() or not samples.is_file():
+        return
+    if results.is_file() and results.stat().st_mtime >= samples.stat().st_mtime:
+        return
+    command = shlex.split(json.loads((run_dir / "run.json").read_text())["command"])
+    if command[:2] != ["python", "evaluate.py"]:
+        return
+    arguments = command[2:]
+    if "--out" in arguments:  # the folder it is in now (a restored archive, another checkout)
+        del arguments[arguments.index("--out") : arguments.index("--out") + 2]
+    print(f"{run_dir.name}: stopped mid-way; reporting its finished images", flush=True)
+    subprocess.run([sys.executable, "evaluate.py", *arguments, "--out", str(run_dir), "--report-only"], cwd=REPO)
+
+
 def archive_all(runs_dir: Path, archive: Path) -> None:
     for run_dir in sorted(p for p in runs_dir.glob("*") if p.is_dir()):
+        report_stopped_run(run_dir)
         archive_run(run_dir, archive / run_dir.name)
 
 
@@ -213,6 +234,8 @@ def run_plan(plan: str, runs_dir: Path, archive: Path, only: list[str] | None, e
         cmd += [*(arguments[0] if arguments else ()), *extra]
         print("$", " ".join(cmd), flush=True)
         done = subprocess.run(cmd, cwd=REPO)
+        if done.returncode:
+            report_stopped_run(out)
         archive_run(out, archive / name)
         if done.returncode:
             print(f"{name}: evaluate.py exited {done.returncode}; going on with the next run", flush=True)
@@ -314,7 +337,10 @@ def figures(archive: Path, report: Path) -> None:
         "| with rejection |"
     )
     md.append("|" + " --- |" * 11)
-    for name, result in runs.items():
+    for run_name, result in runs.items():
+        # a run stopped mid-way (reported with --report_only) says how far it got
+        done = result.get("complete_images")
+        name = run_name if done is None else f"{run_name} (stopped: {done} of {result['num_samples']} images)"
         for row in result["rows"]:
             eps = "-" if row["eps"] is None else f"{row['eps'] * 255:.4g}"
             attack = f"{row['attack']}({row['variant']})" if row.get("variant") else row["attack"]

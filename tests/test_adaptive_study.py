@@ -106,3 +106,30 @@ def test_eot_runs_get_a_line_of_their_own_in_fig4(tmp_path):
     adaptive_eval.figures(tmp_path / "runs", tmp_path)
     text = (tmp_path / "README.md").read_text()
     assert "| dip_stitch | bpda-identity | 4 |" in text and "| dip_stitch, EOT | bpda-identity | 4 |" in text
+
+
+def test_a_stopped_run_is_reported_over_its_finished_images(tiny_victim, cifar_batches_dir, tmp_path, monkeypatch):
+    import evaluate
+
+    runs, archive = tmp_path / "runs", tmp_path / "report" / "runs"
+    out = runs / "partial"
+    args = ["--victim", str(tiny_victim), "--data-dir", str(cifar_batches_dir), "--attacks", "clean,fgsm"]
+    args += ["--num-samples", "8", "--batch-size", "4", "--out", str(out)]
+    evaluate.main(args)
+    records = read_records(out / "samples.jsonl")
+    first = list(dict.fromkeys(r["index"] for r in records))[:4]
+    (out / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records if r["index"] in first))
+    (out / "results.json").unlink()  # killed after its first chunk
+    manifest = json.loads((out / "run.json").read_text())
+    manifest["command"] = manifest["command"].replace(str(out), "/elsewhere/partial")  # made in another checkout
+    (out / "run.json").write_text(json.dumps(manifest))
+    calls = []
+    monkeypatch.setattr(adaptive_eval.subprocess, "run", lambda cmd, cwd: calls.append(cmd) or evaluate.main(cmd[2:]))
+    adaptive_eval.archive_all(runs, archive)
+    assert calls and calls[0][-3:] == ["--out", str(out), "--report-only"]
+    result = json.loads((archive / "partial" / "results.json").read_text())
+    assert result["complete_images"] == 4 and all(r["n"] == 4 for r in result["rows"])
+    adaptive_eval.figures(archive, tmp_path / "report")
+    assert "| partial (stopped: 4 of 8 images) |" in (tmp_path / "report" / "README.md").read_text()
+    adaptive_eval.archive_all(runs, archive)  # its results are now newer than its records: not reported again
+    assert len(calls) == 1
