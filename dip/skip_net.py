@@ -106,16 +106,15 @@ def batched_matches_native(conv: nn.Conv2d, input_shape: tuple[int, ...]) -> boo
     if key not in _probed:
         generator = torch.Generator().manual_seed(0)
         x = torch.randn(input_shape, generator=generator, dtype=weight.dtype)
-        params = [torch.randn(weight.shape, generator=generator, dtype=weight.dtype)]
-        if conv.bias is not None:
-            params.append(torch.randn(conv.bias.shape, generator=generator, dtype=weight.dtype))
-        bias = params[1] if conv.bias is not None else None
+        params = [
+            torch.randn(p.shape, generator=generator, dtype=weight.dtype) for p in (weight, conv.bias) if p is not None
+        ]
         stride, groups = conv.stride[0], conv.groups
         results = []
         with torch.enable_grad(), torch.backends.mkldnn.flags(enabled=False):
             for batched in (False, True):
                 inputs = [t.clone().requires_grad_(True) for t in (x, *params)]
-                w, b = inputs[1], inputs[2] if bias is not None else None
+                w, b = inputs[1], inputs[2] if len(inputs) == 3 else None
                 if not batched:
                     out = F.conv2d(inputs[0], w, b, stride, groups=groups)
                 elif w.shape[-1] == 1 and stride == 1:
