@@ -95,6 +95,9 @@ PLANS: dict[str, list[tuple]] = {
         ("dip_stitch_eot", "dip_stitch", "clean,eot_pgd", "8", 16),
         ("dip_stitch_eps24", "dip_stitch", "clean,bpda_pgd", "2,4", 32),
         ("dipdefend_eps24", "dipdefend", "clean,bpda_pgd", "2,4", 32),
+        # BPDA at 2 and 4 broke dip_stitch at the first iterate and never after (its last iterate rose
+        # above clean): the noise baseline at those budgets says how much of that is luck.
+        ("dip_stitch_noise24", "dip_stitch", "clean,random_noise", "2,4", 32),
         ("dip_stitch_hsj200", "dip_stitch", "clean,hopskipjump(queries=200,constraint=linf,threat=adaptive)", "8", 5),
         ("dipdefend_hsj200", "dipdefend", "clean,hopskipjump(queries=200,constraint=linf,threat=adaptive)", "8", 5),
     ],
