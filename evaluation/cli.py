@@ -288,7 +288,7 @@ def build_datamodule(spec: dict[str, Any]):
     except (ImportError, AttributeError, ValueError):
         raise UserError(f"data.class_path {class_path!r} is not an importable data module class") from None
     init_args = spec.get("init_args", {})
-    if init_args.get("download") and "download" not in inspect.signature(cls).parameters:
+    if init_args.get("download") and not _downloads(cls):
         import datamodules
 
         can = sorted(n for n, c in vars(datamodules).items() if isinstance(c, type) and _downloads(c))

@@ -88,8 +88,8 @@ PLANS: dict[str, list[tuple]] = {
         # Paper 001's 5-scale network leaves 32x32 images at 1x1 (refused); its 4-scale version
         # costs 41 ms per image-step here (8x the CIFAR network at B = 8), 72 s per 1750-iteration
         # fit: 34 fits per image under GRADIENT, about 80 min per chunk of 2 images (the GPU plan has
-        # 1,000). Every DIP defense fell to 0% at the first iterate of its 15-step unbounded check,
-        # so this one takes 4 steps.
+        # 1,000). The other DIP defenses fell to 0% at the first iterate of their 15-step unbounded
+        # checks, so this one takes 4 steps (it fell at the second).
         ("deep_protection", DEEP_PROTECTION_CIFAR, GRADIENT, "8", 4),
         ("deep_protection_unbounded", DEEP_PROTECTION_CIFAR, "bpda_pgd(random_start=false,steps=4)", "255", 2),
         ("dip_stitch_eot", "dip_stitch", "clean,eot_pgd", "8", 16),
