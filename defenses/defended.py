@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from attacks.per_image_rng import global_draws
 from common.errors import UserError
 from defenses.base import Defense, Detector, Purifier
 
@@ -127,6 +128,12 @@ class DefendedClassifier(nn.Module):
 
     def purified(self, images: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
         """defense(x) with this module's gradient policy (detectors alone: x itself)."""
+        # a defense seeds its own draws (a DIP network's init after torch.manual_seed): an
+        # attack's per-image draws must not reach into it
+        with global_draws():
+            return self._purified(images, indices)
+
+    def _purified(self, images: torch.Tensor, indices: torch.Tensor | None) -> torch.Tensor:
         _check_range(images)
         if indices is None:
             indices = self.indices_for(images)

@@ -17,8 +17,13 @@ from typing import Any
 
 import torch
 
+from attacks.per_image_rng import attack_seed, per_image_draws
 from common.atomic_files import atomic_torch_save
 from common.seeding import item_seed
+
+# How an attack's randomness is seeded (``cached_attack``); a run records it in run.json.
+PER_IMAGE, PER_CHUNK = "per-image", "per-chunk"
+ATTACK_RNGS = (PER_IMAGE, PER_CHUNK)
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -95,13 +100,19 @@ def cached_attack(
     labels: torch.Tensor,
     indices: torch.Tensor,
     seed: int,
+    attack_rng: str = PER_IMAGE,
 ) -> torch.Tensor:
-    """The adversarial version of one chunk, from the cache or made and stored. The attack's
-    randomness is seeded by (seed, first index of the chunk), so a chunk's adversarial
-    examples do not depend on which process or run makes them. ``cache_key`` names the
+    """The adversarial version of one chunk, from the cache or made and stored. ``attack_rng``
+    "per-image": the attack's batch-shaped random draws come from each image's own seed
+    (``attacks.per_image_rng``), so an image's adversarial example does not depend on its chunk;
+    what the attack draws otherwise, and everything under "per-chunk" (runs started before
+    per-image draws, which resume as they began), is seeded by (seed, first index of the
+    chunk), so a chunk's examples do not depend on which process or run makes them. ``cache_key`` names the
     victim (its SHA-256) and the data set; for an attack through a defense it also names the
     defense and its parameters (``cached_attack_entry``)."""
-    entry = cached_attack_entry(cache, cache_key, attack, attack_name, eps, classifier, images, labels, indices, seed)
+    entry = cached_attack_entry(
+        cache, cache_key, attack, attack_name, eps, classifier, images, labels, indices, seed, attack_rng
+    )
     return entry["images"]
 
 
@@ -116,6 +127,7 @@ def cached_attack_entry(
     labels: torch.Tensor,
     indices: torch.Tensor,
     seed: int,
+    attack_rng: str = PER_IMAGE,
 ) -> dict[str, torch.Tensor]:
     """``cached_attack`` with what else the attack kept: "history" [B, iterates], whether the
     defended victim was still right at each iterate (the adaptive attacks' ``last_history``)."""
@@ -128,11 +140,19 @@ def cached_attack_entry(
         "indices": indices.tolist(),
         "seed": chunk_seed,
     }
+    if attack_rng not in ATTACK_RNGS:
+        raise ValueError(f"attack_rng {attack_rng!r}: one of {', '.join(ATTACK_RNGS)} is accepted")
+    if attack_rng == PER_IMAGE:  # only then, so per-chunk runs keep finding their entries
+        key["attack_rng"] = PER_IMAGE
 
     def create() -> dict[str, torch.Tensor]:
         with torch.random.fork_rng(devices=[images.device] if images.device.type == "cuda" else []):
             torch.manual_seed(chunk_seed)
-            entry = {"images": attack(classifier, images, labels)}
+            if attack_rng == PER_IMAGE:
+                with per_image_draws([attack_seed(seed, i) for i in indices.tolist()]):
+                    entry = {"images": attack(classifier, images, labels)}
+            else:
+                entry = {"images": attack(classifier, images, labels)}
         history = getattr(attack, "last_history", None)
         return entry if history is None else entry | {"history": history}
 

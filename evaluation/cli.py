@@ -387,7 +387,7 @@ def build(o: dict[str, Any], argv: list[str]) -> SimpleNamespace:
     from evaluation.adversarial_cache import file_sha256
     from evaluation.attack_specs import check_against_defense, expand_attacks, parse_eps
     from evaluation.chunks import sample_indices
-    from evaluation.run_folder import check_out_dir
+    from evaluation.run_folder import check_out_dir, inherited_attack_rng
 
     if "+" in o["defense"]:  # DETECTOR+PURIFIER: each part's parameters under its own name
         parts = o["defense"].split("+")
@@ -429,9 +429,11 @@ def build(o: dict[str, Any], argv: list[str]) -> SimpleNamespace:
         "attacks": [{"id": r.id, "params": attack.params() if (attack := r.build()) else {}} for r in runs],
         "num_samples": len(indices),
         "seed": o["seed"],
-        # The chunk is an attack batch, and an attack's random start is drawn per chunk, so a resume
-        # with another chunk size would mix perturbations drawn differently.
+        # The chunk is one attack and one defense batch: an attack that draws on subsets of it
+        # (Square, HopSkipJump) and the victim's batched rounding still depend on it.
         "batch_size": o["batch_size"],
+        # Random starts per image; a run begun before that resumes with per-chunk draws.
+        "attack_rng": inherited_attack_rng(out),
         # What the sample's images are, wherever the data set is read from.
         "sample_sha256": sample_sha256(dataset, indices),
         "command": "python evaluate.py " + " ".join(argv),
@@ -470,6 +472,7 @@ def run(o: dict[str, Any], plan: SimpleNamespace) -> None:
         plan.attack_model,
         {"victim": plan.victim_hash, "dataset": dataset_name, "threat": "adaptive", "defense": o["defense"],
          "defense_params": defense.params()},
+        plan.manifest["attack_rng"],
     )  # fmt: skip
     plan.trainer.test(module)
 

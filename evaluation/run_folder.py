@@ -27,7 +27,24 @@ def recorded_batch_size(previous: dict[str, Any]) -> int | None:
 
 # Keys a run.json may lack because it was written before they were recorded, and how to read
 # them off such a file (None: unknown, and an unknown value is accepted, as it was then).
-LEGACY_KEYS = {"batch_size": recorded_batch_size, "sample_sha256": lambda previous: None}
+LEGACY_KEYS = {
+    "batch_size": recorded_batch_size,
+    "sample_sha256": lambda previous: None,
+    "attack_rng": lambda previous: "per-chunk",
+}
+
+
+def inherited_attack_rng(out: Path) -> str:
+    """How the run in ``out`` seeds its attacks: as its run.json says; "per-chunk" for a run
+    begun before run.json recorded it (it resumes with the draws it began with); "per-image"
+    for a new run."""
+    try:
+        previous = json.loads((out / "run.json").read_text())
+    except (OSError, ValueError):
+        return "per-image"  # no run yet (an unreadable run.json is refused by check_out_dir)
+    if not isinstance(previous, dict):
+        return "per-image"
+    return str(previous.get("attack_rng", "per-chunk"))
 
 
 def check_out_dir(out: Path, manifest: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from attacks.adaptive import ADAPTIVE_REVISION
 from common.atomic_files import atomic_torch_save
 from defenses.base import Defense, Detector
 from defenses.defended import DefendedClassifier
-from evaluation.adversarial_cache import AdversarialCache, cached_attack_entry
+from evaluation.adversarial_cache import PER_IMAGE, AdversarialCache, cached_attack_entry
 from evaluation.attack_specs import ADAPTIVE, CLEAN, AttackRun
 from evaluation.chunks import ChunkDataset
 from evaluation.metrics import per_image_ssim, perturbation_norms
@@ -40,7 +40,7 @@ class RobustnessEvaluation(pl.LightningModule):
     cache: the adversarial cache; ``cache_key`` holds the victim hash and data set name.
     records_dir: the run's folder; each rank appends its records to a file of its own there
         (``evaluation.sample_log``) and skips the (index, attack) pairs any file already holds.
-    seed: seeds each chunk's attack randomness with (seed, first index of the chunk).
+    seed: the run's seed; an image's attack draws are seeded from (seed, its index).
     examples_dir: where the first chunk's images are kept for the example grid. Default: None.
     num_examples: images kept per attack for that grid. Default: 8.
     traces_dir: where decision-trace plots go for the images the defense traced. Default: None.
@@ -50,6 +50,9 @@ class RobustnessEvaluation(pl.LightningModule):
     adaptive_cache_key: the cache key of attacks through the defense (threat model
         "adaptive"): the victim's hash, the data set, the defense and its parameters. Default:
         None, ``cache_key`` with the defense's name and parameters added.
+    attack_rng: "per-image" (each image's random start from its own seed, whatever its chunk)
+        or "per-chunk" (from the chunk's seed: runs begun before per-image draws). Default:
+        "per-image".
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class RobustnessEvaluation(pl.LightningModule):
         class_names: list[str] | None = None,
         attack_model: nn.Module | None = None,
         adaptive_cache_key: dict[str, Any] | None = None,
+        attack_rng: str = PER_IMAGE,
     ) -> None:
         super().__init__()
         # The attacks and the per-image DIP fits run their own optimisers inside test_step
@@ -97,7 +101,7 @@ class RobustnessEvaluation(pl.LightningModule):
         self.records_dir = Path(records_dir)
         self.sample_log: SampleLog | None = None  # set per rank in on_test_start
         self.done: set[RecordKey] = set()
-        self.seed = seed
+        self.seed, self.attack_rng = seed, attack_rng
         self.examples_dir, self.num_examples = examples_dir, num_examples
         self.traces_dir, self.class_names = traces_dir, class_names
         self.first_index = indices[0] if indices else None
@@ -139,12 +143,12 @@ class RobustnessEvaluation(pl.LightningModule):
             with self.defended.bound_to(indices):
                 entry = cached_attack_entry(
                     self.cache, self.adaptive_cache_key, run.build(), run.name, run.eps, self.defended,
-                    images, labels, indices, self.seed,
+                    images, labels, indices, self.seed, self.attack_rng,
                 )  # fmt: skip
         else:
             entry = cached_attack_entry(
                 self.cache, self.cache_key, run.build(), run.name, run.eps, self.attack_model,
-                images, labels, indices, self.seed,
+                images, labels, indices, self.seed, self.attack_rng,
             )  # fmt: skip
         return entry["images"], entry.get("history")
 

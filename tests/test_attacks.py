@@ -18,6 +18,7 @@ from torch import nn
 
 from attacks import ATTACKS, Attack, AttackError, build_attack
 from attacks.foolbox_attacks import hsj_steps
+from evaluation.adversarial_cache import AdversarialCache, cached_attack
 
 EPS = 8 / 255
 N_ATTACKED = 24
@@ -304,3 +305,40 @@ def test_import_is_cheap():
     out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# Attacks whose only randomness is per image; apgd, square, autoattack and hopskipjump draw on
+# the subset of images not yet fooled, so their draws stay seeded per chunk.
+PER_IMAGE_ATTACKS = {
+    "pgd": {"eps": EPS, "steps": 3},
+    "salt_and_pepper": {"steps": 20},
+    "bpda_pgd": {"eps": EPS, "steps": 3},
+    "eot_pgd": {"eps": EPS, "steps": 2, "eot": 2},
+    "random_noise": {"eps": EPS, "tries": 3},
+}
+
+
+@pytest.mark.parametrize("name", list(PER_IMAGE_ATTACKS))
+def test_an_images_adversarial_example_does_not_depend_on_its_chunk(name, trained, tmp_path):
+    model, images, labels = trained
+    attack = build_attack(name, **PER_IMAGE_ATTACKS[name])
+    indices = torch.arange(20, 26)
+    cache = AdversarialCache(tmp_path / "cache")
+
+    def chunk(rows: slice, rng: str) -> torch.Tensor:
+        args = (model, images[rows], labels[rows], indices[rows], 0, rng)
+        return cached_attack(cache, {"victim": "tiny", "dataset": "t"}, attack, name, attack.eps, *args)
+
+    whole, tail = chunk(slice(0, 6), "per-image"), chunk(slice(3, 6), "per-image")
+    assert torch.equal(whole[3:], tail)
+    if name in ("pgd", "bpda_pgd", "random_noise"):  # per chunk, the same images got other starts
+        assert not torch.equal(chunk(slice(0, 6), "per-chunk")[3:], chunk(slice(3, 6), "per-chunk"))
+
+
+def test_an_unknown_attack_rng_is_refused(trained, tmp_path):
+    model, images, labels = trained
+    with pytest.raises(ValueError, match="attack_rng 'per-batch': one of per-image, per-chunk"):
+        cached_attack(
+            AdversarialCache(tmp_path), {}, build_attack("fgsm", eps=EPS), "fgsm", EPS, model,
+            images[:2], labels[:2], torch.arange(2), 0, "per-batch",
+        )  # fmt: skip

@@ -339,3 +339,33 @@ def test_report_only_writes_interim_results_over_the_images_every_attack_finishe
     right = sum(r["pred"] == r["label"] for r in kept if r["attack"] == "clean" and r["index"] in first)
     assert rows[0]["accuracy"] == pytest.approx(right / 4)
     assert len(read_records(out / "samples.jsonl")) == 9  # nothing attacked, nothing dropped
+
+
+def test_the_batch_size_does_not_change_an_images_attack(tiny_victim, cifar_batches_dir, tmp_path):
+    """Random starts are drawn per image (``attacks.per_image_rng``): chunks of 4 and of 2 give
+    every image the same PGD perturbation, so the same record (timings aside)."""
+    attacks = ("--attacks", "pgd(steps=3)", "--num-samples", "8")
+    records = {}
+    for size in ("4", "2"):
+        out = tmp_path / f"chunks_of_{size}"
+        evaluate.main([*_args(tiny_victim, cifar_batches_dir, out, *attacks), "--batch_size", size])
+        assert json.loads((out / "run.json").read_text())["attack_rng"] == "per-image"
+        records[size] = sorted(
+            ({k: r[k] for k in ("index", "adv_pred", "l2", "linf")} for r in read_records(out / "samples.jsonl")),
+            key=lambda r: r["index"],
+        )
+    assert records["4"] == records["2"] and len(records["4"]) == 8
+
+
+def test_a_run_begun_before_per_image_draws_resumes_with_per_chunk_draws(tiny_victim, cifar_batches_dir, tmp_path):
+    out = tmp_path / "old"
+    args = _args(tiny_victim, cifar_batches_dir, out, "--attacks", "clean,pgd(steps=2)", "--num-samples", "8")
+    evaluate.main(args)
+    manifest = json.loads((out / "run.json").read_text())
+    del manifest["attack_rng"]  # as run.json was written before it was recorded
+    (out / "run.json").write_text(json.dumps(manifest))
+    samples = out / "samples.jsonl"
+    kept = [line for line in samples.read_text().splitlines() if '"attack": "clean"' in line]
+    samples.write_text("\n".join(kept) + "\n")  # the pgd records still to do
+    assert evaluate.main(args)[-1]["n"] == 8
+    assert json.loads((out / "run.json").read_text())["attack_rng"] == "per-chunk"
