@@ -5,8 +5,8 @@ is the checkout's entry point and re-exports it, so ``import evaluate`` works fr
 repository root, in a notebook too.
 """
 
-from common.errors import run_main
-from evaluation.cli import DEFAULTS, build, deep_merge, load_options, main, run, write_report  # noqa: F401
+from dipdefense.common.errors import run_main
+from dipdefense.evaluation.cli import DEFAULTS, build, deep_merge, load_options, main, run, write_report  # noqa: F401
 
 if __name__ == "__main__":
     run_main(main)

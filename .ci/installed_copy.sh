@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # An installed (non-editable) copy works from any directory: the console scripts run, the shipped
-# configs and checkpoints are found as package data, and no top-level `evaluate`/`train` module is
-# installed (it would shadow Hugging Face's `evaluate`). The dependencies come from .venv through a
-# .pth line, which adds its site-packages without running its editable-install hook.
+# configs and checkpoints are found as package data, and the wheel installs one top-level name,
+# `dipdefense` (a top-level `evaluate` would shadow Hugging Face's `evaluate`; `common`, `nets` or
+# `attacks` others). The dependencies come from .venv through a .pth line, which adds its
+# site-packages without running its editable-install hook.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${DIPDEF_CIFAR10:-}" ] && [ -f ../shared/data/cifar10-jpeg.tar.gz ]; then
@@ -16,10 +17,14 @@ purelib() { "$1" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])';
 purelib .venv/bin/python > "$(purelib "$work/venv/bin/python")/dipdef-dependencies.pth"
 "$work/venv/bin/pip" install -q --no-deps "$work"/wheel/*.whl 2>&1 | grep -v "^WARNING: Location" || true
 cd "$work"
-"$work/venv/bin/python" -c 'import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in ("evaluate", "train")))' ||
-  { echo "installed copy: a top-level evaluate/train module is installed" >&2; exit 1; }
-"$work/venv/bin/python" -c 'import common, sys; sys.exit(not common.__file__.startswith(sys.prefix))' ||
+# The wheel's top-level names: dipdefense alone (no evaluate/train/common/nets/... in site-packages).
+top_level=$(python3 -c 'import sys, zipfile; print(" ".join(sorted({n.split("/")[0] for n in zipfile.ZipFile(sys.argv[1]).namelist() if ".dist-info/" not in n})) + " ")' "$work"/wheel/*.whl)
+[ "$top_level" = "dipdefense " ] ||
+  { echo "installed copy: the wheel installs top-level names other than dipdefense: $top_level" >&2; exit 1; }
+"$work/venv/bin/python" -c 'import dipdefense.common.assets as a, sys; sys.exit(not a.__file__.startswith(sys.prefix))' ||
   { echo "installed copy: the project was imported from outside the fresh venv" >&2; exit 1; }
+"$work/venv/bin/python" -c 'from dipdefense.common.assets import asset_dir as d; import sys; sys.exit(not (d("configs") / "evaluate_cifar.yaml").is_file())' ||
+  { echo "installed copy: the shipped configs are not found as package data" >&2; exit 1; }
 for command in dipdef-evaluate dipdef-train dipdef-compare; do "$work/venv/bin/$command" --help > /dev/null; done
 # Fashion-MNIST from Debian's package (a small read); else CIFAR-10 where $DIPDEF_CIFAR10 points.
 if [ -d /usr/share/datasets/fashion-mnist ]; then

@@ -4,7 +4,7 @@
 [0, 1]; the model takes [0, 1] images (normalisation inside it) and returns logits.
 """
 
-from attacks.base import Attack, AttackError
-from attacks.registry import ATTACKS, attack_parameters, build_attack
+from dipdefense.attacks.base import Attack, AttackError
+from dipdefense.attacks.registry import ATTACKS, attack_parameters, build_attack
 
 __all__ = ["ATTACKS", "Attack", "AttackError", "attack_parameters", "build_attack"]

@@ -10,9 +10,8 @@ both the any-iterate accuracy and the last iterate's after every iteration (pape
 """
 
 import torch
+from dipdefense.attacks.base import Attack, AttackError, check_eps
 from torch import nn
-
-from attacks.base import Attack, AttackError, check_eps
 
 # Part of the adaptive cache key: bumped whenever a fix changes what an attack through a defense
 # computes, so cached adversarials of the old code are never reused. 2: the Glow detector's
@@ -21,8 +20,8 @@ ADAPTIVE_REVISION = 2
 
 
 def as_defended(model: nn.Module):
-    from defenses.base import IdentityDefense
-    from defenses.defended import DefendedClassifier
+    from dipdefense.defenses.base import IdentityDefense
+    from dipdefense.defenses.defended import DefendedClassifier
 
     return model if isinstance(model, DefendedClassifier) else DefendedClassifier(model, IdentityDefense())
 
@@ -104,7 +103,7 @@ class BPDAPGD(Attack):
         self.last_history: torch.Tensor | None = None
 
     def _gradient(self, defended, adv: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        from defenses.defended import draw_indices
+        from dipdefense.defenses.defended import draw_indices
 
         if self.eot:  # all draws of all images in one defense batch
             x = adv.detach().repeat(self.eot, 1, 1, 1).requires_grad_(True)

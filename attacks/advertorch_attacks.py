@@ -3,9 +3,8 @@
 import warnings
 
 import torch
+from dipdefense.attacks.base import Attack
 from torch import nn
-
-from attacks.base import Attack
 
 
 class DDN(Attack):
@@ -35,7 +34,7 @@ class DDN(Attack):
         self.quantize, self.levels = bool(quantize), int(levels)
 
     def _run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        from attacks.advertorch_compat import DDNL2Attack
+        from dipdefense.attacks.advertorch_compat import DDNL2Attack
 
         attack = DDNL2Attack(
             model,

@@ -1,10 +1,9 @@
 """The latent-space attack on a defense that projects onto a generator's range."""
 
 import torch
+from dipdefense.attacks.adaptive import as_defended, still_right
+from dipdefense.attacks.base import Attack, AttackError, check_eps
 from torch import nn
-
-from attacks.adaptive import as_defended, still_right
-from attacks.base import Attack, AttackError, check_eps
 
 
 class LatentSpaceAttack(Attack):

@@ -3,13 +3,19 @@
 import inspect
 from typing import Any
 
-from attacks.adaptive import BPDAPGD, EOTPGD, RandomNoise
-from attacks.advertorch_attacks import DDN
-from attacks.base import Attack, AttackError
-from attacks.foolbox_attacks import AdditiveGaussianNoise, BlendedUniformNoise, HopSkipJump, NewtonFool, SaltAndPepper
-from attacks.latent_space import LatentSpaceAttack
-from attacks.torchattacks_attacks import APGD, BIM, CW, FGSM, MIFGSM, PGD, AutoAttack, DeepFool, Square
-from common.parameters import check_parameter
+from dipdefense.attacks.adaptive import BPDAPGD, EOTPGD, RandomNoise
+from dipdefense.attacks.advertorch_attacks import DDN
+from dipdefense.attacks.base import Attack, AttackError
+from dipdefense.attacks.foolbox_attacks import (
+    AdditiveGaussianNoise,
+    BlendedUniformNoise,
+    HopSkipJump,
+    NewtonFool,
+    SaltAndPepper,
+)
+from dipdefense.attacks.latent_space import LatentSpaceAttack
+from dipdefense.attacks.torchattacks_attacks import APGD, BIM, CW, FGSM, MIFGSM, PGD, AutoAttack, DeepFool, Square
+from dipdefense.common.parameters import check_parameter
 
 ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls

@@ -26,15 +26,14 @@ sys.path.insert(0, str(REPO))
 
 def measure(defense_name: str, batch: int, device: str, forwards: int) -> dict:
     import torch
-
-    from attacks import build_attack
-    from defenses import build_defense
-    from defenses.defended import DefendedClassifier
-    from nets import load_classifier
+    from dipdefense.attacks import build_attack
+    from dipdefense.defenses import build_defense
+    from dipdefense.defenses.defended import DefendedClassifier
+    from dipdefense.nets import load_classifier
 
     victim = load_classifier(REPO / "checkpoints" / "victim_cifar_resnet20.ckpt", map_location=device)
     if os.environ.get("DIPDEF_CIFAR10"):
-        from datamodules import CIFAR10DataModule
+        from dipdefense.datamodules import CIFAR10DataModule
 
         test = CIFAR10DataModule(data_dir=os.environ["DIPDEF_CIFAR10"]).load_split(train=False)
         x, y = test.images[:batch].float().div(255).to(device), torch.as_tensor(test.labels[:batch]).to(device)
@@ -90,8 +89,7 @@ def main() -> None:
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
     import torch
-
-    from common.atomic_files import atomic_write_text
+    from dipdefense.common.atomic_files import atomic_write_text
 
     meta = {"machine": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__}
     previous = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {"runs": []}

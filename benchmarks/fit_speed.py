@@ -27,12 +27,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import dipdefense.dip.engine  # noqa: E402, F401
 import torch  # noqa: E402
+from dipdefense.dip.engine import DIPFit, DIPSettings  # noqa: E402
+from dipdefense.dip.skip_net import SamePadConv  # noqa: E402
 
-import dip.engine  # noqa: E402
 from benchmarks.profile_fit import LargestConv, forward_flops, images_for  # noqa: E402
-from dip.engine import DIPFit, DIPSettings  # noqa: E402
-from dip.skip_net import SamePadConv  # noqa: E402
+from dipdefense import dip  # noqa: E402
 
 LIBC = ctypes.CDLL("libc.so.6")
 
@@ -136,8 +137,8 @@ def fit_rows(batches: list[int], rounds: int, variants: list[str], data_dir: str
 
 
 def stitch_rows(batches: list[int], rounds: int, data_dir: str | None) -> list[dict]:
-    from defenses.dip_defenses import DIPStitch
-    from nets import load_classifier
+    from dipdefense.defenses.dip_defenses import DIPStitch
+    from dipdefense.nets import load_classifier
 
     classifier = load_classifier(REPO / "checkpoints" / "victim_cifar_resnet20.ckpt")
     rows = []

@@ -25,11 +25,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
+from dipdefense.dip.engine import DIPFit, DIPSettings  # noqa: E402
+from dipdefense.dip.skip_net import SamePadConv  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from dip.engine import DIPFit, DIPSettings  # noqa: E402
-from dip.skip_net import SamePadConv  # noqa: E402
 
 PHASES = ("forward", "backward", "adam")
 CATEGORIES = (
@@ -77,7 +76,7 @@ def label_convolutions(net: torch.nn.Module) -> None:
 
 def images_for(batch: int, data_dir: str | None) -> torch.Tensor:
     if data_dir:
-        from datamodules import CIFAR10DataModule
+        from dipdefense.datamodules import CIFAR10DataModule
 
         test = CIFAR10DataModule(data_dir=data_dir).load_split(train=False)
         return test.images[:batch].float().div(255)
@@ -179,9 +178,9 @@ def stitch_share(batch: int, data_dir: str | None) -> dict:
     """The victim's share of a full dip_stitch run (T = 1000): time in the rule, observing
     (classifying the sampled iterates, SSIM) and searching the boundary (Eq. 4-5; in
     ``result()`` since the search is deferred), against the whole purify."""
-    from defenses.dip_defenses import DIPStitch
-    from dip.stitching import StitchRule
-    from nets import load_classifier
+    from dipdefense.defenses.dip_defenses import DIPStitch
+    from dipdefense.dip.stitching import StitchRule
+    from dipdefense.nets import load_classifier
 
     spent = {"rule": 0.0, "alpha_search": 0.0, "crossing_batches": 0}
     observe, search = StitchRule.__call__, StitchRule._on_boundary

@@ -1,8 +1,8 @@
 """Where the shipped configs and checkpoints are.
 
-An installed copy (``pip install .``) carries them as package data of ``dipdefense_assets``
-(pyproject.toml maps ``configs/`` and ``checkpoints/`` there); a checkout that is not
-installed, or is installed in editable mode, reads the repository's own folders.
+An installed copy (``pip install .``) carries them as package data, ``dipdefense.configs`` and
+``dipdefense.checkpoints`` (pyproject.toml maps ``configs/`` and ``checkpoints/`` there); in a
+checkout, installed in editable mode or not, the same names find the repository's own folders.
 """
 
 import importlib.util
@@ -16,7 +16,7 @@ def asset_dir(name: str) -> Path:
     if name not in ("configs", "checkpoints"):
         raise ValueError(f"unknown asset folder {name!r}; accepted: configs, checkpoints")
     try:
-        spec = importlib.util.find_spec(f"dipdefense_assets.{name}")
+        spec = importlib.util.find_spec(f"dipdefense.{name}")
     except (ImportError, ValueError):
         spec = None
     for location in (spec.submodule_search_locations or []) if spec else []:

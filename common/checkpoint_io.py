@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from common.assets import asset_dir
-from common.atomic_files import atomic_torch_save
-from common.errors import CheckpointError
+from dipdefense.common.assets import asset_dir
+from dipdefense.common.atomic_files import atomic_torch_save
+from dipdefense.common.errors import CheckpointError
 
 FORMAT = "dipdefense"
 VERSION = 1

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from common.assets import asset_dir
-from common.errors import UserError
+from dipdefense.common.assets import asset_dir
+from dipdefense.common.errors import UserError
 
 CONFIG_DIR = asset_dir("configs")
 

@@ -6,7 +6,7 @@ import math
 from collections.abc import Collection
 from typing import Any
 
-from common.errors import UserError
+from dipdefense.common.errors import UserError
 
 
 def check_parameter(

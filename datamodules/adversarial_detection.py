@@ -9,15 +9,14 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from dipdefense.common.checkpoint_io import resolve_repo_path
+from dipdefense.datamodules.cifar10 import CIFAR10DataModule
+from dipdefense.datamodules.data_paths import cache_root
+from dipdefense.datamodules.in_memory import UInt8ImageDataset
+from dipdefense.evaluation.adversarial_cache import AdversarialCache, cached_attack, file_sha256
+from dipdefense.evaluation.attack_specs import expand_attacks, parse_eps
+from dipdefense.nets.loading import load_classifier
 from torch.utils.data import DataLoader, TensorDataset
-
-from common.checkpoint_io import resolve_repo_path
-from datamodules.cifar10 import CIFAR10DataModule
-from datamodules.data_paths import cache_root
-from datamodules.in_memory import UInt8ImageDataset
-from evaluation.adversarial_cache import AdversarialCache, cached_attack, file_sha256
-from evaluation.attack_specs import expand_attacks, parse_eps
-from nets.loading import load_classifier
 
 
 class AdversarialDetectionDataModule(pl.LightningDataModule):

@@ -10,7 +10,7 @@ import tempfile
 import zlib
 from pathlib import Path
 
-from common.errors import DataNotFoundError
+from dipdefense.common.errors import DataNotFoundError
 
 CACHE_ENV = "DIPDEF_CACHE"
 

@@ -3,12 +3,11 @@
 import lightning.pytorch as pl
 import torch
 import torchvision.transforms.v2 as T
+from dipdefense.common.errors import DataNotFoundError
+from dipdefense.datamodules.data_paths import cache_root, resolve_data_dir
+from dipdefense.datamodules.image_files import class_folders
 from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
-
-from common.errors import DataNotFoundError
-from datamodules.data_paths import cache_root, resolve_data_dir
-from datamodules.image_files import class_folders
 
 IMAGENET_ENV = "DIPDEF_IMAGENET_VAL"
 

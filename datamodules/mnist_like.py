@@ -6,10 +6,9 @@ import shutil
 from pathlib import Path
 
 import torchvision
-
-from common.errors import DataNotFoundError
-from datamodules.data_paths import cache_root, resolve_data_dir
-from datamodules.in_memory import InMemoryImageDataModule, UInt8ImageDataset
+from dipdefense.common.errors import DataNotFoundError
+from dipdefense.datamodules.data_paths import cache_root, resolve_data_dir
+from dipdefense.datamodules.in_memory import InMemoryImageDataModule, UInt8ImageDataset
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 

@@ -1,10 +1,10 @@
 """Defenses behind one interface (pure torch): purifiers map images to images, detectors
 score images; each is registered by name for ``evaluate.py --defense NAME``."""
 
-from defenses import dip_defenses, inc, learned  # noqa: F401  (register their defenses)
-from defenses.base import Defense, Detector, IdentityDefense, Purified, Purifier
-from defenses.defended import DefendedClassifier
-from defenses.registry import DEFENSES, build_defense, register_defense
+from dipdefense.defenses import dip_defenses, inc, learned  # noqa: F401  (register their defenses)
+from dipdefense.defenses.base import Defense, Detector, IdentityDefense, Purified, Purifier
+from dipdefense.defenses.defended import DefendedClassifier
+from dipdefense.defenses.registry import DEFENSES, build_defense, register_defense
 
 __all__ = [
     "DEFENSES",

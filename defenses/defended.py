@@ -22,11 +22,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from dipdefense.attacks.per_image_rng import global_draws
+from dipdefense.common.errors import UserError
+from dipdefense.defenses.base import Defense, Detector, Purifier
 from torch import nn
-
-from attacks.per_image_rng import global_draws
-from common.errors import UserError
-from defenses.base import Defense, Detector, Purifier
 
 HASHED_INDEX_BASE = 1 << 40  # hashed images get indices in [2^40, 2^41): above any data set's
 DRAW_STRIDE = 1 << 41  # draw d of image i is seeded as index i + d * DRAW_STRIDE
@@ -192,7 +191,7 @@ class DefendedClassifier(nn.Module):
                 f"defense {purifier.name!r} has no gradient of its own (bpda=False): use BPDA (bpda_pgd, eot_pgd) "
                 "or a decision-based attack (hopskipjump with threat=adaptive)"
             )
-        from attacks.advertorch_compat import BPDAWrapper
+        from dipdefense.attacks.advertorch_compat import BPDAWrapper
 
         details: list[dict[str, Any]] = []
 

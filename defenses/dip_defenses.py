@@ -3,15 +3,14 @@
 from typing import Any
 
 import torch
+from dipdefense.common.seeding import item_seed
+from dipdefense.defenses.base import Purified, Purifier
+from dipdefense.defenses.registry import register_defense
+from dipdefense.dip.dipdefend import DIPDefendRule, DIPDefendSettings
+from dipdefense.dip.early_stopping import MSEEarlyStop, OracleTop5Stop
+from dipdefense.dip.engine import DIPSettings, check_image_size, fit_dip
+from dipdefense.dip.stitching import StitchRule, StitchSettings
 from torch import nn
-
-from common.seeding import item_seed
-from defenses.base import Purified, Purifier
-from defenses.registry import register_defense
-from dip.dipdefend import DIPDefendRule, DIPDefendSettings
-from dip.early_stopping import MSEEarlyStop, OracleTop5Stop
-from dip.engine import DIPSettings, check_image_size, fit_dip
-from dip.stitching import StitchRule, StitchSettings
 
 DIP_NETWORKS: dict[str, dict[str, Any]] = {
     # Paper 002, App. B.

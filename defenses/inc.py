@@ -4,13 +4,12 @@ import math
 from typing import Any
 
 import torch
+from dipdefense.common.checkpoint_io import resolve_repo_path
+from dipdefense.common.errors import UserError
+from dipdefense.defenses.base import Purified, Purifier
+from dipdefense.defenses.registry import register_defense
+from dipdefense.manifold.inversion import Inversion, invert
 from torch import nn
-
-from common.checkpoint_io import resolve_repo_path
-from common.errors import UserError
-from defenses.base import Purified, Purifier
-from defenses.registry import register_defense
-from manifold.inversion import Inversion, invert
 
 
 class InvertAndClassify(Purifier):
@@ -46,7 +45,7 @@ class InvertAndClassify(Purifier):
         batch: int = 500,
         seed: int = 0,
     ) -> None:
-        from nets import load_vae
+        from dipdefense.nets import load_vae
 
         if steps < 0 or restarts < 1 or batch < 1 or lr <= 0:
             raise UserError(

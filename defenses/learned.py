@@ -3,11 +3,10 @@
 from typing import Any
 
 import torch
+from dipdefense.common.checkpoint_io import resolve_repo_path
+from dipdefense.defenses.base import Detector, Purifier
+from dipdefense.defenses.registry import register_defense
 from torch import nn
-
-from common.checkpoint_io import resolve_repo_path
-from defenses.base import Detector, Purifier
-from defenses.registry import register_defense
 
 
 class AutoencoderDefense(Purifier):
@@ -22,7 +21,7 @@ class AutoencoderDefense(Purifier):
     differentiable = True
 
     def __init__(self, checkpoint: str = "checkpoints/autoencoder_cifar.ckpt") -> None:
-        from nets import load_autoencoder
+        from dipdefense.nets import load_autoencoder
 
         self.checkpoint = resolve_repo_path(checkpoint)
         self.net = load_autoencoder(self.checkpoint)
@@ -57,7 +56,7 @@ class GlowGate(Detector):
     name = "glow_gate"
 
     def __init__(self, checkpoint: str = "checkpoints/glow_detector_cifar.ckpt", threshold: float = 0.5) -> None:
-        from nets import load_glow_detector
+        from dipdefense.nets import load_glow_detector
 
         if not 0 <= threshold <= 1:
             raise ValueError(f"threshold is a probability in [0, 1], got {threshold}")

@@ -4,9 +4,9 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from common.errors import UserError
-from common.parameters import check_parameter
-from defenses.base import Defense, IdentityDefense
+from dipdefense.common.errors import UserError
+from dipdefense.common.parameters import check_parameter
+from dipdefense.defenses.base import Defense, IdentityDefense
 
 DEFENSES: dict[str, Callable[..., Defense]] = {}
 # Integer parameters where 0 is meaningful (a seed; paper 002's t0, the first iteration a crossing counts at).
@@ -39,8 +39,8 @@ def build_defense(name: str, **params: Any) -> Defense:
 
 
 def _build_gated(name: str, params: dict[str, Any]) -> Defense:
-    from defenses.base import Detector, Purifier
-    from defenses.gated import DetectorGatedPurifier
+    from dipdefense.defenses.base import Detector, Purifier
+    from dipdefense.defenses.gated import DetectorGatedPurifier
 
     parts = name.split("+")
     if len(parts) != 2 or not all(parts):

@@ -17,9 +17,8 @@ import math
 from dataclasses import dataclass
 
 import torch
+from dipdefense.evaluation.metrics import per_image_ssim
 from torch import nn
-
-from evaluation.metrics import per_image_ssim
 
 
 @dataclass

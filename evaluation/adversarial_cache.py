@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from attacks.per_image_rng import attack_seed, per_image_draws
-from common.atomic_files import atomic_torch_save
-from common.seeding import item_seed
+from dipdefense.attacks.per_image_rng import attack_seed, per_image_draws
+from dipdefense.common.atomic_files import atomic_torch_save
+from dipdefense.common.seeding import item_seed
 
 # How an attack's randomness is seeded (``cached_attack``); a run records it in run.json.
 PER_IMAGE, PER_CHUNK = "per-image", "per-chunk"

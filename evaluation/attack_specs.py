@@ -5,10 +5,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-
-from attacks import ATTACKS, build_attack
-from attacks.base import Attack
-from common.errors import UserError
+from dipdefense.attacks import ATTACKS, build_attack
+from dipdefense.attacks.base import Attack
+from dipdefense.common.errors import UserError
 
 CLEAN = "clean"
 # Who the attack is crafted on (Carlini et al. 2019, "On Evaluating Adversarial Robustness"): the bare victim, the defense unknown

@@ -21,14 +21,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import yaml
-
-from common.atomic_files import atomic_write_text
-from common.checkpoint_io import resolve_repo_path
-from common.config_files import resolve_config
-from common.errors import UserError, run_main
+from dipdefense.common.atomic_files import atomic_write_text
+from dipdefense.common.checkpoint_io import resolve_repo_path
+from dipdefense.common.config_files import resolve_config
+from dipdefense.common.errors import UserError, run_main
 
 DEFAULTS: dict[str, Any] = {
-    "data": {"class_path": "datamodules.CIFAR10DataModule", "init_args": {}},
+    "data": {"class_path": "dipdefense.datamodules.CIFAR10DataModule", "init_args": {}},
     "victim": "checkpoints/victim_cifar_resnet20.ckpt",
     "attack_victim": None,  # None: attack the victim itself; a checkpoint: transfer attacks crafted on it
     "defense": "none",
@@ -175,7 +174,7 @@ def _dotted_overrides(rest: list[str]) -> dict[str, Any]:
 def _inline_defense(options: dict[str, Any]) -> None:
     """``defense: "glow_gate+dip_stitch(t0=100)"`` -> the bare name, its parameters under
     ``defense_params`` (over the config's)."""
-    from evaluation.attack_specs import parse_call
+    from dipdefense.evaluation.attack_specs import parse_call
 
     if not isinstance(options["defense"], str) or "(" not in options["defense"]:
         return
@@ -229,7 +228,7 @@ def check_option_types(o: dict[str, Any]) -> None:
         and set(data) <= {"class_path", "init_args"}
         and isinstance(data.get("class_path"), str)
         and isinstance(data.get("init_args", {}), dict),
-        "a mapping {class_path: datamodules.NAME, init_args: {...}}",
+        "a mapping {class_path: dipdefense.datamodules.NAME, init_args: {...}}",
     )
     for key in ("defense_params", "attack_params"):
         value = o[key]
@@ -289,7 +288,7 @@ def build_datamodule(spec: dict[str, Any]):
         raise UserError(f"data.class_path {class_path!r} is not an importable data module class") from None
     init_args = spec.get("init_args", {})
     if init_args.get("download") and not _downloads(cls):
-        import datamodules
+        from dipdefense import datamodules
 
         can = sorted(n for n, c in vars(datamodules).items() if isinstance(c, type) and _downloads(c))
         raise UserError(
@@ -304,7 +303,7 @@ def build_datamodule(spec: dict[str, Any]):
 
 def load_victim_and_data(o: dict[str, Any]):
     """The victim, the data module and its test set, checked against each other."""
-    from nets import load_classifier
+    from dipdefense.nets import load_classifier
 
     victim_path = resolve_repo_path(o["victim"])
     classifier = load_classifier(victim_path)
@@ -324,7 +323,7 @@ def load_victim_and_data(o: dict[str, Any]):
 
 def load_attack_victim(path: str, victim) -> tuple[Any, Path]:
     """The classifier transfer attacks are crafted on; it must take the victim's inputs."""
-    from nets import load_classifier
+    from dipdefense.nets import load_classifier
 
     attack_path = resolve_repo_path(path)
     model = load_classifier(attack_path)
@@ -383,11 +382,11 @@ def sample_sha256(dataset: Any, indices: list[int]) -> str:
 
 def build(o: dict[str, Any], argv: list[str]) -> SimpleNamespace:
     """Everything the run needs, every input checked; nothing is written here."""
-    from defenses import build_defense
-    from evaluation.adversarial_cache import file_sha256
-    from evaluation.attack_specs import check_against_defense, expand_attacks, parse_eps
-    from evaluation.chunks import sample_indices
-    from evaluation.run_folder import check_out_dir, inherited_attack_rng
+    from dipdefense.defenses import build_defense
+    from dipdefense.evaluation.adversarial_cache import file_sha256
+    from dipdefense.evaluation.attack_specs import check_against_defense, expand_attacks, parse_eps
+    from dipdefense.evaluation.chunks import sample_indices
+    from dipdefense.evaluation.run_folder import check_out_dir, inherited_attack_rng
 
     if "+" in o["defense"]:  # DETECTOR+PURIFIER: each part's parameters under its own name
         parts = o["defense"].split("+")
@@ -450,12 +449,11 @@ def build(o: dict[str, Any], argv: list[str]) -> SimpleNamespace:
 
 def run(o: dict[str, Any], plan: SimpleNamespace) -> None:
     """Attack and defend every image without a record; records are appended as chunks end."""
+    from dipdefense.datamodules.data_paths import cache_root
+    from dipdefense.evaluation.adversarial_cache import AdversarialCache
+    from dipdefense.evaluation.run_folder import remove_stale_temporaries
+    from dipdefense.lightning_modules.robustness_eval import RobustnessEvaluation
     from lightning.pytorch.utilities import rank_zero_only
-
-    from datamodules.data_paths import cache_root
-    from evaluation.adversarial_cache import AdversarialCache
-    from evaluation.run_folder import remove_stale_temporaries
-    from lightning_modules.robustness_eval import RobustnessEvaluation
 
     out = plan.out
     if rank_zero_only.rank == 0:
@@ -479,8 +477,8 @@ def run(o: dict[str, Any], plan: SimpleNamespace) -> None:
 
 def write_report(o: dict[str, Any], plan: SimpleNamespace) -> list[dict[str, Any]]:
     """results.json/csv/md and the plots, from the records of this run's own sample."""
-    from evaluation import report
-    from evaluation.sample_log import merge_rank_logs, read_run_records, unique_records
+    from dipdefense.evaluation import report
+    from dipdefense.evaluation.sample_log import merge_rank_logs, read_run_records, unique_records
 
     out, runs = plan.out, plan.runs
     merge_rank_logs(out)
@@ -542,9 +540,8 @@ def write_report(o: dict[str, Any], plan: SimpleNamespace) -> list[dict[str, Any
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    from dipdefense.evaluation.run_folder import OutputLock
     from lightning.pytorch.utilities import rank_zero_only
-
-    from evaluation.run_folder import OutputLock
 
     argv = sys.argv[1:] if argv is None else argv
     o = load_options(argv)

@@ -1,4 +1,4 @@
-"""One table and one plot from many runs: ``python -m evaluation.compare runs/*`` (or ``dipdef-compare``).
+"""One table and one plot from many runs: ``python -m dipdefense.evaluation.compare runs/*`` (or ``dipdef-compare``).
 
 Rows are runs (a defense on a data set and victim), columns are (attack, eps, threat model),
 cells the accuracy in percent, shaped like paper 002 Table 1 (accuracy) and Table 2 (SSIM
@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common.atomic_files import atomic_write, atomic_write_text
-from common.errors import UserError, run_main
+from dipdefense.common.atomic_files import atomic_write, atomic_write_text
+from dipdefense.common.errors import UserError, run_main
 
 METRICS = ("accuracy", "ssim")
 
@@ -40,7 +40,7 @@ def load_results(paths: list[str]) -> list[tuple[str, dict[str, Any]]]:
             raise UserError(f"{path} is not an evaluate.py results.json (it has no 'rows')")
         found.append((path.parent.name, results))
     if not found:
-        raise UserError("no runs given; e.g. python -m evaluation.compare runs/*")
+        raise UserError("no runs given; e.g. python -m dipdefense.evaluation.compare runs/*")
     return found
 
 

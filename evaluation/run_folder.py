@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from common.errors import UserError
+from dipdefense.common.errors import UserError
 
 LOCK_NAME = ".lock"
 

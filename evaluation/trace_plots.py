@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from common.atomic_files import atomic_write
+from dipdefense.common.atomic_files import atomic_write
 
 
 def plot_trace(

@@ -1,10 +1,10 @@
 """LightningModules: thin glue between the pure-torch pieces and Lightning's Trainer."""
 
-from lightning_modules.autoencoder import AutoencoderPurifier
-from lightning_modules.glow import GlowDensity, GlowDetector
-from lightning_modules.inc_robust import ManifoldAdversarialTraining
-from lightning_modules.vae import VAEGenerator
-from lightning_modules.victim import VictimClassifier
+from dipdefense.lightning_modules.autoencoder import AutoencoderPurifier
+from dipdefense.lightning_modules.glow import GlowDensity, GlowDetector
+from dipdefense.lightning_modules.inc_robust import ManifoldAdversarialTraining
+from dipdefense.lightning_modules.vae import VAEGenerator
+from dipdefense.lightning_modules.victim import VictimClassifier
 
 __all__ = [
     "AutoencoderPurifier",

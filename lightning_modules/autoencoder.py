@@ -6,9 +6,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-
-from evaluation.metrics import per_image_ssim
-from nets.autoencoder import ConvAutoencoder
+from dipdefense.evaluation.metrics import per_image_ssim
+from dipdefense.nets.autoencoder import ConvAutoencoder
 
 
 class AutoencoderPurifier(pl.LightningModule):

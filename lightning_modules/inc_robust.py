@@ -5,12 +5,11 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from dipdefense.common.checkpoint_io import resolve_repo_path
+from dipdefense.common.seeding import item_seed
+from dipdefense.manifold.minmax import initial_pairs, minmax_attack, output_gap
+from dipdefense.nets import load_classifier, load_vae
 from torchmetrics.classification import MulticlassAccuracy
-
-from common.checkpoint_io import resolve_repo_path
-from common.seeding import item_seed
-from manifold.minmax import initial_pairs, minmax_attack, output_gap
-from nets import load_classifier, load_vae
 
 
 class ManifoldAdversarialTraining(pl.LightningModule):

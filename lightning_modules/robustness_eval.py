@@ -12,21 +12,20 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from dipdefense.attacks.adaptive import ADAPTIVE_REVISION
+from dipdefense.common.atomic_files import atomic_torch_save
+from dipdefense.defenses.base import Defense, Detector
+from dipdefense.defenses.defended import DefendedClassifier
+from dipdefense.evaluation.adversarial_cache import PER_IMAGE, AdversarialCache, cached_attack_entry
+from dipdefense.evaluation.attack_specs import ADAPTIVE, CLEAN, AttackRun
+from dipdefense.evaluation.chunks import ChunkDataset
+from dipdefense.evaluation.metrics import per_image_ssim, perturbation_norms
+from dipdefense.evaluation.sample_log import RecordKey, SampleLog, rank_log_path, read_run_records, unique_records
+from dipdefense.evaluation.trace_plots import plot_trace
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
-
-from attacks.adaptive import ADAPTIVE_REVISION
-from common.atomic_files import atomic_torch_save
-from defenses.base import Defense, Detector
-from defenses.defended import DefendedClassifier
-from evaluation.adversarial_cache import PER_IMAGE, AdversarialCache, cached_attack_entry
-from evaluation.attack_specs import ADAPTIVE, CLEAN, AttackRun
-from evaluation.chunks import ChunkDataset
-from evaluation.metrics import per_image_ssim, perturbation_norms
-from evaluation.sample_log import RecordKey, SampleLog, rank_log_path, read_run_records, unique_records
-from evaluation.trace_plots import plot_trace
 
 
 class RobustnessEvaluation(pl.LightningModule):

@@ -15,11 +15,10 @@ import warnings
 
 import lightning.pytorch as pl
 import torch
+from dipdefense.common.checkpoint_io import load_checkpoint, load_state_dict_strict, save_checkpoint
+from dipdefense.common.config_files import resolve_config_args
+from dipdefense.common.errors import CheckpointError, UserError, run_main
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-
-from common.checkpoint_io import load_checkpoint, load_state_dict_strict, save_checkpoint
-from common.config_files import resolve_config_args
-from common.errors import CheckpointError, UserError, run_main
 
 
 class TrainCLI(LightningCLI):

@@ -7,9 +7,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-
-from manifold.inversion import invert
-from nets.vae import VAE
+from dipdefense.manifold.inversion import invert
+from dipdefense.nets.vae import VAE
 
 
 class VAEGenerator(pl.LightningModule):

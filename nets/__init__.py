@@ -1,7 +1,14 @@
 """Classifier network builders (pure torch, no Lightning)."""
 
-from nets.loading import load_autoencoder, load_classifier, load_glow, load_glow_detector, load_network, load_vae
-from nets.registry import ARCHITECTURES, build_classifier
+from dipdefense.nets.loading import (
+    load_autoencoder,
+    load_classifier,
+    load_glow,
+    load_glow_detector,
+    load_network,
+    load_vae,
+)
+from dipdefense.nets.registry import ARCHITECTURES, build_classifier
 
 __all__ = [
     "ARCHITECTURES",

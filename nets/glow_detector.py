@@ -7,9 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from dipdefense.nets.glow import build_glow, glow_latents
 from torch import nn
-
-from nets.glow import build_glow, glow_latents
 
 
 class GlowLatentDetector(nn.Module):

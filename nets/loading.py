@@ -5,11 +5,10 @@ import os
 from collections.abc import Callable
 
 import torch
+from dipdefense.common.checkpoint_io import load_checkpoint, load_state_dict_strict, resolve_repo_path
+from dipdefense.common.errors import CheckpointError
+from dipdefense.nets.registry import build_classifier
 from torch import nn
-
-from common.checkpoint_io import load_checkpoint, load_state_dict_strict, resolve_repo_path
-from common.errors import CheckpointError
-from nets.registry import build_classifier
 
 
 def _offline_classifier(**config) -> nn.Module:
@@ -59,14 +58,14 @@ def load_network(
 
 def load_autoencoder(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
     """The autoencoder purifier (``nets.autoencoder.ConvAutoencoder``) of a checkpoint."""
-    from nets.autoencoder import ConvAutoencoder
+    from dipdefense.nets.autoencoder import ConvAutoencoder
 
     return load_network(path, "autoencoder", ConvAutoencoder, map_location)
 
 
 def load_glow(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
     """The Glow (``nets.glow.build_glow``) of a checkpoint."""
-    from nets.glow import build_glow
+    from dipdefense.nets.glow import build_glow
 
     def builder(input_shape=(3, 32, 32), levels=3, steps=8, hidden_channels=128) -> nn.Module:
         return build_glow(tuple(input_shape), levels, steps, hidden_channels)
@@ -76,7 +75,7 @@ def load_glow(path: str | os.PathLike, map_location: str | torch.device = "cpu")
 
 def load_glow_detector(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
     """The Glow-latent detector (``nets.glow_detector.GlowLatentDetector``) of a checkpoint."""
-    from nets.glow_detector import GlowLatentDetector
+    from dipdefense.nets.glow_detector import GlowLatentDetector
 
     return load_network(path, "glow_detector", GlowLatentDetector, map_location)
 
@@ -84,7 +83,7 @@ def load_glow_detector(path: str | os.PathLike, map_location: str | torch.device
 def load_vae(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
     """The VAE (``nets.vae.VAE``) of a checkpoint; its ``decode`` is INC's generator. The
     checkpoint config's calibrated ``inversion_eta`` (if any) is in ``checkpoint_config``."""
-    from nets.vae import VAE
+    from dipdefense.nets.vae import VAE
 
     def builder(arch="mlp", image_shape=(1, 28, 28), latent_dim=20, hidden=(500, 500)) -> nn.Module:
         return VAE(arch, tuple(image_shape), latent_dim, tuple(hidden))

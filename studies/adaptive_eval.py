@@ -129,8 +129,8 @@ def archive_run(run_dir: Path, archive_dir: Path) -> bool:
     archive is only ever replaced by one holding at least as many records, so archiving a
     fresh, emptier copy of a run never loses work.
     """
-    from common.atomic_files import atomic_write
-    from evaluation.sample_log import read_records
+    from dipdefense.common.atomic_files import atomic_write
+    from dipdefense.evaluation.sample_log import read_records
 
     samples = run_dir / "samples.jsonl"
     if not (run_dir / "run.json").is_file() or not samples.is_file():
@@ -210,7 +210,7 @@ def chunk_size(defense: str, images: int) -> int:
 
 def recorded_chunk_size(run_dir: Path) -> int | None:
     """The chunk size a run already in ``run_dir`` was made with (evaluate.py refuses another)."""
-    from evaluation.run_folder import recorded_batch_size
+    from dipdefense.evaluation.run_folder import recorded_batch_size
 
     manifest = run_dir / "run.json"
     if not manifest.is_file():
@@ -256,8 +256,7 @@ def figures(archive: Path, report: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from common.atomic_files import atomic_write, atomic_write_text
+    from dipdefense.common.atomic_files import atomic_write, atomic_write_text
 
     runs = load_runs(archive)
     report.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from torchvision.io import write_jpeg
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from datamodules.cifar10 import CIFAR10_CLASSES  # noqa: E402
+from dipdefense.datamodules.cifar10 import CIFAR10_CLASSES  # noqa: E402
 
 SHARED_CIFAR = Path(os.environ.get("DIPDEF_CIFAR10") or REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
 
@@ -44,8 +44,8 @@ TINY_VICTIM_CONFIG = {
 @pytest.fixture
 def tiny_victim(tmp_path) -> Path:
     """An untrained small CNN victim checkpoint (seeded), quick to attack."""
-    from common.checkpoint_io import save_checkpoint
-    from nets import build_classifier
+    from dipdefense.common.checkpoint_io import save_checkpoint
+    from dipdefense.nets import build_classifier
 
     torch.manual_seed(0)
     path = tmp_path / "tiny_victim.ckpt"

@@ -11,18 +11,24 @@ from pathlib import Path
 
 import pytest
 import torch
+from dipdefense.attacks import build_attack
+from dipdefense.attacks.base import AttackError
+from dipdefense.common.errors import UserError
+from dipdefense.defenses import Purified, Purifier, build_defense
+from dipdefense.defenses.base import Detector, IdentityDefense
+from dipdefense.defenses.defended import (
+    DRAW_STRIDE,
+    HASHED_INDEX_BASE,
+    DefendedClassifier,
+    draw_indices,
+    hashed_indices,
+)
+from dipdefense.evaluation.attack_specs import check_against_defense, expand_attacks
+from dipdefense.evaluation.report import worst_case_rows
+from dipdefense.evaluation.sample_log import read_records
 from torch import nn
 
 import evaluate
-from attacks import build_attack
-from attacks.base import AttackError
-from common.errors import UserError
-from defenses import Purified, Purifier, build_defense
-from defenses.base import Detector, IdentityDefense
-from defenses.defended import DRAW_STRIDE, HASHED_INDEX_BASE, DefendedClassifier, draw_indices, hashed_indices
-from evaluation.attack_specs import check_against_defense, expand_attacks
-from evaluation.report import worst_case_rows
-from evaluation.sample_log import read_records
 from tests.conftest import TINY_VICTIM_CONFIG
 
 
@@ -35,7 +41,7 @@ def one_thread():
 
 
 def tiny_victim_module() -> nn.Module:
-    from nets import build_classifier
+    from dipdefense.nets import build_classifier
 
     torch.manual_seed(0)
     return build_classifier(**TINY_VICTIM_CONFIG).eval().requires_grad_(False)
@@ -300,7 +306,7 @@ class ConstantGenerator(ProjectToConstant):
         return z.view(-1, 1, 1, 1).expand(-1, 1, 4, 4)
 
     def project(self, images, indices):
-        from manifold.inversion import Inversion
+        from dipdefense.manifold.inversion import Inversion
 
         z = images.mean(dim=(1, 2, 3)).view(-1, 1)
         reconstruction = self.generator(z)
@@ -412,7 +418,7 @@ def test_a_new_adaptive_attack_revision_never_reuses_cached_adversarials(
 ):
     # evaluate.py passes its own adaptive cache key; the revision must reach it too, or a fixed
     # attack (or defense gradient) reads back what the broken one cached.
-    import lightning_modules.robustness_eval as robustness_eval
+    import dipdefense.lightning_modules.robustness_eval as robustness_eval
 
     cache = Path(os.environ["DIPDEF_CACHE"]) / "adversarial"
     args = ("--attacks", "bpda_pgd(steps=2)", "--eps", "8", "--num-samples", "4")
@@ -435,7 +441,7 @@ def test_evaluate_refuses_a_gradient_attack_through_a_dip_defense_before_writing
 
 
 def test_gated_defense_purifies_only_flagged_inputs_with_their_gradient():
-    from defenses.gated import DetectorGatedPurifier
+    from dipdefense.defenses.gated import DetectorGatedPurifier
 
     gated = DetectorGatedPurifier(BrightnessDetector(level=0.5), Halver())
     defended = DefendedClassifier(MeanThreshold(), gated)
@@ -499,7 +505,7 @@ def test_worst_case_counts_a_refused_attacked_input_as_defended():
 
 
 def test_sanity_checks_judge_a_rejecting_defense_with_rejection():
-    from evaluation.report import sanity_checks
+    from dipdefense.evaluation.report import sanity_checks
 
     # INC refused what the unbounded attack made (the victim alone is fooled on 96%): not ~0% for the system
     row = {

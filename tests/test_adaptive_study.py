@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from evaluation.sample_log import read_records
+from dipdefense.evaluation.sample_log import read_records
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 sys.path.insert(0, str(STUDIES))

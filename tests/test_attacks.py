@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from dipdefense.attacks import ATTACKS, Attack, AttackError, build_attack
+from dipdefense.attacks.foolbox_attacks import hsj_steps
+from dipdefense.evaluation.adversarial_cache import AdversarialCache, cached_attack
 from torch import nn
-
-from attacks import ATTACKS, Attack, AttackError, build_attack
-from attacks.foolbox_attacks import hsj_steps
-from evaluation.adversarial_cache import AdversarialCache, cached_attack
 
 EPS = 8 / 255
 N_ATTACKED = 24
@@ -273,7 +272,7 @@ def test_params_are_json_and_tell_settings_apart():
 
 
 def test_advertorch_shim():
-    importlib.import_module("attacks.advertorch_compat")
+    importlib.import_module("dipdefense.attacks.advertorch_compat")
     advertorch_attacks = importlib.import_module("advertorch.attacks")  # fails on torch>=1.9 without the shim
     assert advertorch_attacks.DDNL2Attack is not None
 
@@ -298,9 +297,7 @@ def test_non_finite_library_output_is_replaced_by_the_clean_image(trained):
 
 def test_import_is_cheap():
     """foolbox and advertorch load only when one of their attacks runs."""
-    code = (
-        "import sys, attacks; print(sorted(m for m in ('foolbox', 'advertorch', 'torchattacks') if m in sys.modules))"
-    )
+    code = "import sys, dipdefense.attacks; print(sorted(m for m in ('foolbox', 'advertorch', 'torchattacks') if m in sys.modules))"
     repo = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

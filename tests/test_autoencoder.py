@@ -1,11 +1,11 @@
 import pytest
 import torch
+from dipdefense.common.errors import CheckpointError, UserError
+from dipdefense.defenses import build_defense
+from dipdefense.nets import load_autoencoder
+from dipdefense.nets.autoencoder import ConvAutoencoder
 
 import train
-from common.errors import CheckpointError, UserError
-from defenses import build_defense
-from nets import load_autoencoder
-from nets.autoencoder import ConvAutoencoder
 from tests.conftest import REPO
 
 
@@ -47,7 +47,7 @@ def test_training_reduces_reconstruction_error_and_exports_a_purifier(cifar_batc
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 def test_training_steps_learn_to_reconstruct_smooth_images():
-    from lightning_modules import AutoencoderPurifier
+    from dipdefense.lightning_modules import AutoencoderPurifier
 
     torch.manual_seed(0)
     colours = torch.rand(64, 3, 1, 1)

@@ -2,10 +2,9 @@ import pickle
 
 import pytest
 import torch
-
-from common.checkpoint_io import load_checkpoint, save_checkpoint
-from common.errors import CheckpointError
-from nets import build_classifier, load_classifier
+from dipdefense.common.checkpoint_io import load_checkpoint, save_checkpoint
+from dipdefense.common.errors import CheckpointError
+from dipdefense.nets import build_classifier, load_classifier
 
 CONFIG = {"arch": "resnet20", "num_classes": 10, "in_channels": 3, "image_size": 32, "mean": "cifar10", "std": None}
 

@@ -2,9 +2,8 @@ import csv
 import json
 
 import pytest
-
-from common.errors import UserError
-from evaluation import compare
+from dipdefense.common.errors import UserError
+from dipdefense.evaluation import compare
 
 
 def _results(defense, rows, worst=()):

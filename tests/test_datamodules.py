@@ -3,10 +3,10 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+from dipdefense.common.errors import DataNotFoundError
+from dipdefense.datamodules import CIFAR10DataModule, FashionMNISTDataModule, ImageNetValDataModule, MNISTDataModule
+from dipdefense.datamodules.augment import random_crop_flip
 
-from common.errors import DataNotFoundError
-from datamodules import CIFAR10DataModule, FashionMNISTDataModule, ImageNetValDataModule, MNISTDataModule
-from datamodules.augment import random_crop_flip
 from tests.conftest import random_images, write_idx
 
 
@@ -139,7 +139,7 @@ def test_random_crop_flip_returns_a_window_of_the_padded_image():
 
 
 def test_archive_extraction_is_atomic(cifar_folder_archive, monkeypatch):
-    from datamodules import data_paths
+    from dipdefense.datamodules import data_paths
 
     def boom(self, *a, **k):
         raise OSError("disk full")

@@ -1,8 +1,7 @@
 import pytest
 import torch
-
-from dip import DIPSettings, build_dip_batch, fit_dip, skip
-from dip.engine import DIPFit
+from dipdefense.dip import DIPSettings, build_dip_batch, fit_dip, skip
+from dipdefense.dip.engine import DIPFit
 
 CIFAR = DIPSettings(iterations=50)
 SMALL_EVEN = DIPSettings(
@@ -99,7 +98,7 @@ def test_flat_buffer_adam_matches_adam_over_each_parameter_bit_for_bit(optimize_
 def test_batched_gemm_convolution_equals_native_grouped_convolution_bit_for_bit(
     c_in, c_out, kernel, stride, pad, bias, groups, size
 ):
-    from dip.skip_net import GroupedIm2colConv, SamePadConv
+    from dipdefense.dip.skip_net import GroupedIm2colConv, SamePadConv
 
     layer = SamePadConv(c_in, c_out, kernel, stride, pad, bias, groups)
     x = torch.randn(1, groups * c_in, size, size, requires_grad=True)
@@ -116,7 +115,7 @@ def test_batched_gemm_convolution_equals_native_grouped_convolution_bit_for_bit(
 
 
 def test_a_batched_convolution_that_rounds_differently_is_not_used(monkeypatch):
-    import dip.skip_net as skip_net
+    import dipdefense.dip.skip_net as skip_net
 
     layer = skip_net.SamePadConv(8, 8, 3, 1, "reflection", True, 4)
     x = torch.randn(1, 32, 16, 16)
@@ -134,7 +133,7 @@ def test_a_batched_convolution_that_rounds_differently_is_not_used(monkeypatch):
 
 
 def test_fit_with_batched_gemm_convolutions_equals_the_native_fit_bit_for_bit(monkeypatch):
-    from dip.skip_net import SamePadConv
+    from dipdefense.dip.skip_net import SamePadConv
 
     images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     batched = fit_dip(images, [1, 2, 3], CIFAR)
@@ -144,8 +143,8 @@ def test_fit_with_batched_gemm_convolutions_equals_the_native_fit_bit_for_bit(mo
 
 def test_dipdefend_fit_with_batched_gemm_convolutions_equals_the_native_fit_bit_for_bit(monkeypatch):
     # DIPDefend optimises z, so its first layer's input gradient (one channel per group) counts.
-    from defenses.dip_defenses import DIP_NETWORKS
-    from dip.skip_net import SamePadConv
+    from dipdefense.defenses.dip_defenses import DIP_NETWORKS
+    from dipdefense.dip.skip_net import SamePadConv
 
     settings = DIPSettings(network=DIP_NETWORKS["dipdefend_cifar"], iterations=30, optimize_input=True)
     images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(2))
@@ -155,7 +154,7 @@ def test_dipdefend_fit_with_batched_gemm_convolutions_equals_the_native_fit_bit_
 
 
 def test_an_image_too_small_for_the_network_depth_is_refused_with_the_fix():
-    from defenses.dip_defenses import DIP_NETWORKS
+    from dipdefense.defenses.dip_defenses import DIP_NETWORKS
 
     deep = DIPSettings(network=DIP_NETWORKS["deep_protection"], iterations=2)
     with pytest.raises(ValueError, match=r"5 scales.*32x32 image is 1x1.*at least 33 pixels.*deep_protection_cifar"):
@@ -192,8 +191,8 @@ MEMORY_SCRIPT = """
 import sys, torch
 sys.path.insert(0, {repo!r})
 torch.set_num_threads(1)
-from dip import DIPSettings, fit_dip
-from dip.stitching import StitchRule, StitchSettings
+from dipdefense.dip import DIPSettings, fit_dip
+from dipdefense.dip.stitching import StitchRule, StitchSettings
 
 def rss_mb():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
@@ -240,8 +239,8 @@ def test_memory_does_not_grow_with_the_number_of_iterations():
 
 
 def test_replaying_a_recorded_trace_gives_the_live_rule_result():
-    from dip.engine import replay_trace
-    from dip.stitching import StitchRule, StitchSettings
+    from dipdefense.dip.engine import replay_trace
+    from dipdefense.dip.stitching import StitchRule, StitchSettings
 
     torch.manual_seed(0)
     images = torch.rand(2, 3, 32, 32)
@@ -263,7 +262,7 @@ def test_replaying_a_recorded_trace_gives_the_live_rule_result():
 
 
 def test_a_later_stop_check_changes_the_cost_not_the_result():
-    from dip.early_stopping import MSEEarlyStop
+    from dipdefense.dip.early_stopping import MSEEarlyStop
 
     ramp = torch.linspace(0.2, 0.8, 32).view(1, 1, 1, 32).expand(2, 3, 32, 32).contiguous()
     images = torch.stack([ramp[0], 1 - ramp[1]])

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from dipdefense.defenses import build_defense
+from dipdefense.dip.dipdefend import DIPDefendRule, DIPDefendSettings, psnr_curve_value
+from dipdefense.dip.early_stopping import MSEEarlyStop, OracleTop5Stop
 from torch import nn
-
-from defenses import build_defense
-from dip.dipdefend import DIPDefendRule, DIPDefendSettings, psnr_curve_value
-from dip.early_stopping import MSEEarlyStop, OracleTop5Stop
 
 
 def _holt_reference(curve: list[float], lam: float) -> int:

@@ -2,9 +2,8 @@
 
 import pytest
 import torch
+from dipdefense.dip.stitching import StitchRule, StitchSettings
 from torch import nn
-
-from dip.stitching import StitchRule, StitchSettings
 
 
 class MeanThreshold(nn.Module):

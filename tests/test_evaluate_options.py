@@ -13,19 +13,20 @@ import tarfile
 import time
 from pathlib import Path
 
+import dipdefense.evaluation.cli  # noqa: F401  (evaluation.cli below)
 import pytest
 import torch
 import yaml
+from dipdefense.common.checkpoint_io import save_checkpoint
+from dipdefense.common.errors import CheckpointError, DataNotFoundError, UserError
+from dipdefense.datamodules import CIFAR10DataModule
+from dipdefense.datamodules.data_paths import extract_archive
+from dipdefense.evaluation.run_folder import OutputLock
+from dipdefense.evaluation.sample_log import read_records
+from dipdefense.nets import build_classifier, load_classifier
 
 import evaluate
-import evaluation.cli
-from common.checkpoint_io import save_checkpoint
-from common.errors import CheckpointError, DataNotFoundError, UserError
-from datamodules import CIFAR10DataModule
-from datamodules.data_paths import extract_archive
-from evaluation.run_folder import OutputLock
-from evaluation.sample_log import read_records
-from nets import build_classifier, load_classifier
+from dipdefense import evaluation
 from tests.conftest import REPO, TINY_VICTIM_CONFIG
 
 
@@ -43,7 +44,7 @@ def test_a_partial_config_keeps_every_other_default(tmp_path):
         "batch_size": 100,
         "attacks": "clean,pgd",
     }
-    assert options["data"]["class_path"] == "datamodules.CIFAR10DataModule"
+    assert options["data"]["class_path"] == "dipdefense.datamodules.CIFAR10DataModule"
 
 
 def test_nested_overrides_and_both_flag_styles(tmp_path):
@@ -228,7 +229,7 @@ def test_download_reaches_the_data_sets_fetch_with_the_data_dir(tiny_victim, cif
 
 def test_download_of_a_data_set_that_cannot_be_downloaded_is_one_clear_error(tiny_victim, tmp_path):
     args = ["--victim", str(tiny_victim), "--out", str(tmp_path / "o"), "--attacks", "clean", "--download"]
-    args += ["--data.class_path", "datamodules.ImageNetValDataModule"]
+    args += ["--data.class_path", "dipdefense.datamodules.ImageNetValDataModule"]
     with pytest.raises(UserError, match=r"ImageNetValDataModule cannot download.*that download: CIFAR10DataModule"):
         evaluate.main(args)
     assert not (tmp_path / "o").exists()
@@ -310,7 +311,7 @@ def test_a_run_json_from_before_the_chunk_size_was_recorded_still_resumes(tiny_v
     ],
 )
 def test_defense_parameters_of_the_wrong_type_or_sign_are_refused(params, message):
-    from defenses import build_defense
+    from dipdefense.defenses import build_defense
 
     with pytest.raises(UserError, match=message):
         build_defense("dip_stitch", **params)

@@ -6,18 +6,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from dipdefense.common.checkpoint_io import save_checkpoint
+from dipdefense.common.errors import UserError
+from dipdefense.defenses import DEFENSES, Detector, Purified, Purifier, build_defense, register_defense
+from dipdefense.evaluation.adversarial_cache import AdversarialCache
+from dipdefense.evaluation.attack_specs import expand_attacks, parse_eps
+from dipdefense.evaluation.chunks import ChunkDataset, sample_indices
+from dipdefense.evaluation.metrics import per_image_ssim
+from dipdefense.evaluation.sample_log import SampleLog, read_records, unique_records
+from dipdefense.nets import build_classifier
 from skimage.metrics import structural_similarity
 
 import evaluate
-from common.checkpoint_io import save_checkpoint
-from common.errors import UserError
-from defenses import DEFENSES, Detector, Purified, Purifier, build_defense, register_defense
-from evaluation.adversarial_cache import AdversarialCache
-from evaluation.attack_specs import expand_attacks, parse_eps
-from evaluation.chunks import ChunkDataset, sample_indices
-from evaluation.metrics import per_image_ssim
-from evaluation.sample_log import SampleLog, read_records, unique_records
-from nets import build_classifier
 from tests.conftest import REPO, TINY_VICTIM_CONFIG
 
 
@@ -50,7 +50,7 @@ def test_ssim_matches_skimage():
 
 
 def test_wilson_interval_known_values():
-    from evaluation.metrics import wilson_interval
+    from dipdefense.evaluation.metrics import wilson_interval
 
     low, high = wilson_interval(8, 10)
     assert abs(low - 0.4902) < 1e-4 and abs(high - 0.9433) < 1e-4
@@ -238,7 +238,7 @@ def test_bad_input_gives_one_error_and_writes_nothing(extra, message, tiny_victi
 def test_ddp_on_two_cpu_processes_runs_dip_on_disjoint_shards_like_one_process(
     tiny_victim, cifar_batches_dir, tmp_path
 ):
-    config = tmp_path / "dip.yaml"
+    config = tmp_path / "dipdefense.dip.yaml"
     config.write_text(
         "defense: dip_stitch\n"
         "defense_params: {dip_stitch: {network: small, iterations: 20, observe_every: 2, t0: 0, tau: 0.0, dip_batch: 2}}\n"
@@ -279,7 +279,7 @@ def test_ddp_on_two_cpu_processes_runs_dip_on_disjoint_shards_like_one_process(
 
 
 def test_dip_defense_runs_in_the_harness_and_saves_decision_traces(tiny_victim, cifar_batches_dir, tmp_path):
-    config = tmp_path / "dip.yaml"
+    config = tmp_path / "dipdefense.dip.yaml"
     config.write_text(
         "defense: dip_stitch\n"
         "defense_params: {dip_stitch: {network: small, iterations: 40, observe_every: 2, t0: 0, tau: 0.0, dip_batch: 3}}\n"
@@ -302,8 +302,8 @@ def test_dip_defense_runs_in_the_harness_and_saves_decision_traces(tiny_victim, 
 
 
 def test_detection_rows_on_a_known_case():
-    from evaluation.attack_specs import AttackRun
-    from evaluation.report import detection_rows
+    from dipdefense.evaluation.attack_specs import AttackRun
+    from dipdefense.evaluation.report import detection_rows
 
     def rec(index, attack, score):
         return {"index": index, "attack": attack, "score": score, "flagged": score >= 0.5}

@@ -2,10 +2,9 @@ import warnings
 
 import pytest
 import torch
-
-from nets import ARCHITECTURES, build_classifier
-from nets.cifar_resnet import resnet_cifar
-from nets.normalize import Normalize
+from dipdefense.nets import ARCHITECTURES, build_classifier
+from dipdefense.nets.cifar_resnet import resnet_cifar
+from dipdefense.nets.normalize import Normalize
 
 SMALL = [
     ("resnet20", 3, 32),

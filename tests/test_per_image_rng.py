@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from dipdefense.attacks.per_image_rng import attack_seed, global_draws, per_image_draws
+from dipdefense.defenses import DefendedClassifier
+from dipdefense.defenses.base import Purifier
 from torch import nn
-
-from attacks.per_image_rng import attack_seed, global_draws, per_image_draws
-from defenses import DefendedClassifier
-from defenses.base import Purifier
 
 DRAWS = {
     "uniform_": lambda b: torch.empty(b, 3, 4).uniform_(-1, 1),

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from dipdefense.datamodules import CIFAR10DataModule, FashionMNISTDataModule
+from dipdefense.nets import load_classifier
 
-from datamodules import CIFAR10DataModule, FashionMNISTDataModule
-from nets import load_classifier
 from tests.conftest import REPO, SHARED_CIFAR
 
 CHECKPOINTS = REPO / "checkpoints"
@@ -57,7 +57,7 @@ def test_fmnist_cnn_scores_91_percent_on_the_real_test_set():
     ],
 )
 def test_shipped_learned_defenses_load_and_carry_their_figures(name, loader, metric, bound):
-    import nets
+    from dipdefense import nets
 
     path = CHECKPOINTS / name
     assert path.is_file() and path.stat().st_size < 20_000_000
@@ -68,8 +68,8 @@ def test_shipped_learned_defenses_load_and_carry_their_figures(name, loader, met
 
 @pytest.mark.skipif(not SHARED_CIFAR.exists(), reason=f"real CIFAR-10 copy not at {SHARED_CIFAR}")
 def test_glow_gate_separates_real_clean_from_fgsm_images():
-    from attacks import build_attack
-    from defenses import build_defense
+    from dipdefense.attacks import build_attack
+    from dipdefense.defenses import build_defense
 
     test = CIFAR10DataModule(data_dir=str(SHARED_CIFAR)).load_split(train=False)
     x, y = test.images[:64].float() / 255, test.labels[:64]
@@ -82,7 +82,7 @@ def test_glow_gate_separates_real_clean_from_fgsm_images():
 def test_glow_gate_gradient_reaches_the_input():
     """The detector-aware attack needs d logit / dx through the frozen Glow; it was once zero
     (the latents were computed without a graph), which made the detector look unbeatable."""
-    from defenses import build_defense
+    from dipdefense.defenses import build_defense
 
     gate = build_defense("glow_gate")
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
@@ -101,8 +101,8 @@ def test_glow_gate_gradient_reaches_the_input():
 def test_bpda_pgd_through_glow_gate_fools_the_victim_unseen():
     """Carlini & Wagner 2017: a detector the attack knows is evaded; at eps 8 BPDA-PGD with the
     detector term finds inputs the victim gets wrong and the Glow detector does not flag."""
-    from attacks import build_attack
-    from defenses import DefendedClassifier, build_defense
+    from dipdefense.attacks import build_attack
+    from dipdefense.defenses import DefendedClassifier, build_defense
 
     test = CIFAR10DataModule(data_dir=str(SHARED_CIFAR)).load_split(train=False)
     x, y = test.images[:8].float() / 255, test.labels[:8]
@@ -118,8 +118,8 @@ def test_inc_with_the_shipped_vae_restores_real_fgsm_images():
     """Paper 004's claim on 64 real test images: FGSM (eps 0.05) crafted on the victim fools it,
     INC's projection onto the VAE's range undoes much of it, and about 5% of clean images are
     rejected (eta is the 95th percentile of held-out clean distances)."""
-    from attacks import build_attack
-    from defenses import build_defense
+    from dipdefense.attacks import build_attack
+    from dipdefense.defenses import build_defense
 
     test = FashionMNISTDataModule(data_dir=str(FMNIST_DEBIAN)).load_split(train=False)
     x, y = test.images[:64].float() / 255, test.labels[:64]
@@ -147,8 +147,8 @@ def test_latent_space_attack_breaks_inc_with_the_shipped_vae():
     """The unbounded check for INC (Carlini et al. 2019): the latent-space attack (Athalye et al.
     2018, Sec. 5.3.1) finds, for real test images, a generator image that INC accepts and the
     victim gets wrong."""
-    from attacks import build_attack
-    from defenses import DefendedClassifier, build_defense
+    from dipdefense.attacks import build_attack
+    from dipdefense.defenses import DefendedClassifier, build_defense
 
     test = FashionMNISTDataModule(data_dir=str(FMNIST_DEBIAN)).load_split(train=False)
     x, y = test.images[:8].float() / 255, test.labels[:8]

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from dipdefense.common.config_files import CONFIG_DIR, resolve_config_args
+from dipdefense.common.errors import UserError
+from dipdefense.nets import load_classifier
 
 import train
-from common.config_files import CONFIG_DIR, resolve_config_args
-from common.errors import UserError
-from nets import load_classifier
 from tests.conftest import REPO
 
 SHIPPED_CONFIGS = [
@@ -125,10 +125,10 @@ def test_unknown_config_is_one_line_on_stderr(tmp_path):
 
 
 def test_init_checkpoint_starts_from_exported_weights(tmp_path):
-    from common.checkpoint_io import save_checkpoint
-    from common.errors import CheckpointError
-    from lightning_modules import VictimClassifier
-    from nets import build_classifier
+    from dipdefense.common.checkpoint_io import save_checkpoint
+    from dipdefense.common.errors import CheckpointError
+    from dipdefense.lightning_modules import VictimClassifier
+    from dipdefense.nets import build_classifier
 
     config = {"arch": "resnet20", "num_classes": 10, "in_channels": 3, "image_size": 32, "mean": "cifar10", "std": None}
     torch.manual_seed(1)
@@ -146,7 +146,7 @@ def test_train_download_flag_reaches_the_data_sets_fetch_with_the_data_dir(idx_d
     when asked to download, and reads them as torchvision does otherwise."""
     import gzip
 
-    from datamodules import FashionMNISTDataModule
+    from dipdefense.datamodules import FashionMNISTDataModule
 
     real, calls = FashionMNISTDataModule.dataset_cls, []
 
