@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.epilog = (
         "Mappings are set one entry at a time, keeping the other defaults: --attack_params.pgd.steps 10, "
-        "--defense_params.dip_stitch.t0 100, --data.data_dir DIR, --data.class_path datamodules.MNISTDataModule."
+        "--defense_params.dip_stitch.t0 100, --data.data_dir DIR, --data.class_path MNISTDataModule."
     )
     return p
 
@@ -282,6 +282,9 @@ def _downloads(cls: type) -> bool:
 def build_datamodule(spec: dict[str, Any]):
     class_path = spec.get("class_path", "")
     module_name, _, class_name = class_path.rpartition(".")
+    # a bare class name, or the module path from before the dipdefense prefix: the project's own
+    if module_name in ("", "datamodules"):
+        module_name = "dipdefense.datamodules"
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError, ValueError):

@@ -55,3 +55,12 @@ def test_the_package_imports_from_another_directory(tmp_path):
     code = "import dipdefense.defenses, dipdefense.evaluation.cli; print(dipdefense.defenses.__file__)"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+def test_a_data_module_is_named_by_its_class_or_its_old_module_path(tmp_path):
+    from dipdefense.datamodules import MNISTDataModule
+    from dipdefense.evaluation.cli import build_datamodule
+
+    for class_path in ("MNISTDataModule", "datamodules.MNISTDataModule", "dipdefense.datamodules.MNISTDataModule"):
+        module = build_datamodule({"class_path": class_path, "init_args": {"data_dir": str(tmp_path)}})
+        assert type(module) is MNISTDataModule
