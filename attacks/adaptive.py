@@ -10,8 +10,9 @@ both the any-iterate accuracy and the last iterate's after every iteration (pape
 """
 
 import torch
-from dipdefense.attacks.base import Attack, AttackError, check_eps
 from torch import nn
+
+from dipdefense.attacks.base import Attack, AttackError, check_eps
 
 # Part of the adaptive cache key: bumped whenever a fix changes what an attack through a defense
 # computes, so cached adversarials of the old code are never reused. 2: the Glow detector's

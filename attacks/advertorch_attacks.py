@@ -3,8 +3,9 @@
 import warnings
 
 import torch
-from dipdefense.attacks.base import Attack
 from torch import nn
+
+from dipdefense.attacks.base import Attack
 
 
 class DDN(Attack):

@@ -13,8 +13,9 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, ClassVar, Literal
 
 import torch
-from dipdefense.common.errors import UserError
 from torch import nn
+
+from dipdefense.common.errors import UserError
 
 Norm = Literal["linf", "l2", "none"]
 

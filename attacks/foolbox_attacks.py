@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from dipdefense.attacks.base import Attack, AttackError, check_eps
 from torch import nn
+
+from dipdefense.attacks.base import Attack, AttackError, check_eps
 
 # HopSkipJump starts from foolbox's own default initialisation, a blended-uniform-noise
 # search, with at most 100 noise draws (ART's init_size; paper 002 ran ART's HSJ).

@@ -1,9 +1,10 @@
 """The latent-space attack on a defense that projects onto a generator's range."""
 
 import torch
+from torch import nn
+
 from dipdefense.attacks.adaptive import as_defended, still_right
 from dipdefense.attacks.base import Attack, AttackError, check_eps
-from torch import nn
 
 
 class LatentSpaceAttack(Attack):

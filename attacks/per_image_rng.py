@@ -21,8 +21,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from dipdefense.common.seeding import item_seed
 from torch.overrides import TorchFunctionMode
+
+from dipdefense.common.seeding import item_seed
 
 # In-place draws: the tensor's own shape decides.
 _IN_PLACE = {

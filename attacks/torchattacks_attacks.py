@@ -8,8 +8,9 @@ normalisation lives inside the model, so torchattacks works in [0, 1] pixel spac
 from typing import Any, ClassVar
 
 import torch
-from dipdefense.attacks.base import Attack, check_eps
 from torch import nn
+
+from dipdefense.attacks.base import Attack, check_eps
 
 
 class _Torchattack(Attack):

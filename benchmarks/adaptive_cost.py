@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))
 
 def measure(defense_name: str, batch: int, device: str, forwards: int) -> dict:
     import torch
+
     from dipdefense.attacks import build_attack
     from dipdefense.defenses import build_defense
     from dipdefense.defenses.defended import DefendedClassifier
@@ -89,6 +90,7 @@ def main() -> None:
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
     import torch
+
     from dipdefense.common.atomic_files import atomic_write_text
 
     meta = {"machine": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__}

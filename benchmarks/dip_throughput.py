@@ -23,6 +23,7 @@ sys.path.insert(0, str(REPO))
 
 def measure(batch: int, images: int, iterations: int, device: str, data_dir: str | None) -> dict:
     import torch
+
     from dipdefense.defenses.dip_defenses import DIPStitch
     from dipdefense.nets import load_classifier
 

@@ -27,13 +27,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import dipdefense.dip.engine  # noqa: E402, F401
 import torch  # noqa: E402
-from dipdefense.dip.engine import DIPFit, DIPSettings  # noqa: E402
-from dipdefense.dip.skip_net import SamePadConv  # noqa: E402
 
+import dipdefense.dip.engine  # noqa: E402, F401
 from benchmarks.profile_fit import LargestConv, forward_flops, images_for  # noqa: E402
 from dipdefense import dip  # noqa: E402
+from dipdefense.dip.engine import DIPFit, DIPSettings  # noqa: E402
+from dipdefense.dip.skip_net import SamePadConv  # noqa: E402
 
 LIBC = ctypes.CDLL("libc.so.6")
 

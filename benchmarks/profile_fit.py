@@ -25,10 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-from dipdefense.dip.engine import DIPFit, DIPSettings  # noqa: E402
-from dipdefense.dip.skip_net import SamePadConv  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from dipdefense.dip.engine import DIPFit, DIPSettings  # noqa: E402
+from dipdefense.dip.skip_net import SamePadConv  # noqa: E402
 
 PHASES = ("forward", "backward", "adam")
 CATEGORIES = (

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from dipdefense.common.assets import asset_dir
 from dipdefense.common.atomic_files import atomic_torch_save
 from dipdefense.common.errors import CheckpointError

@@ -9,6 +9,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from torch.utils.data import DataLoader, TensorDataset
+
 from dipdefense.common.checkpoint_io import resolve_repo_path
 from dipdefense.datamodules.cifar10 import CIFAR10DataModule
 from dipdefense.datamodules.data_paths import cache_root
@@ -16,7 +18,6 @@ from dipdefense.datamodules.in_memory import UInt8ImageDataset
 from dipdefense.evaluation.adversarial_cache import AdversarialCache, cached_attack, file_sha256
 from dipdefense.evaluation.attack_specs import expand_attacks, parse_eps
 from dipdefense.nets.loading import load_classifier
-from torch.utils.data import DataLoader, TensorDataset
 
 
 class AdversarialDetectionDataModule(pl.LightningDataModule):

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import torchvision
+
 from dipdefense.common.errors import DataNotFoundError
 from dipdefense.datamodules.data_paths import cache_root, extract_archive, is_archive, resolve_data_dir
 from dipdefense.datamodules.image_files import class_folders, load_image_folder, load_pickled_batches

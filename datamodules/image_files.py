@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.io import ImageReadMode, decode_image
+
 from dipdefense.common.atomic_files import atomic_torch_save
 from dipdefense.common.errors import DataNotFoundError
 from dipdefense.datamodules.data_paths import cache_root
-from torchvision.io import ImageReadMode, decode_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp"}
 

@@ -3,11 +3,12 @@
 import lightning.pytorch as pl
 import torch
 import torchvision.transforms.v2 as T
+from torch.utils.data import DataLoader, Subset
+from torchvision.datasets import ImageFolder
+
 from dipdefense.common.errors import DataNotFoundError
 from dipdefense.datamodules.data_paths import cache_root, resolve_data_dir
 from dipdefense.datamodules.image_files import class_folders
-from torch.utils.data import DataLoader, Subset
-from torchvision.datasets import ImageFolder
 
 IMAGENET_ENV = "DIPDEF_IMAGENET_VAL"
 

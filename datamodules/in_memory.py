@@ -8,8 +8,9 @@ in the model.
 
 import lightning.pytorch as pl
 import torch
-from dipdefense.datamodules.augment import random_crop_flip
 from torch.utils.data import DataLoader, Dataset, Subset
+
+from dipdefense.datamodules.augment import random_crop_flip
 
 
 class UInt8ImageDataset(Dataset):

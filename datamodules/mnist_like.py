@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import torchvision
+
 from dipdefense.common.errors import DataNotFoundError
 from dipdefense.datamodules.data_paths import cache_root, resolve_data_dir
 from dipdefense.datamodules.in_memory import InMemoryImageDataModule, UInt8ImageDataset

@@ -22,10 +22,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from torch import nn
+
 from dipdefense.attacks.per_image_rng import global_draws
 from dipdefense.common.errors import UserError
 from dipdefense.defenses.base import Defense, Detector, Purifier
-from torch import nn
 
 HASHED_INDEX_BASE = 1 << 40  # hashed images get indices in [2^40, 2^41): above any data set's
 DRAW_STRIDE = 1 << 41  # draw d of image i is seeded as index i + d * DRAW_STRIDE

@@ -3,6 +3,8 @@
 from typing import Any
 
 import torch
+from torch import nn
+
 from dipdefense.common.seeding import item_seed
 from dipdefense.defenses.base import Purified, Purifier
 from dipdefense.defenses.registry import register_defense
@@ -10,7 +12,6 @@ from dipdefense.dip.dipdefend import DIPDefendRule, DIPDefendSettings
 from dipdefense.dip.early_stopping import MSEEarlyStop, OracleTop5Stop
 from dipdefense.dip.engine import DIPSettings, check_image_size, fit_dip
 from dipdefense.dip.stitching import StitchRule, StitchSettings
-from torch import nn
 
 DIP_NETWORKS: dict[str, dict[str, Any]] = {
     # Paper 002, App. B.

@@ -6,8 +6,9 @@ while the purifier's cost is paid only for the flagged share."""
 from typing import Any
 
 import torch
-from dipdefense.defenses.base import Detector, Purified, Purifier
 from torch import nn
+
+from dipdefense.defenses.base import Detector, Purified, Purifier
 
 
 class DetectorGatedPurifier(Purifier):

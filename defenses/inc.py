@@ -4,12 +4,13 @@ import math
 from typing import Any
 
 import torch
+from torch import nn
+
 from dipdefense.common.checkpoint_io import resolve_repo_path
 from dipdefense.common.errors import UserError
 from dipdefense.defenses.base import Purified, Purifier
 from dipdefense.defenses.registry import register_defense
 from dipdefense.manifold.inversion import Inversion, invert
-from torch import nn
 
 
 class InvertAndClassify(Purifier):

@@ -3,10 +3,11 @@
 from typing import Any
 
 import torch
+from torch import nn
+
 from dipdefense.common.checkpoint_io import resolve_repo_path
 from dipdefense.defenses.base import Detector, Purifier
 from dipdefense.defenses.registry import register_defense
-from torch import nn
 
 
 class AutoencoderDefense(Purifier):

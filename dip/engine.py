@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from dipdefense.dip.skip_net import skip, stack_networks
 from torch import nn
+
+from dipdefense.dip.skip_net import skip, stack_networks
 
 # Toggling oneDNN off (exact_cpu) makes torch warn about Intel-GPU TF32 on every call.
 warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")

@@ -17,8 +17,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-from dipdefense.evaluation.metrics import per_image_ssim
 from torch import nn
+
+from dipdefense.evaluation.metrics import per_image_ssim
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from dipdefense.attacks.per_image_rng import attack_seed, per_image_draws
 from dipdefense.common.atomic_files import atomic_torch_save
 from dipdefense.common.seeding import item_seed

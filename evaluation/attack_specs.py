@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+
 from dipdefense.attacks import ATTACKS, build_attack
 from dipdefense.attacks.base import Attack
 from dipdefense.common.errors import UserError

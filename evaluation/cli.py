@@ -21,6 +21,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import yaml
+
 from dipdefense.common.atomic_files import atomic_write_text
 from dipdefense.common.checkpoint_io import resolve_repo_path
 from dipdefense.common.config_files import resolve_config
@@ -452,11 +453,12 @@ def build(o: dict[str, Any], argv: list[str]) -> SimpleNamespace:
 
 def run(o: dict[str, Any], plan: SimpleNamespace) -> None:
     """Attack and defend every image without a record; records are appended as chunks end."""
+    from lightning.pytorch.utilities import rank_zero_only
+
     from dipdefense.datamodules.data_paths import cache_root
     from dipdefense.evaluation.adversarial_cache import AdversarialCache
     from dipdefense.evaluation.run_folder import remove_stale_temporaries
     from dipdefense.lightning_modules.robustness_eval import RobustnessEvaluation
-    from lightning.pytorch.utilities import rank_zero_only
 
     out = plan.out
     if rank_zero_only.rank == 0:
@@ -543,8 +545,9 @@ def write_report(o: dict[str, Any], plan: SimpleNamespace) -> list[dict[str, Any
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    from dipdefense.evaluation.run_folder import OutputLock
     from lightning.pytorch.utilities import rank_zero_only
+
+    from dipdefense.evaluation.run_folder import OutputLock
 
     argv = sys.argv[1:] if argv is None else argv
     o = load_options(argv)

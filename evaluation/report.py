@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from dipdefense.common.atomic_files import atomic_write, atomic_write_text
 from dipdefense.evaluation.attack_specs import ADAPTIVE, CLEAN, OBLIVIOUS, AttackRun
 from dipdefense.evaluation.metrics import budget_curve, summarise, wilson_interval

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from dipdefense.common.atomic_files import atomic_write
 
 

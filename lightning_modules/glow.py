@@ -8,11 +8,12 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+
 from dipdefense.common.checkpoint_io import load_state_dict_strict, resolve_repo_path
 from dipdefense.nets.glow import bits_per_dim, build_glow, dequantize
 from dipdefense.nets.glow_detector import GlowLatentDetector
 from dipdefense.nets.loading import load_glow
-from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 
 class GlowDensity(pl.LightningModule):

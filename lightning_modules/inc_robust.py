@@ -5,11 +5,12 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
 from dipdefense.common.checkpoint_io import resolve_repo_path
 from dipdefense.common.seeding import item_seed
 from dipdefense.manifold.minmax import initial_pairs, minmax_attack, output_gap
 from dipdefense.nets import load_classifier, load_vae
-from torchmetrics.classification import MulticlassAccuracy
 
 
 class ManifoldAdversarialTraining(pl.LightningModule):

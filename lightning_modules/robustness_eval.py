@@ -12,6 +12,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
 from dipdefense.attacks.adaptive import ADAPTIVE_REVISION
 from dipdefense.common.atomic_files import atomic_torch_save
 from dipdefense.defenses.base import Defense, Detector
@@ -22,10 +27,6 @@ from dipdefense.evaluation.chunks import ChunkDataset
 from dipdefense.evaluation.metrics import per_image_ssim, perturbation_norms
 from dipdefense.evaluation.sample_log import RecordKey, SampleLog, rank_log_path, read_run_records, unique_records
 from dipdefense.evaluation.trace_plots import plot_trace
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 
 class RobustnessEvaluation(pl.LightningModule):

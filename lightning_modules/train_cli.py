@@ -15,10 +15,11 @@ import warnings
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
 from dipdefense.common.checkpoint_io import load_checkpoint, load_state_dict_strict, save_checkpoint
 from dipdefense.common.config_files import resolve_config_args
 from dipdefense.common.errors import CheckpointError, UserError, run_main
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 
 class TrainCLI(LightningCLI):

@@ -7,6 +7,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+
 from dipdefense.manifold.inversion import invert
 from dipdefense.nets.vae import VAE
 

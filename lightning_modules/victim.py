@@ -7,10 +7,11 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
 from dipdefense.common.checkpoint_io import load_state_dict_strict
 from dipdefense.nets import load_classifier
 from dipdefense.nets.registry import build_classifier
-from torchmetrics.classification import MulticlassAccuracy
 
 
 class VictimClassifier(pl.LightningModule):

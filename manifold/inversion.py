@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
 from dipdefense.common.seeding import item_seed
 
 Generator = Callable[[torch.Tensor], torch.Tensor]

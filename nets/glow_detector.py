@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from dipdefense.nets.glow import build_glow, glow_latents
 from torch import nn
+
+from dipdefense.nets.glow import build_glow, glow_latents
 
 
 class GlowLatentDetector(nn.Module):

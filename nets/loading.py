@@ -5,10 +5,11 @@ import os
 from collections.abc import Callable
 
 import torch
+from torch import nn
+
 from dipdefense.common.checkpoint_io import load_checkpoint, load_state_dict_strict, resolve_repo_path
 from dipdefense.common.errors import CheckpointError
 from dipdefense.nets.registry import build_classifier
-from torch import nn
 
 
 def _offline_classifier(**config) -> nn.Module:

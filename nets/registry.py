@@ -3,13 +3,14 @@ normalisation layer in front, taking images in [0, 1]."""
 
 from collections.abc import Callable, Sequence
 
+from torch import nn
+
 from dipdefense.nets.cifar_resnet import resnet50_cifar, resnet_cifar
 from dipdefense.nets.imagenet import IMAGENET_ARCHITECTURES, torchvision_classifier
 from dipdefense.nets.normalize import DATASET_STATS, Normalize
 from dipdefense.nets.small_cnn import SmallCNN
 from dipdefense.nets.vgg import VGG
 from dipdefense.nets.vit_small import SmallViT
-from torch import nn
 
 
 def _small(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:

@@ -256,6 +256,7 @@ def figures(archive: Path, report: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     from dipdefense.common.atomic_files import atomic_write, atomic_write_text
 
     runs = load_runs(archive)

@@ -24,12 +24,11 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import evaluate  # noqa: E402
 from dipdefense.common.atomic_files import atomic_write, atomic_write_text  # noqa: E402
 from dipdefense.common.checkpoint_io import resolve_repo_path  # noqa: E402
 from dipdefense.manifold import initial_pairs, minmax_attack, pair_statistics, summarise_pairs  # noqa: E402
 from dipdefense.nets import load_classifier, load_vae  # noqa: E402
-
-import evaluate  # noqa: E402
 
 PAPER_TABLE1 = {"clean": (97, 84), "fgsm 0.05": (1, 82), "fgsm 0.1": (0, 80), "fgsm 0.2": (0, 73), "cw": (0, 77)}
 PAPER_MINMAX = {"before": (0.93, 2.47, 0.57), "after": (1.00, 0.08, 0.22), "transfer": (None, 0.007, 0.18)}

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+
+import evaluate
 from dipdefense.attacks import build_attack
 from dipdefense.attacks.base import AttackError
 from dipdefense.common.errors import UserError
@@ -26,9 +29,6 @@ from dipdefense.defenses.defended import (
 from dipdefense.evaluation.attack_specs import check_against_defense, expand_attacks
 from dipdefense.evaluation.report import worst_case_rows
 from dipdefense.evaluation.sample_log import read_records
-from torch import nn
-
-import evaluate
 from tests.conftest import TINY_VICTIM_CONFIG
 
 

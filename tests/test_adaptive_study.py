@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from dipdefense.evaluation.sample_log import read_records
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+
 from dipdefense.attacks import ATTACKS, Attack, AttackError, build_attack
 from dipdefense.attacks.foolbox_attacks import hsj_steps
 from dipdefense.evaluation.adversarial_cache import AdversarialCache, cached_attack
-from torch import nn
 
 EPS = 8 / 255
 N_ATTACKED = 24

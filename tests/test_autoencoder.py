@@ -1,11 +1,11 @@
 import pytest
 import torch
+
+import train
 from dipdefense.common.errors import CheckpointError, UserError
 from dipdefense.defenses import build_defense
 from dipdefense.nets import load_autoencoder
 from dipdefense.nets.autoencoder import ConvAutoencoder
-
-import train
 from tests.conftest import REPO
 
 

@@ -2,6 +2,7 @@ import pickle
 
 import pytest
 import torch
+
 from dipdefense.common.checkpoint_io import load_checkpoint, save_checkpoint
 from dipdefense.common.errors import CheckpointError
 from dipdefense.nets import build_classifier, load_classifier

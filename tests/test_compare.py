@@ -2,6 +2,7 @@ import csv
 import json
 
 import pytest
+
 from dipdefense.common.errors import UserError
 from dipdefense.evaluation import compare
 

@@ -3,10 +3,10 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+
 from dipdefense.common.errors import DataNotFoundError
 from dipdefense.datamodules import CIFAR10DataModule, FashionMNISTDataModule, ImageNetValDataModule, MNISTDataModule
 from dipdefense.datamodules.augment import random_crop_flip
-
 from tests.conftest import random_images, write_idx
 
 

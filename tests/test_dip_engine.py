@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from dipdefense.dip import DIPSettings, build_dip_batch, fit_dip, skip
 from dipdefense.dip.engine import DIPFit
 

@@ -2,10 +2,11 @@
 
 import pytest
 import torch
+from torch import nn
+
 from dipdefense.defenses import build_defense
 from dipdefense.dip.dipdefend import DIPDefendRule, DIPDefendSettings, psnr_curve_value
 from dipdefense.dip.early_stopping import MSEEarlyStop, OracleTop5Stop
-from torch import nn
 
 
 def _holt_reference(curve: list[float], lam: float) -> int:

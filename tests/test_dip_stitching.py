@@ -2,8 +2,9 @@
 
 import pytest
 import torch
-from dipdefense.dip.stitching import StitchRule, StitchSettings
 from torch import nn
+
+from dipdefense.dip.stitching import StitchRule, StitchSettings
 
 
 class MeanThreshold(nn.Module):

@@ -13,10 +13,13 @@ import tarfile
 import time
 from pathlib import Path
 
-import dipdefense.evaluation.cli  # noqa: F401  (evaluation.cli below)
 import pytest
 import torch
 import yaml
+
+import dipdefense.evaluation.cli  # noqa: F401  (evaluation.cli below)
+import evaluate
+from dipdefense import evaluation
 from dipdefense.common.checkpoint_io import save_checkpoint
 from dipdefense.common.errors import CheckpointError, DataNotFoundError, UserError
 from dipdefense.datamodules import CIFAR10DataModule
@@ -24,9 +27,6 @@ from dipdefense.datamodules.data_paths import extract_archive
 from dipdefense.evaluation.run_folder import OutputLock
 from dipdefense.evaluation.sample_log import read_records
 from dipdefense.nets import build_classifier, load_classifier
-
-import evaluate
-from dipdefense import evaluation
 from tests.conftest import REPO, TINY_VICTIM_CONFIG
 
 

@@ -6,6 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from skimage.metrics import structural_similarity
+
+import evaluate
 from dipdefense.common.checkpoint_io import save_checkpoint
 from dipdefense.common.errors import UserError
 from dipdefense.defenses import DEFENSES, Detector, Purified, Purifier, build_defense, register_defense
@@ -15,9 +18,6 @@ from dipdefense.evaluation.chunks import ChunkDataset, sample_indices
 from dipdefense.evaluation.metrics import per_image_ssim
 from dipdefense.evaluation.sample_log import SampleLog, read_records, unique_records
 from dipdefense.nets import build_classifier
-from skimage.metrics import structural_similarity
-
-import evaluate
 from tests.conftest import REPO, TINY_VICTIM_CONFIG
 
 

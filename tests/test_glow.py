@@ -2,11 +2,11 @@ import math
 
 import pytest
 import torch
+
+import train
 from dipdefense.common.errors import CheckpointError
 from dipdefense.nets import load_glow
 from dipdefense.nets.glow import bits_per_dim, build_glow, glow_latents
-
-import train
 from tests.conftest import REPO
 
 

@@ -3,12 +3,12 @@ import json
 import pytest
 import torch
 import yaml
-from dipdefense.datamodules import AdversarialDetectionDataModule
-from dipdefense.defenses import build_defense
-from dipdefense.nets import load_glow_detector
 
 import evaluate
 import train
+from dipdefense.datamodules import AdversarialDetectionDataModule
+from dipdefense.defenses import build_defense
+from dipdefense.nets import load_glow_detector
 
 
 @pytest.fixture

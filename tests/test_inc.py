@@ -6,15 +6,15 @@ import json
 import lightning.pytorch as pl
 import pytest
 import torch
+from torch import nn
+
+import evaluate
 from dipdefense.common.checkpoint_io import save_checkpoint
 from dipdefense.common.errors import UserError
 from dipdefense.defenses import build_defense
 from dipdefense.manifold import initial_pairs, invert, minmax_attack, output_gap, pair_statistics, summarise_pairs
 from dipdefense.nets import build_classifier, load_classifier, load_vae
 from dipdefense.nets.vae import VAE
-from torch import nn
-
-import evaluate
 
 FMNIST_VICTIM = {"arch": "small_cnn", "num_classes": 10, "in_channels": 1, "image_size": 28, "mean": "fashion_mnist"}
 TINY_VAE = {"arch": "mlp", "image_shape": [1, 28, 28], "latent_dim": 4, "hidden": [32, 32]}

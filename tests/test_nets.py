@@ -2,6 +2,7 @@ import warnings
 
 import pytest
 import torch
+
 from dipdefense.nets import ARCHITECTURES, build_classifier
 from dipdefense.nets.cifar_resnet import resnet_cifar
 from dipdefense.nets.normalize import Normalize

@@ -2,10 +2,11 @@
 
 import pytest
 import torch
+from torch import nn
+
 from dipdefense.attacks.per_image_rng import attack_seed, global_draws, per_image_draws
 from dipdefense.defenses import DefendedClassifier
 from dipdefense.defenses.base import Purifier
-from torch import nn
 
 DRAWS = {
     "uniform_": lambda b: torch.empty(b, 3, 4).uniform_(-1, 1),

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from dipdefense.datamodules import CIFAR10DataModule, FashionMNISTDataModule
 from dipdefense.nets import load_classifier
-
 from tests.conftest import REPO, SHARED_CIFAR
 
 CHECKPOINTS = REPO / "checkpoints"

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 import torch
+
+import train
 from dipdefense.common.config_files import CONFIG_DIR, resolve_config_args
 from dipdefense.common.errors import UserError
 from dipdefense.nets import load_classifier
-
-import train
 from tests.conftest import REPO
 
 SHIPPED_CONFIGS = [
