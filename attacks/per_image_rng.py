@@ -77,7 +77,10 @@ class PerImageDraws(TorchFunctionMode):
             if func in _OTHER and kwargs.get("generator") is None:
                 self.shared_draws += 1
             return func(*args, **kwargs)
-        result = func(*args, **kwargs)  # shape, dtype and device, whatever the call's signature
+        # Drawn as without the mode first: it gives the shape, dtype and device whatever the call's
+        # signature, and it advances the global generator as before, so draws that are not split
+        # stay what they were.
+        result = func(*args, **kwargs)
         rows = self._rows(func, args, kwargs, result)
         if rows is None:
             self.shared_draws += 1

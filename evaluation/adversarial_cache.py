@@ -7,6 +7,7 @@ interrupted run never leaves a half file that a later run reads as whole; an unr
 or mismatching entry is recomputed.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -146,12 +147,10 @@ def cached_attack_entry(
         key["attack_rng"] = PER_IMAGE
 
     def create() -> dict[str, torch.Tensor]:
+        draws = per_image_draws([attack_seed(seed, i) for i in indices.tolist()]) if attack_rng == PER_IMAGE else None
         with torch.random.fork_rng(devices=[images.device] if images.device.type == "cuda" else []):
-            torch.manual_seed(chunk_seed)
-            if attack_rng == PER_IMAGE:
-                with per_image_draws([attack_seed(seed, i) for i in indices.tolist()]):
-                    entry = {"images": attack(classifier, images, labels)}
-            else:
+            torch.manual_seed(chunk_seed)  # what is not drawn per image
+            with draws or contextlib.nullcontext():
                 entry = {"images": attack(classifier, images, labels)}
         history = getattr(attack, "last_history", None)
         return entry if history is None else entry | {"history": history}

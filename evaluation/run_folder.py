@@ -44,7 +44,7 @@ def inherited_attack_rng(out: Path) -> str:
         return "per-image"  # no run yet (an unreadable run.json is refused by check_out_dir)
     if not isinstance(previous, dict):
         return "per-image"
-    return str(previous.get("attack_rng", "per-chunk"))
+    return str(previous.get("attack_rng") or LEGACY_KEYS["attack_rng"](previous))
 
 
 def check_out_dir(out: Path, manifest: dict[str, Any]) -> None:
