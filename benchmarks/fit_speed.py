@@ -17,6 +17,7 @@ real CIFAR-10 test images (``$DIPDEF_CIFAR10``) instead of fit steps.
 
 import argparse
 import ctypes
+import dataclasses
 import os
 import platform
 import statistics
@@ -46,6 +47,9 @@ VARIANTS = {
     "retained memory only": (False, True, False),
     "batched-GEMM convs only": (False, False, True),
 }
+# The candidates for an opt-in fast mode: "after" with oneDNN's kernels (exact_cpu=False), which
+# are not batch-invariant, without and with channels_last activations.
+FAST_VARIANTS = {"oneDNN": False, "oneDNN + channels_last": True}
 
 
 class VariantFit(DIPFit):
@@ -53,8 +57,13 @@ class VariantFit(DIPFit):
     (per-tensor Adam, gradients accumulated into each .grad, PyTorch's per-group native convolutions)."""
 
     def __init__(self, images: torch.Tensor, seeds: list[int], settings: DIPSettings, variant: str) -> None:
-        super().__init__(images, seeds, settings)
-        self.flat_adam, self.retain, self.batched_gemm_convs = VARIANTS[variant]
+        fast = variant in FAST_VARIANTS
+        super().__init__(images, seeds, dataclasses.replace(settings, exact_cpu=not fast))
+        self.flat_adam, self.retain, self.batched_gemm_convs = VARIANTS["after" if fast else variant]
+        self.bit_equal_expected = not fast
+        if fast and FAST_VARIANTS[variant]:
+            self.net = self.net.to(memory_format=torch.channels_last)
+            self.noise = self.noise.contiguous(memory_format=torch.channels_last)
         if not self.flat_adam:
             self.optimizer = torch.optim.Adam(self.params, lr=settings.lr)
 
@@ -103,12 +112,12 @@ def fit_rows(batches: list[int], rounds: int, variants: list[str], data_dir: str
         convs = {"engine": LargestConv(batch, exact), "native": LargestConv(batch, exact, batched=False)}
         conv_seconds: dict[str, list[float]] = {n: [] for n in convs}
         k = steps_per_round(batch)
-        with fits["after"].numerics():
-            for _ in range(rounds):
-                for name, conv in convs.items():
-                    conv_seconds[name].append(conv.seconds(k))
-                for name, fit in fits.items():
-                    memory_mode(fit.retain)
+        for _ in range(rounds):
+            for name, conv in convs.items():
+                conv_seconds[name].append(conv.seconds(k))
+            for name, fit in fits.items():
+                memory_mode(fit.retain)
+                with fit.numerics():  # each fit in its own kernels: the fast variants run oneDNN's
                     _, loss = fit.forward()
                     fit.update(loss)
                     start = time.perf_counter()
@@ -116,7 +125,12 @@ def fit_rows(batches: list[int], rounds: int, variants: list[str], data_dir: str
                         _, loss = fit.forward()
                         fit.update(loss)
                     seconds[name].append((time.perf_counter() - start) / k)
-            outs = [fit.forward()[0] for fit in fits.values()]
+        outs = []
+        for fit in fits.values():
+            with fit.numerics():
+                outs.append(fit.forward()[0].contiguous() if fit.bit_equal_expected else None)
+        outs = [o for o in outs if o is not None]
+        with fits["after"].numerics():
             flops = 3 * forward_flops(fits["after"])
         conv_gflops = {n: convs[n].gflops(statistics.median(s)) for n, s in conv_seconds.items()}
         rows.append(
@@ -130,7 +144,7 @@ def fit_rows(batches: list[int], rounds: int, variants: list[str], data_dir: str
                     n: statistics.median(b / a for b, a in zip(seconds["before"], s, strict=True))
                     for n, s in seconds.items()
                 },
-                "bit_equal": all(torch.equal(outs[0], o) for o in outs[1:]),
+                "bit_equal": all(torch.equal(outs[0], o) for o in outs[1:]),  # over the exact variants
             }
         )
     return rows
@@ -179,6 +193,11 @@ def main() -> None:
         action="store_true",
         help="also time each change alone (flat Adam, retained memory, batched-GEMM convs)",
     )
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help="also time the fast-mode candidates (oneDNN kernels, with and without channels_last; not bit-equal)",
+    )
     p.add_argument("--stitch", action="store_true", help="time the full dip_stitch defense, not fit steps")
     p.add_argument("--data-dir", default=os.environ.get("DIPDEF_CIFAR10"))
     args = p.parse_args()
@@ -192,7 +211,8 @@ def main() -> None:
                 f"| {r['batch']} | {ips['before']:.3f} | {ips['after']:.3f} | {r['speedup']:.2f}x | {r['bit_equal']} |"
             )
         return
-    rows = fit_rows(batches, args.rounds, ["before", "after", *args.ablate], args.data_dir)
+    fast = list(FAST_VARIANTS) if args.fast else []
+    rows = fit_rows(batches, args.rounds, ["before", "after", *args.ablate, *fast], args.data_dir)
     print(
         "| B | variant | ms / image-step | speedup (median of rounds) | GFLOP/s / largest conv's "
         "(as the engine runs it) | bit-equal |"
@@ -207,7 +227,8 @@ def main() -> None:
         for name, ms in r["ms_per_image_step"].items():
             print(
                 f"| {r['batch']} | {name} | {ms:.2f} | {r['speedup'][name]:.2f}x | "
-                f"{r['gflops'][name]:.1f} / {ref:.1f} = {r['gflops'][name] / ref:.2f} | {r['bit_equal']} |"
+                f"{r['gflops'][name]:.1f} / {ref:.1f} = {r['gflops'][name] / ref:.2f} | "
+                f"{'n/a (oneDNN)' if name in FAST_VARIANTS else r['bit_equal']} |"
             )
 
 

@@ -55,6 +55,28 @@ def test_batched_fit_equals_separate_fits(settings):
     assert (reordered - batched[[2, 0]]).abs().max() <= 1e-4
 
 
+def test_the_fit_runs_in_its_own_kernels_and_the_observer_in_the_callers():
+    """Exact mode fits on the native convolutions; the observer (a rule's victim calls) runs in
+    whatever the caller chose, oneDNN by default, like everything after the fit."""
+    settings = DIPSettings(network=SMALL_EVEN.network, iterations=4, observe_every=1)
+    images = torch.rand(2, 3, 16, 16)
+    fit_kernels, observer_kernels = [], []
+    net_forward = DIPFit.forward
+
+    def forward(self):
+        fit_kernels.append(torch.backends.mkldnn.enabled)
+        return net_forward(self)
+
+    for caller in (True, False):
+        fit_kernels.clear()
+        observer_kernels.clear()
+        with pytest.MonkeyPatch.context() as patch, torch.backends.mkldnn.flags(enabled=caller):
+            patch.setattr(DIPFit, "forward", forward)
+            fit_dip(images, [1, 2], settings, lambda t, x, mse: observer_kernels.append(torch.backends.mkldnn.enabled))
+            assert torch.backends.mkldnn.enabled == caller
+        assert fit_kernels == [False] * 4 and observer_kernels == [caller] * 4
+
+
 @pytest.mark.parametrize("optimize_input", [False, True], ids=["network", "network_and_input"])
 def test_flat_buffer_adam_matches_adam_over_each_parameter_bit_for_bit(optimize_input):
     settings = DIPSettings(iterations=30, optimize_input=optimize_input)
