@@ -67,13 +67,21 @@ DIP_NETWORKS["deep_protection_cifar"] = {
 }
 
 
+# Engine options added after runs were recorded: left out of a run's manifest while off, so
+# those runs (whose run.json lacks them) still resume.
+OFF_WHEN_ZERO = ("input_jitter", "output_ema")
+
+
 class DIPPurifier(Purifier):
     """Shared by the DIP defenses: builds the engine settings, seeds each image's DIP from
     (seed, dataset index), and fits ``dip_batch`` images at a time. Subclasses make the rule.
 
     Arguments (engine): network (a ``DIP_NETWORKS`` name or ``dip.skip`` arguments),
     iterations, lr (0.01), noise_scale, observe_every, optimize_input (False),
-    dip_batch (32; speed only), seed (0).
+    dip_batch (32; speed only), seed (0); and, for every DIP defense, the fitting options of
+    the official DIP code that the papers leave open (``dip.engine.DIPSettings``): init
+    ("xavier", or "default" for PyTorch's), input_jitter (0, off; the code's reg_noise_std),
+    output_ema (0, off; the code's exp_weight).
     """
 
     observe_tail = 0
@@ -94,6 +102,10 @@ class DIPPurifier(Purifier):
         dip_batch: int,
         seed: int,
         optimize_input: bool = False,
+        *,
+        init: str = "xavier",
+        input_jitter: float = 0.0,
+        output_ema: float = 0.0,
     ) -> None:
         if isinstance(network, str) and network not in DIP_NETWORKS:
             raise ValueError(
@@ -106,6 +118,9 @@ class DIPPurifier(Purifier):
             lr=lr,
             observe_every=observe_every,
             optimize_input=optimize_input,
+            init=init,
+            input_jitter=input_jitter,
+            output_ema=output_ema,
         )
         self.dip_batch, self.seed = dip_batch, seed
 
@@ -116,7 +131,12 @@ class DIPPurifier(Purifier):
         check_image_size(self.dip, tuple(shape[-2:]))
 
     def params(self) -> dict[str, Any]:
-        engine = {k: v for k, v in vars(self.dip).items() if k != "retain_cpu_memory"}  # speed only, like dip_batch
+        engine = {
+            k: v
+            for k, v in vars(self.dip).items()
+            if k != "retain_cpu_memory"  # speed only, like dip_batch
+            and not (k in OFF_WHEN_ZERO and v == 0)
+        }
         return {**engine, **self.rule_settings(), "seed": self.seed}
 
     def make_rule(self, images: torch.Tensor, classifier: nn.Module, labels: torch.Tensor | None):
@@ -153,7 +173,8 @@ class DIPStitch(DIPPurifier):
 
     Arguments: network "cifar", iterations 1000, lr 0.01, noise_scale 1/30, observe_every 5
     (T/200), tau 0.7, t0 50 (iterations), k 15, beta 0.5, grid 100, search "grid" (or
-    "bisection" for large victims), dip_batch 32, seed 0.
+    "bisection" for large victims), dip_batch 32, seed 0; init "xavier", input_jitter 0,
+    output_ema 0 (``DIPPurifier``).
     ImageNet: network "imagenet", iterations 3000, noise_scale 1/100, observe_every 15.
     """
 
@@ -174,8 +195,22 @@ class DIPStitch(DIPPurifier):
         search: str = "grid",
         dip_batch: int = 32,
         seed: int = 0,
+        init: str = "xavier",
+        input_jitter: float = 0.0,
+        output_ema: float = 0.0,
     ) -> None:
-        super().__init__(network, iterations, lr, noise_scale, observe_every, dip_batch, seed)
+        super().__init__(
+            network,
+            iterations,
+            lr,
+            noise_scale,
+            observe_every,
+            dip_batch,
+            seed,
+            init=init,
+            input_jitter=input_jitter,
+            output_ema=output_ema,
+        )
         self.rule = StitchSettings(tau=tau, t0=t0, k=k, beta=beta, grid=grid, search=search)
         self.observe_tail = k
 
@@ -194,7 +229,8 @@ class DIPDefend(DIPPurifier):
 
     Arguments: network "dipdefend_cifar" (their CIFAR net), iterations 4000, lr 0.01,
     noise_scale 1/10, optimize_input True (they optimise the input too), lam 0.002,
-    patch 32, dip_batch 32, seed 0. The PSNR curve is read at every iterate.
+    patch 32, dip_batch 32, seed 0; init "xavier", input_jitter 0, output_ema 0 (``DIPPurifier``).
+    The PSNR curve is read at every iterate.
     """
 
     name = "dipdefend"
@@ -210,8 +246,23 @@ class DIPDefend(DIPPurifier):
         patch: int = 32,
         dip_batch: int = 32,
         seed: int = 0,
+        init: str = "xavier",
+        input_jitter: float = 0.0,
+        output_ema: float = 0.0,
     ) -> None:
-        super().__init__(network, iterations, lr, noise_scale, 1, dip_batch, seed, optimize_input)
+        super().__init__(
+            network,
+            iterations,
+            lr,
+            noise_scale,
+            1,
+            dip_batch,
+            seed,
+            optimize_input,
+            init=init,
+            input_jitter=input_jitter,
+            output_ema=output_ema,
+        )
         self.rule = DIPDefendSettings(lam=lam, patch=patch)
 
     def rule_settings(self) -> dict[str, Any]:
@@ -233,7 +284,8 @@ class DeepProtection(DIPPurifier):
 
     Arguments: network "deep_protection" (official denoiser, Swish, 5 scales: images of at
     least 33 px; "deep_protection_cifar" is its 4-scale version for 32x32), iterations 1750,
-    lr 0.01, noise_scale 0.1, oracle False, check_every 50, dip_batch 8, seed 0.
+    lr 0.01, noise_scale 0.1, oracle False, check_every 50, dip_batch 8, seed 0; init "xavier",
+    input_jitter 0, output_ema 0 (``DIPPurifier``).
     """
 
     name = "deep_protection"
@@ -248,8 +300,22 @@ class DeepProtection(DIPPurifier):
         check_every: int = 50,
         dip_batch: int = 8,
         seed: int = 0,
+        init: str = "xavier",
+        input_jitter: float = 0.0,
+        output_ema: float = 0.0,
     ) -> None:
-        super().__init__(network, iterations, lr, noise_scale, check_every, dip_batch, seed)
+        super().__init__(
+            network,
+            iterations,
+            lr,
+            noise_scale,
+            check_every,
+            dip_batch,
+            seed,
+            init=init,
+            input_jitter=input_jitter,
+            output_ema=output_ema,
+        )
         self.oracle = oracle
         self.uses_labels = oracle
 
@@ -282,15 +348,36 @@ class DIPInc(DIPPurifier):
     (0.005 on [-1, 1] images = 0.00125 here).
 
     Arguments: network "cifar", iterations 500, lr 0.01, noise_scale 1/30, threshold 0.00125,
-    dip_batch 32, seed 0.
+    dip_batch 32, seed 0; init "xavier", input_jitter 0, output_ema 0 (``DIPPurifier``).
     """
 
     name = "dip_inc"
 
     def __init__(
-        self, network="cifar", iterations=500, lr=0.01, noise_scale=1 / 30, threshold=0.00125, dip_batch=32, seed=0
+        self,
+        network: str | dict[str, Any] = "cifar",
+        iterations: int = 500,
+        lr: float = 0.01,
+        noise_scale: float = 1 / 30,
+        threshold: float = 0.00125,
+        dip_batch: int = 32,
+        seed: int = 0,
+        init: str = "xavier",
+        input_jitter: float = 0.0,
+        output_ema: float = 0.0,
     ) -> None:
-        super().__init__(network, iterations, lr, noise_scale, 1, dip_batch, seed)
+        super().__init__(
+            network,
+            iterations,
+            lr,
+            noise_scale,
+            1,
+            dip_batch,
+            seed,
+            init=init,
+            input_jitter=input_jitter,
+            output_ema=output_ema,
+        )
         self.threshold = threshold
 
     def rule_settings(self) -> dict[str, Any]:

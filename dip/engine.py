@@ -42,6 +42,12 @@ class DIPSettings:
     exact_cpu: on CPU, use PyTorch's native convolutions instead of oneDNN. Default: True.
     optimize_input: optimise the noise input z with the network (DIPDefend does). Default: False.
     retain_cpu_memory: on CPU, keep freed memory in the process (``retain_freed_cpu_memory``). Default: True.
+    input_jitter: sigma of fresh Gaussian noise added to z at every iteration, f(z + sigma * n_t)
+        (the official DIP code's ``reg_noise_std``, 1/30 there); drawn per image from its own
+        seeded stream, so a result does not depend on its batch. Default: 0 (off; paper 002's Algorithm 1).
+    output_ema: w of an exponential moving average of the iterates, xbar(t) = w xbar(t-1) + (1 - w) x(t),
+        xbar(0) = x(0) (the official code's ``exp_weight``, 0.99 there). When on, the observer and the
+        returned image see xbar(t) and its MSE; the fit itself is unchanged. Default: 0 (off).
 
     Why ``exact_cpu``: in float32 a DIP fit is numerically chaotic. Conv biases before
     BatchNorm, and BatchNorm scales followed by another BatchNorm, have a true gradient
@@ -62,10 +68,16 @@ class DIPSettings:
     exact_cpu: bool = True
     optimize_input: bool = False
     retain_cpu_memory: bool = True
+    input_jitter: float = 0.0
+    output_ema: float = 0.0
 
     def __post_init__(self) -> None:
         if self.init not in ("xavier", "default"):
             raise ValueError(f"unknown init {self.init!r}; accepted: xavier, default")
+        if not self.input_jitter >= 0:
+            raise ValueError(f"input_jitter must be >= 0 (a noise sigma; 0 is off), got {self.input_jitter}")
+        if not 0 <= self.output_ema < 1:
+            raise ValueError(f"output_ema must be in [0, 1) (an EMA weight; 0 is off), got {self.output_ema}")
         if self.iterations < 1 or self.observe_every < 1:
             raise ValueError(f"iterations ({self.iterations}) and observe_every ({self.observe_every}) must be >= 1")
 
@@ -132,6 +144,8 @@ def replay_trace(
                 return
 
 
+JITTER_STREAM = 2**61  # offset of the per-image input-jitter streams from the image seeds
+
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 _retained = False
 
@@ -182,6 +196,11 @@ class DIPFit:
         # parameter's update would depend on its tensor's size, i.e. on B (measured: 0.33 apart).
         self.optimizer = torch.optim.Adam([self.flat], lr=settings.lr)
         self.exact = settings.exact_cpu and images.device.type == "cpu"
+        self.jitter = settings.input_jitter
+        # One stream per image, apart from the seeds' own (networks, noise) and the attacks' (2^62 + seed).
+        self.jitter_streams = (
+            [torch.Generator(images.device).manual_seed(JITTER_STREAM + int(s)) for s in seeds] if self.jitter else []
+        )
 
     def _flatten(self, optimize_input: bool) -> list[nn.Parameter]:
         owners = [(m, name) for m in self.net.modules() for name, p in m._parameters.items() if p is not None]
@@ -203,10 +222,22 @@ class DIPFit:
         with torch.enable_grad(), torch.backends.mkldnn.flags(enabled=not self.exact):
             yield
 
+    def network_input(self) -> torch.Tensor:
+        """z, or z + sigma * n_t with n_t drawn afresh per image (``input_jitter``)."""
+        if not self.jitter:
+            return self.noise
+        per_image = self.noise.shape[1] // self.shape[0], *self.noise.shape[2:]
+        draws = [torch.randn(per_image, generator=g, device=self.noise.device) for g in self.jitter_streams]
+        return self.noise + self.jitter * torch.cat(draws).unsqueeze(0)
+
+    def mse(self, out: torch.Tensor) -> torch.Tensor:
+        """Per-image MSE [B] of ``out`` ([1, B*C, H, W]) to the target images."""
+        return (out - self.target).pow(2).reshape(self.shape[0], -1).mean(1)
+
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """x(t) as [1, B*C, H, W] and the per-image MSE [B]."""
-        out = self.net(self.noise)
-        return out, (out - self.target).pow(2).reshape(self.shape[0], -1).mean(1)
+        out = self.net(self.network_input())
+        return out, self.mse(out)
 
     def backward(self, per_image_loss: torch.Tensor) -> None:
         """The gradient of the summed loss, gathered into the flat buffer's ``grad``."""
@@ -243,12 +274,15 @@ def fit_dip(
     b, c, h, w = fit.shape
     last = settings.iterations - 1
     check_every = stop_check_every or (1 if images.device.type == "cpu" else 25)
-    observed = 0
+    observed, ema, shown = 0, settings.output_ema, None
     for t in range(settings.iterations):
         with fit.numerics():
             out, per_image = fit.forward()
+        # With output_ema, what is observed and returned is the average; the fit goes on from x(t).
+        shown = out.detach() if shown is None or not ema else shown * ema + out.detach() * (1 - ema)
         if observer is not None and is_observed(t, settings.iterations, settings.observe_every, observe_tail):
-            done = observer(t, out.detach().reshape(b, c, h, w), per_image.detach())
+            mse = fit.mse(shown) if ema else per_image.detach()
+            done = observer(t, shown.reshape(b, c, h, w), mse)
             observed += 1
             if done is not None and observed % check_every == 0 and bool(done.all()):
                 break
@@ -256,4 +290,4 @@ def fit_dip(
             break
         with fit.numerics():
             fit.update(per_image)
-    return out.detach().reshape(b, c, h, w)
+    return shown.reshape(b, c, h, w)

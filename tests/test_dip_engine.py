@@ -303,3 +303,71 @@ def test_a_later_stop_check_changes_the_cost_not_the_result():
     assert runs[1][2] < 300 and runs[1][1][0] != runs[1][1][1]  # both stopped early, at different iterations
     assert torch.equal(runs[1][0], runs[7][0]) and torch.equal(runs[1][1], runs[7][1])
     assert runs[1][2] <= runs[7][2] < runs[1][2] + 7 and runs[7][2] % 7 == 0
+
+
+def test_input_jitter_draws_a_fresh_input_per_iteration_from_each_images_own_stream():
+    """The official DIP code's reg_noise_std: f(z + sigma * n_t). An image's draws come from its
+    seed, not its batch, so batched and one-by-one fits agree as they do without jitter."""
+    settings = DIPSettings(network=SMALL_EVEN.network, iterations=12, input_jitter=1 / 30)
+    images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    seeds = [4, 5, 6]
+    batched = fit_dip(images, seeds, settings)
+    looped = torch.cat([fit_dip(images[i : i + 1], [s], settings) for i, s in enumerate(seeds)])
+    assert (batched - looped).abs().max() <= 1e-4
+    assert torch.equal(batched, fit_dip(images, seeds, settings))  # reproducible from the seeds
+    plain = fit_dip(images, seeds, DIPSettings(network=SMALL_EVEN.network, iterations=12))
+    assert (batched - plain).abs().max() > 1e-3
+    fit = DIPFit(images, seeds, settings)
+    first, second = fit.network_input(), fit.network_input()
+    jitter = (first - fit.noise) * 30
+    assert not torch.equal(first, second) and 0.8 < float(jitter.std()) < 1.2  # N(0, 1) scaled by sigma
+
+
+def test_output_ema_shows_the_moving_average_of_the_same_fit():
+    """exp_weight: xbar(t) = w xbar(t-1) + (1 - w) x(t), xbar(0) = x(0); the fit itself is unchanged,
+    the observer gets xbar(t) and its MSE, and the average is what is returned."""
+    network, w = SMALL_EVEN.network, 0.9
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    raw, smoothed = [], []
+    last_raw = fit_dip(
+        images,
+        [1, 2],
+        DIPSettings(network=network, iterations=8, observe_every=1),
+        lambda t, x, mse: raw.append(x.clone()),
+    )
+    last = fit_dip(
+        images,
+        [1, 2],
+        DIPSettings(network=network, iterations=8, observe_every=1, output_ema=w),
+        lambda t, x, mse: smoothed.append((x.clone(), mse.clone())),
+    )
+    expected = raw[0]
+    for t, x in enumerate(raw):
+        expected = x if t == 0 else expected * w + x * (1 - w)
+        assert torch.allclose(smoothed[t][0], expected, atol=1e-6)
+        assert torch.allclose(smoothed[t][1], (expected - images).pow(2).flatten(1).mean(1), atol=1e-7)
+    assert torch.allclose(last, expected, atol=1e-6) and torch.equal(last_raw, raw[-1])
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"input_jitter": -0.1}, r"input_jitter must be >= 0 \(a noise sigma; 0 is off\), got -0.1"),
+        ({"output_ema": 1.0}, r"output_ema must be in \[0, 1\) \(an EMA weight; 0 is off\), got 1.0"),
+        ({"init": "kaiming"}, r"unknown init 'kaiming'; accepted: xavier, default"),
+    ],
+)
+def test_bad_engine_options_are_refused_with_what_is_accepted(option, message):
+    with pytest.raises(ValueError, match=message):
+        DIPSettings(**option)
+
+
+def test_engine_options_reach_every_dip_defense_and_stay_out_of_old_manifests_while_off():
+    from dipdefense.defenses.registry import build_defense
+
+    for name in ("dip_stitch", "dipdefend", "deep_protection", "dip_inc"):
+        off = build_defense(name).params()
+        assert "input_jitter" not in off and "output_ema" not in off and off["init"] == "xavier"
+        on = build_defense(name, init="default", input_jitter=1 / 30, output_ema=0.99)
+        assert on.dip.init == "default" and on.dip.input_jitter == 1 / 30 and on.dip.output_ema == 0.99
+        assert on.params()["input_jitter"] == 1 / 30 and on.params()["output_ema"] == 0.99
