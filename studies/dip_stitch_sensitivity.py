@@ -12,6 +12,7 @@ only. Writes studies/dip_stitch_sensitivity.{json,md}.
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -57,9 +58,12 @@ def pick_images(num: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.
     return train.images[chosen].float().div(255), train.labels[chosen], chosen
 
 
-def record_traces(images: torch.Tensor, seeds: list[int], iterations: int, batch: int) -> torch.Tensor:
-    """Every iterate of every image's DIP fit, [T, N, C, H, W]."""
-    settings = DIPSettings(network=DIP_NETWORKS["cifar"], iterations=iterations, observe_every=1)
+def record_traces(
+    images: torch.Tensor, seeds: list[int], iterations: int, batch: int, engine: dict[str, Any] | None = None
+) -> torch.Tensor:
+    """Every iterate of every image's DIP fit, [T, N, C, H, W] (with ``output_ema``, the averages).
+    ``engine``: ``DIPSettings`` fields changed from paper 002's (e.g. input_jitter, output_ema)."""
+    settings = DIPSettings(network=DIP_NETWORKS["cifar"], iterations=iterations, observe_every=1, **(engine or {}))
     out = torch.empty(iterations, *images.shape)
     for start in range(0, len(images), batch):
         part = slice(start, start + batch)
@@ -131,7 +135,9 @@ def markdown(result: dict[str, Any]) -> str:
         "# dip_stitch on training-split images",
         "",
         f"{result['num_images']} images from the victim's held-out validation part of the CIFAR-10 training split, "
-        f"clean and PGD-50 eps=8/255; paper 002's CIFAR DIP, T={result['iterations']}; "
+        f"clean and PGD-50 eps=8/255; paper 002's CIFAR DIP, T={result['iterations']}"
+        + "".join(f", {k} {v}" for k, v in result.get("engine", {}).items())
+        + "; "
         f"victim {result['victim']}. Command: `{result['command']}` ({result['minutes']:.0f} min, {result['machine']}).",
         "",
         "Undefended victim: clean {clean:.1%}, PGD {pgd:.1%}.".format(**result["undefended"]),
@@ -189,7 +195,18 @@ def main() -> None:
         default=None,
         help='JSON list of changes to run instead of the built-in sweep, e.g. \'[{"search": "bisection"}]\'',
     )
+    p.add_argument(
+        "--engine",
+        type=json.loads,
+        default={},
+        help="JSON object of DIP fitting options changed from paper 002's, for every trace "
+        '(dip.engine.DIPSettings), e.g. \'{"input_jitter": 0.0333, "output_ema": 0.99}\'',
+    )
     args = p.parse_args()
+    try:
+        DIPSettings(**args.engine)
+    except (TypeError, ValueError) as err:
+        p.error(f"--engine: {err}; its fields: {', '.join(f.name for f in dataclasses.fields(DIPSettings))}")
     started = time.time()
     torch.manual_seed(args.seed)
     classifier = load_classifier(args.victim)
@@ -197,20 +214,22 @@ def main() -> None:
     adversarial = build_attack("pgd", eps=8 / 255, steps=50)(classifier, clean, labels)
     inputs = {"clean": clean, "pgd": adversarial}
     seeds = [item_seed(7, i) for i in indices]  # a seed namespace of its own
-    cache = cache_root() / "studies" / f"stitch_traces_n{args.num_images}_s{args.seed}_T{args.iterations}.pt"
+    arm = "".join(f"_{k}{v}" for k, v in sorted(args.engine.items()))  # the paper's fit keeps its old name
+    cache = cache_root() / "studies" / f"stitch_traces_n{args.num_images}_s{args.seed}_T{args.iterations}{arm}.pt"
     if cache.exists():
         traces = torch.load(cache, weights_only=True)
     else:
         traces = {}
         for kind, x in inputs.items():
             print(f"fitting {kind} images", flush=True)
-            traces[kind] = record_traces(x, seeds, args.iterations, batch=32)
+            traces[kind] = record_traces(x, seeds, args.iterations, batch=32, engine=args.engine)
         atomic_torch_save(traces, cache)
     with torch.no_grad():
         undefended = {k: (classifier(x).argmax(1) == labels).float().mean().item() for k, x in inputs.items()}
     result: dict[str, Any] = {
         "num_images": args.num_images,
         "iterations": args.iterations,
+        "engine": args.engine,
         "victim": Path(args.victim).name,
         "command": "python studies/dip_stitch_sensitivity.py " + " ".join(sys.argv[1:]),
         "machine": "2-core CPU",
