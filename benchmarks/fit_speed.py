@@ -12,7 +12,8 @@ every run). Absolute speeds on shared machines drift by 2x from minute to minute
 are interleaved round by round and the ratio is the median of the per-round ratios.
 
 ``--stitch`` times the full dip_stitch defense (fit + victim mapping + stitching, T = 1000) on
-real CIFAR-10 test images (``$DIPDEF_CIFAR10``) instead of fit steps.
+real CIFAR-10 test images (``$DIPDEF_CIFAR10``) instead of fit steps; its "before" also runs the
+rule's victim calls in the fit's native kernels, as the engine did before (``NativeKernelsObserver``).
 """
 
 import argparse
@@ -150,11 +151,27 @@ def fit_rows(batches: list[int], rounds: int, variants: list[str], data_dir: str
     return rows
 
 
+class NativeKernelsObserver:
+    """A stitching rule observing in the fit's native kernels, as fit_dip ran its observer
+    before 2026-12-03 (now it runs in the caller's, oneDNN on CPU)."""
+
+    def __init__(self, rule: object) -> None:
+        self.rule = rule
+
+    def __call__(self, *args: object) -> object:
+        with torch.backends.mkldnn.flags(enabled=False):
+            return self.rule(*args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.rule, name)
+
+
 def stitch_rows(batches: list[int], rounds: int, data_dir: str | None) -> list[dict]:
     from dipdefense.defenses.dip_defenses import DIPStitch
     from dipdefense.nets import load_classifier
 
     classifier = load_classifier(REPO / "checkpoints" / "victim_cifar_resnet20.ckpt")
+    make_rule = DIPStitch.make_rule
     rows = []
     for batch in batches:
         x = images_for(batch, data_dir)
@@ -166,15 +183,19 @@ def stitch_rows(batches: list[int], rounds: int, data_dir: str | None) -> list[d
                 dip.engine.DIPFit = fit_class  # fit_dip builds its fit by this name
                 defense = DIPStitch(dip_batch=batch)
                 defense.dip.retain_cpu_memory = False
+                if name == "before":
+                    defense.make_rule = lambda *a, d=defense: NativeKernelsObserver(make_rule(d, *a))
                 start = time.perf_counter()
                 results[name] = defense.purify(x, classifier, torch.arange(batch))
                 seconds[name].append(time.perf_counter() - start)
         dip.engine.DIPFit = DIPFit
         ratios = [b / a for b, a in zip(seconds["before"], seconds["after"], strict=True)]
+        fit_flops = 3 * forward_flops(DIPFit(x[:1], [0], DIPSettings())) * DIPSettings().iterations  # per image
         rows.append(
             {
                 "batch": batch,
                 "images_per_s": {n: batch / statistics.median(s) for n, s in seconds.items()},
+                "fit_gflops_effective": {n: fit_flops * batch / statistics.median(s) / 1e9 for n, s in seconds.items()},
                 "speedup": statistics.median(ratios),
                 "round_ratios": ratios,
                 "bit_equal": bool(torch.equal(results["before"], results["after"])),
@@ -205,10 +226,15 @@ def main() -> None:
     args.ablate = [v for v in VARIANTS if v not in ("before", "after")] if args.ablate else []
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     if args.stitch:
+        print(
+            "| B | before images/s | after images/s | speedup | GFLOP/s (fit FLOPs / whole defense time) | bit-equal |"
+        )
+        print("| --- | --- | --- | --- | --- | --- |")
         for r in stitch_rows(batches, args.rounds, args.data_dir):
-            ips = r["images_per_s"]
+            ips, gf = r["images_per_s"], r["fit_gflops_effective"]
             print(
-                f"| {r['batch']} | {ips['before']:.3f} | {ips['after']:.3f} | {r['speedup']:.2f}x | {r['bit_equal']} |"
+                f"| {r['batch']} | {ips['before']:.3f} | {ips['after']:.3f} | {r['speedup']:.2f}x | "
+                f"{gf['before']:.1f} / {gf['after']:.1f} | {r['bit_equal']} |"
             )
         return
     fast = list(FAST_VARIANTS) if args.fast else []
