@@ -135,7 +135,7 @@ def markdown(result: dict[str, Any]) -> str:
         "# dip_stitch on training-split images",
         "",
         f"{result['num_images']} images from the victim's held-out validation part of the CIFAR-10 training split, "
-        f"clean and PGD-50 eps=8/255; paper 002's CIFAR DIP, T={result['iterations']}"
+        f"clean and PGD-{result.get('pgd_steps', 50)} eps=8/255; paper 002's CIFAR DIP, T={result['iterations']}"
         + "".join(f", {k} {v}" for k, v in result.get("engine", {}).items())
         + "; "
         f"victim {result['victim']}. Command: `{result['command']}` ({result['minutes']:.0f} min, {result['machine']}).",
@@ -196,6 +196,9 @@ def main() -> None:
         help='JSON list of changes to run instead of the built-in sweep, e.g. \'[{"search": "bisection"}]\'',
     )
     p.add_argument(
+        "--pgd-steps", type=int, default=50, help="PGD steps of the attacked images (torchattacks' default is 10)"
+    )
+    p.add_argument(
         "--engine",
         type=json.loads,
         default={},
@@ -211,10 +214,13 @@ def main() -> None:
     torch.manual_seed(args.seed)
     classifier = load_classifier(args.victim)
     clean, labels, indices = pick_images(args.num_images, args.seed)
-    adversarial = build_attack("pgd", eps=8 / 255, steps=50)(classifier, clean, labels)
+    adversarial = build_attack("pgd", eps=8 / 255, steps=args.pgd_steps)(classifier, clean, labels)
     inputs = {"clean": clean, "pgd": adversarial}
     seeds = [item_seed(7, i) for i in indices]  # a seed namespace of its own
-    arm = "".join(f"_{k}{v}" for k, v in sorted(args.engine.items()))  # the paper's fit keeps its old name
+    # The paper's fit of PGD-50 images keeps its old name.
+    arm = "".join(f"_{k}{v}" for k, v in sorted(args.engine.items())) + (
+        "" if args.pgd_steps == 50 else f"_pgd{args.pgd_steps}"
+    )
     cache = cache_root() / "studies" / f"stitch_traces_n{args.num_images}_s{args.seed}_T{args.iterations}{arm}.pt"
     if cache.exists():
         traces = torch.load(cache, weights_only=True)
@@ -230,6 +236,7 @@ def main() -> None:
         "num_images": args.num_images,
         "iterations": args.iterations,
         "engine": args.engine,
+        "pgd_steps": args.pgd_steps,
         "victim": Path(args.victim).name,
         "command": "python studies/dip_stitch_sensitivity.py " + " ".join(sys.argv[1:]),
         "machine": "2-core CPU",
