@@ -8,7 +8,7 @@ Each image (clean, and its PGD-50 eps=8/255 version) is fitted once with the pap
 DIP (T=1000) and *every* iterate is kept (cached on disk, 12 MB per image); each rule
 setting then replays the recorded traces through ``dip.stitching.StitchRule`` on the
 schedule ``fit_dip`` uses (``dip.engine.replay_trace``), so a setting costs victim calls
-only. Writes studies/dip_stitch_sensitivity.{json,md}.
+only. Writes studies/dip_stitch_sensitivity.{json,md,png}.
 """
 
 import argparse
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dipdefense.attacks import build_attack  # noqa: E402
-from dipdefense.common.atomic_files import atomic_torch_save, atomic_write_text  # noqa: E402
+from dipdefense.common.atomic_files import atomic_torch_save, atomic_write, atomic_write_text  # noqa: E402
 from dipdefense.common.seeding import item_seed  # noqa: E402
 from dipdefense.datamodules import CIFAR10DataModule  # noqa: E402
 from dipdefense.datamodules.data_paths import cache_root  # noqa: E402
@@ -127,7 +127,40 @@ def label_changes(traces: torch.Tensor, classifier, labels: torch.Tensor, every:
         "no_label_change": (changes.sum(0) == 0).float().mean().item(),
         "median_last_change_iteration": last_change.median().item(),
         "true_label_ever": (predicted == labels).any(0).float().mean().item(),
+        # The distribution, and the victim's accuracy on x(t) for every t seen: how stably it
+        # decides on the blurry early iterates (issue 12, hypothesis 1).
+        "last_change_iterations": last_change.int().tolist(),
+        "accuracy_by_iteration": {
+            str(t * every): v for t, v in enumerate((predicted == labels).float().mean(1).tolist())
+        },
     }
+
+
+def plot_traces(result: dict[str, Any], path: Path) -> None:
+    """The victim's accuracy on x(t) against t, and the share of images whose label has
+    stopped changing by t (clean and PGD), with the rule's t0 marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for kind, stats in result["trace_stats"].items():
+        ts = [int(t) for t in stats["accuracy_by_iteration"]]
+        left.plot(ts, list(stats["accuracy_by_iteration"].values()), label=kind)
+        last = sorted(stats["last_change_iterations"])
+        right.step(last, [(i + 1) / len(last) for i in range(len(last))], where="post", label=kind)
+    for ax, title in ((left, "victim accuracy on x(t)"), (right, "labels settled by t (CDF of the last change)")):
+        ax.axvline(PAPER["t0"], color="grey", linestyle=":", label="t0")
+        ax.set_xscale("symlog", linthresh=10)
+        ax.set_xlabel("iteration t")
+        ax.set_title(title, fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.set_xlim(left=0)
+    left.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -152,6 +185,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {kind} | {s['mean_label_changes']:.1f} | {s['no_label_change']:.0%} | "
             f"{s['median_last_change_iteration']:.0f} | {s['true_label_ever']:.0%} |"
         )
+    if "figure" in result:
+        lines += ["", f"![victim accuracy on x(t); labels settled by t]({result['figure']})"]
     lines += ["", "## Fixed iterations (no rule)", "", "| iterate | clean acc | clean SSIM | PGD acc | PGD SSIM |"]
     lines.append("| --- | --- | --- | --- | --- |")
     for t, r in result["fixed_iterations"].items():
@@ -257,6 +292,8 @@ def main() -> None:
             flush=True,
         )
     result["minutes"] = (time.time() - started) / 60
+    result["figure"] = Path(args.out).with_suffix(".png").name
+    plot_traces(result, Path(args.out).with_suffix(".png"))
     atomic_write_text(Path(args.out).with_suffix(".json"), json.dumps(result, indent=2) + "\n")
     atomic_write_text(Path(args.out).with_suffix(".md"), markdown(result))
     print(markdown(result))
