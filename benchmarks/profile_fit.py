@@ -138,9 +138,10 @@ def profile_batch(batch: int, steps: int, warmup: int, settings: DIPSettings, da
     fit = DIPFit(images_for(batch, data_dir), list(range(batch)), settings)
     label_convolutions(fit.net)
     with fit.numerics():
-        flops = 3 * forward_flops(fit)
-        for _ in range(warmup):
+        for _ in range(max(warmup, 1)):
             step(fit)
+        # After a step: the first forward also runs the batched-convolution probe, which the counter would count.
+        flops = 3 * forward_flops(fit)
         start = time.perf_counter()
         for _ in range(steps):
             step(fit)
