@@ -278,7 +278,9 @@ def main() -> None:
         "undefended": undefended,
         "trace_stats": {k: label_changes(traces[k], classifier, labels) for k in inputs},
         "fixed_iterations": {
-            t: {k: summarise(traces[k][t], clean, labels, classifier) for k in inputs} for t in FIXED_ITERATIONS
+            t: {k: summarise(traces[k][t], clean, labels, classifier) for k in inputs}
+            for t in FIXED_ITERATIONS
+            if t < args.iterations
         },
         "sweep": [],
     }
