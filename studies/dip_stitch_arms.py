@@ -40,10 +40,10 @@ ARMS: list[tuple[str, dict[str, Any], int, str]] = [
         "z + N(0, 1/30) afresh at every iteration (official code's reg_noise_std)",
     ),
     ("ema", {"output_ema": 0.99}, 50, "rule reads the EMA of the iterates, w = 0.99 (official code's exp_weight)"),
-    ("jitter_ema", {"input_jitter": 1 / 30, "output_ema": 0.99}, 50, "both, as the official denoising notebook"),
-    ("noise_scale", {"noise_scale": 0.1}, 50, "z ~ U(0, 1/10) (official code's input scale)"),
-    ("init_default", {"init": "default"}, 50, "PyTorch's default init instead of xavier"),
     ("pgd10", {}, 10, "paper fit; the attack is torchattacks' default PGD-10"),
+    ("noise_scale", {"noise_scale": 0.1}, 50, "z ~ U(0, 1/10) (official code's input scale)"),
+    ("jitter_ema", {"input_jitter": 1 / 30, "output_ema": 0.99}, 50, "both, as the official denoising notebook"),
+    ("init_default", {"init": "default"}, 50, "PyTorch's default init instead of xavier"),
 ]
 # The rule at the paper's t0 = 50 iterations, and t0 counted in sampled images (50 x 5 = 250).
 RULE_SETTINGS = [{}, {"t0": 100}, {"t0": 250}]

@@ -252,19 +252,19 @@ def main() -> None:
     adversarial = build_attack("pgd", eps=8 / 255, steps=args.pgd_steps)(classifier, clean, labels)
     inputs = {"clean": clean, "pgd": adversarial}
     seeds = [item_seed(7, i) for i in indices]  # a seed namespace of its own
-    # The paper's fit of PGD-50 images keeps its old name.
-    arm = "".join(f"_{k}{v}" for k, v in sorted(args.engine.items())) + (
-        "" if args.pgd_steps == 50 else f"_pgd{args.pgd_steps}"
-    )
-    cache = cache_root() / "studies" / f"stitch_traces_n{args.num_images}_s{args.seed}_T{args.iterations}{arm}.pt"
-    if cache.exists():
-        traces = torch.load(cache, weights_only=True)
-    else:
-        traces = {}
-        for kind, x in inputs.items():
-            print(f"fitting {kind} images", flush=True)
-            traces[kind] = record_traces(x, seeds, args.iterations, batch=32, engine=args.engine)
-        atomic_torch_save(traces, cache)
+    # One cache per input kind, so arms that change only the attack share the clean fits.
+    arm = "".join(f"_{k}{v}" for k, v in sorted(args.engine.items()))
+    attack = {"clean": "", "pgd": "" if args.pgd_steps == 50 else f"_pgd{args.pgd_steps}"}
+    traces = {}
+    for kind, x in inputs.items():
+        name = f"stitch_traces_n{args.num_images}_s{args.seed}_T{args.iterations}{arm}_{kind}{attack[kind]}.pt"
+        cache = cache_root() / "studies" / name
+        if cache.exists():
+            traces[kind] = torch.load(cache, weights_only=True)
+            continue
+        print(f"fitting {kind} images", flush=True)
+        traces[kind] = record_traces(x, seeds, args.iterations, batch=32, engine=args.engine)
+        atomic_torch_save(traces[kind], cache)
     with torch.no_grad():
         undefended = {k: (classifier(x).argmax(1) == labels).float().mean().item() for k, x in inputs.items()}
     result: dict[str, Any] = {
