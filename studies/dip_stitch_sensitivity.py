@@ -252,9 +252,10 @@ def main() -> None:
     adversarial = build_attack("pgd", eps=8 / 255, steps=args.pgd_steps)(classifier, clean, labels)
     inputs = {"clean": clean, "pgd": adversarial}
     seeds = [item_seed(7, i) for i in indices]  # a seed namespace of its own
-    # One cache per input kind, so arms that change only the attack share the clean fits.
+    # One cache per input kind: the clean fits do not depend on the victim or the attack, so
+    # arms and victims that change only those share them.
     arm = "".join(f"_{k}{v}" for k, v in sorted(args.engine.items()))
-    attack = {"clean": "", "pgd": "" if args.pgd_steps == 50 else f"_pgd{args.pgd_steps}"}
+    attack = {"clean": "", "pgd": f"_pgd{args.pgd_steps}_{Path(args.victim).stem}"}
     traces = {}
     for kind, x in inputs.items():
         name = f"stitch_traces_n{args.num_images}_s{args.seed}_T{args.iterations}{arm}_{kind}{attack[kind]}.pt"
