@@ -8,10 +8,14 @@ weights-only checkpoint that evaluate.py and ``nets.load_classifier`` read.
 Test a checkpoint without training: ``--fit false --weights PATH`` (an export of train.py or
 a Lightning ``.ckpt`` of the same model), e.g.
 ``python train.py -c victim_cifar --fit false --weights checkpoints/victim_cifar_resnet20.ckpt``.
+
+Continue an interrupted fit (a long schedule across sessions) with ``--resume
+logs/<run>/csv/version_N/checkpoints/last.ckpt`` and the same config.
 """
 
 import sys
 import warnings
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -29,6 +33,13 @@ class TrainCLI(LightningCLI):
         )
         parser.add_argument("--test", type=bool, default=True, help="test the best checkpoint after fitting")
         parser.add_argument("--fit", type=bool, default=True, help="fit the model (false: only test --weights)")
+        parser.add_argument(
+            "--resume",
+            type=str | None,
+            default=None,
+            help="continue an interrupted fit from a Lightning .ckpt of this run (e.g. its last.ckpt): "
+            "weights, optimizer, schedule and epoch",
+        )
         parser.add_argument(
             "--weights",
             type=str | None,
@@ -84,9 +95,21 @@ def main(argv: list[str] | None = None) -> None:
         load_weights(model, cli.config.weights)
     elif not cli.config.fit:
         raise UserError("--fit false tests the model as it is built: give --weights PATH (a checkpoint to test)")
+    resume = cli.config.resume
+    if resume is not None:
+        if not cli.config.fit:
+            raise UserError("--resume continues a fit: drop --fit false, or test a checkpoint with --weights PATH")
+        if cli.config.weights:
+            raise UserError("--resume restores the run's own weights: give either --resume or --weights, not both")
+        if not Path(resume).is_file():
+            raise UserError(
+                f"--resume {resume}: no such file (give a Lightning .ckpt, e.g. <run>/checkpoints/last.ckpt)"
+            )
     best = None
     if cli.config.fit:
-        trainer.fit(model, datamodule=data)
+        # The schedule, optimizer and epoch counter come back too, so a fit split across sessions
+        # follows the same one-cycle schedule as one run; weights_only: a .ckpt is tensors and plain data.
+        trainer.fit(model, datamodule=data, ckpt_path=resume, weights_only=True)
         callback = trainer.checkpoint_callback
         best = callback.best_model_path if callback is not None and callback.best_model_path else None
     if best:

@@ -1,3 +1,4 @@
+import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from tests.conftest import REPO
 
 SHIPPED_CONFIGS = [
     "victim_cifar",
+    "victim_cifar_nols",
     "victim_cifar_resnet50",
     "victim_cifar_vgg16",
     "victim_cifar_vit",
@@ -87,6 +89,48 @@ def test_one_epoch_fit_on_a_tiny_subset_exports_a_loadable_checkpoint(cifar_batc
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values(), strict=True))
     with pytest.raises(UserError, match="--fit false .* give --weights PATH"):
         train.main(["-c", "victim_cifar_quick", "--data.data_dir", str(cifar_batches_dir), "--fit", "false"])
+
+
+def test_resume_continues_an_interrupted_fit_at_the_next_epoch(cifar_batches_dir, tmp_path, monkeypatch):
+    """A fit interrupted after its first epoch, resumed with --resume: the resumed run trains only
+    the epoch left, on the same one-cycle schedule (total steps and position come from the .ckpt)."""
+    from dipdefense.lightning_modules import VictimClassifier
+
+    monkeypatch.chdir(tmp_path)
+    common = [
+        "--config", "victim_cifar_quick",
+        "--data.data_dir", str(cifar_batches_dir),
+        "--data.val_size", "20",
+        "--data.batch_size", "16",
+        "--data.eval_batch_size", "16",
+        "--trainer.max_epochs", "2",
+        "--trainer.limit_train_batches", "4",
+        "--trainer.limit_val_batches", "1",
+        "--trainer.precision", "32-true",
+        "--trainer.enable_progress_bar", "false",
+        "--test", "false",
+    ]  # fmt: skip
+
+    def interrupt_in_second_epoch(self, batch, batch_idx):
+        if self.current_epoch == 1:
+            raise KeyboardInterrupt  # what a killed session leaves: the first epoch's checkpoint
+
+    with monkeypatch.context() as patch:
+        patch.setattr(VictimClassifier, "on_train_batch_start", interrupt_in_second_epoch, raising=False)
+        with pytest.raises((KeyboardInterrupt, SystemExit)):
+            train.main(common)
+    runs = tmp_path / "logs" / "victim_cifar_quick" / "csv"
+    (first,) = (runs / "version_0" / "checkpoints").glob("*.ckpt")
+    assert torch.load(first, weights_only=True)["global_step"] == 4
+
+    train.main([*common, "--resume", str(first)])
+    with open(runs / "version_1" / "metrics.csv", newline="") as metrics:
+        assert {row["epoch"] for row in csv.DictReader(metrics)} == {"1"}
+
+    with pytest.raises(UserError, match="--resume .*missing.ckpt: no such file"):
+        train.main([*common, "--resume", str(tmp_path / "missing.ckpt")])
+    with pytest.raises(UserError, match="either --resume or --weights"):
+        train.main([*common, "--resume", str(first), "--weights", str(first)])
 
 
 def test_bad_data_dir_is_one_line_on_stderr(tmp_path):
