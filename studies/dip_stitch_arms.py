@@ -1,7 +1,7 @@
-"""Issue 12, hypotheses 2-4: does fitting the DIP the way the official deep-image-prior code
+"""Issue 12, hypotheses 1-4: does fitting the DIP the way the official deep-image-prior code
 does (input jitter, an output EMA, input noise scale 1/10, PyTorch's default init), counting
-t0 in sampled images, or the paper's 10-step PGD move dip_stitch's decision traces toward
-what paper 002's figures imply?
+t0 in sampled images, the paper's 10-step PGD, or another victim (same clean fits, PGD crafted
+on that victim) move dip_stitch's decision traces toward what paper 002's figures imply?
 
 Each arm is one run of ``studies/dip_stitch_sensitivity.py`` on the same 64 training-split
 images (never the test images), with one engine option or the attack changed, and the rule
@@ -22,7 +22,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -30,20 +30,38 @@ sys.path.insert(0, str(REPO))
 from dipdefense.common.atomic_files import atomic_write, atomic_write_text  # noqa: E402
 
 OUT = REPO / "studies" / "dip_stitch_arms"
-# (name, engine options changed from paper 002's, PGD steps, what it tests)
-ARMS: list[tuple[str, dict[str, Any], int, str]] = [
-    ("paper", {}, 50, "paper 002's fit (Algorithm 1), PGD-50"),
-    (
+
+
+class Arm(NamedTuple):
+    name: str
+    engine: dict[str, Any]  # DIPSettings fields changed from paper 002's
+    pgd_steps: int
+    what: str  # what it tests, for the report
+    victim: str = "victim_cifar_resnet20.ckpt"  # under checkpoints/
+
+
+ARMS: list[Arm] = [
+    Arm("paper", {}, 50, "paper 002's fit (Algorithm 1), PGD-50"),
+    Arm(
         "jitter",
         {"input_jitter": 1 / 30},
         50,
         "z + N(0, 1/30) afresh at every iteration (official code's reg_noise_std)",
     ),
-    ("ema", {"output_ema": 0.99}, 50, "rule reads the EMA of the iterates, w = 0.99 (official code's exp_weight)"),
-    ("pgd10", {}, 10, "paper fit; the attack is torchattacks' default PGD-10"),
-    ("noise_scale", {"noise_scale": 0.1}, 50, "z ~ U(0, 1/10) (official code's input scale)"),
-    ("jitter_ema", {"input_jitter": 1 / 30, "output_ema": 0.99}, 50, "both, as the official denoising notebook"),
-    ("init_default", {"init": "default"}, 50, "PyTorch's default init instead of xavier"),
+    Arm("ema", {"output_ema": 0.99}, 50, "rule reads the EMA of the iterates, w = 0.99 (official code's exp_weight)"),
+    Arm("pgd10", {}, 10, "paper fit; the attack is torchattacks' default PGD-10"),
+    Arm("noise_scale", {"noise_scale": 0.1}, 50, "z ~ U(0, 1/10) (official code's input scale)"),
+    Arm("jitter_ema", {"input_jitter": 1 / 30, "output_ema": 0.99}, 50, "both, as the official denoising notebook"),
+    Arm("init_default", {"init": "default"}, 50, "PyTorch's default init instead of xavier"),
+    # Hypothesis 1: the same clean traces (the fit does not depend on the victim) read by
+    # another victim, and PGD-50 crafted on that victim.
+    Arm(
+        "victim_nols",
+        {},
+        50,
+        "paper fit; victim: ResNet-20 trained without label smoothing (configs/victim_cifar_nols.yaml)",
+        "victim_cifar_resnet20_nols.ckpt",
+    ),
 ]
 # The rule at the paper's t0 = 50 iterations, and t0 counted in sampled images (50 x 5 = 250).
 RULE_SETTINGS = [{}, {"t0": 100}, {"t0": 250}]
@@ -52,11 +70,14 @@ TARGETS = {"clean_with_crossing": 0.15, "pgd_with_crossing": 0.90, "pgd_accuracy
 STABILITY_ITERATIONS = ("50", "100", "200")
 
 
-def run_arm(name: str, engine: dict[str, Any], pgd_steps: int, num_images: int, iterations: int, out: Path) -> None:
+def run_arm(arm: Arm, num_images: int, iterations: int, out: Path) -> None:
+    victim = REPO / "checkpoints" / arm.victim
+    if not victim.is_file():
+        raise SystemExit(f"arm {arm.name}: its victim {victim} does not exist (train it first: {arm.what})")
     cmd = [sys.executable, str(REPO / "studies" / "dip_stitch_sensitivity.py"), "--num-images", str(num_images)]
-    cmd += ["--iterations", str(iterations)]
-    cmd += ["--settings", json.dumps(RULE_SETTINGS), "--engine", json.dumps(engine), "--pgd-steps", str(pgd_steps)]
-    cmd += ["--out", str(out / name)]
+    cmd += ["--iterations", str(iterations), "--victim", str(victim)]
+    cmd += ["--settings", json.dumps(RULE_SETTINGS), "--engine", json.dumps(arm.engine)]
+    cmd += ["--pgd-steps", str(arm.pgd_steps), "--out", str(out / arm.name)]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=REPO)
 
@@ -81,18 +102,19 @@ def report(results: dict[str, dict[str, Any]]) -> str:
         "# dip_stitch: fitting options, t0 and the attack (issue 12, hypotheses 2-4)",
         "",
         f"{first['num_images']} images from the victim's held-out part of the CIFAR-10 *training* split (the "
-        f"same images in every arm), clean and PGD eps = 8/255; victim {first['victim']}; paper 002's CIFAR DIP, "
+        f"same images in every arm), clean and PGD eps = 8/255; victim {first['victim']} unless the arm names "
+        "another (PGD is then crafted on that victim); paper 002's CIFAR DIP, "
         f"T = {first['iterations']}, rule at tau 0.7, K 15, beta 0.5, one image every 5 iterations. "
         "Command: `python studies/dip_stitch_arms.py`; each arm's own report is `<arm>.md` here.",
         "",
         "Targets that paper 002's 85.6% clean / 83.1% PGD-8 imply: clean images with a crossing after t0 "
         "<= 15%, PGD images with one >= 90%, PGD accuracy given a crossing >= 85%.",
         "",
-        "| arm | what changes | undefended clean / PGD | minutes |",
+        "| arm | what changes | undefended victim, clean / PGD | minutes |",
         "| --- | --- | --- | --- |",
     ]
     for name, result in results.items():
-        what = next(a[3] for a in ARMS if a[0] == name)
+        what = next(a.what for a in ARMS if a.name == name)
         u = result["undefended"]
         lines.append(f"| {name} | {what} | {u['clean']:.1%} / {u['pgd']:.1%} | {result['minutes']:.0f} |")
     header = (
@@ -155,13 +177,13 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default="", help=f"comma list of arms; accepted: {', '.join(a[0] for a in ARMS)}")
+    p.add_argument("--only", default="", help=f"comma list of arms; accepted: {', '.join(a.name for a in ARMS)}")
     p.add_argument("--num-images", type=int, default=64)
     p.add_argument("--iterations", type=int, default=1000)
     p.add_argument("--out", type=Path, default=OUT, help="folder of the arms' reports and the comparison")
     p.add_argument("--report-only", action="store_true", help="only redraw the comparison from the arms run")
     args = p.parse_args()
-    names = [a[0] for a in ARMS]
+    names = [a.name for a in ARMS]
     only = [n for n in args.only.split(",") if n]
     unknown = sorted(set(only) - set(names))
     if unknown:
@@ -169,10 +191,10 @@ def main() -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
-        for name, engine, pgd_steps, _ in ARMS:
-            if (only and name not in only) or (out / f"{name}.json").exists():
+        for arm in ARMS:
+            if (only and arm.name not in only) or (out / f"{arm.name}.json").exists():
                 continue
-            run_arm(name, engine, pgd_steps, args.num_images, args.iterations, out)
+            run_arm(arm, args.num_images, args.iterations, out)
     results = {n: json.loads((out / f"{n}.json").read_text()) for n in names if (out / f"{n}.json").exists()}
     if not results:
         raise SystemExit(f"no arm has run yet; {out} holds no <arm>.json")
