@@ -1,5 +1,5 @@
-"""Issue 12, hypotheses 1-4: does fitting the DIP the way the official deep-image-prior code
-does (input jitter, an output EMA, input noise scale 1/10, PyTorch's default init), counting
+"""Issue 12, hypotheses 1-5: does fitting the DIP the way the official deep-image-prior code
+does (input jitter, an output EMA, input noise scale 1/10, PyTorch's default init, zero padding), counting
 t0 in sampled images, the paper's 10-step PGD, or another victim (same clean fits, PGD crafted
 on that victim) move dip_stitch's decision traces toward what paper 002's figures imply?
 
@@ -52,7 +52,9 @@ ARMS: list[Arm] = [
     Arm("pgd10", {}, 10, "paper fit; the attack is torchattacks' default PGD-10"),
     Arm("noise_scale", {"noise_scale": 0.1}, 50, "z ~ U(0, 1/10) (official code's input scale)"),
     Arm("jitter_ema", {"input_jitter": 1 / 30, "output_ema": 0.99}, 50, "both, as the official denoising notebook"),
+    # Hypothesis 5: DIPDefend's code (and the official DIP code) where ours differs from it.
     Arm("init_default", {"init": "default"}, 50, "PyTorch's default init instead of xavier"),
+    Arm("pad_zero", {"network": {"pad": "zero"}}, 50, "zero padding instead of reflection"),
     # Hypothesis 1: the same clean traces (the fit does not depend on the victim) read by
     # another victim, and PGD-50 crafted on that victim.
     Arm(
@@ -99,7 +101,7 @@ def row_for(name: str, result: dict[str, Any], change: dict[str, Any]) -> str:
 def report(results: dict[str, dict[str, Any]]) -> str:
     first = next(iter(results.values()))
     lines = [
-        "# dip_stitch: fitting options, t0 and the attack (issue 12, hypotheses 2-4)",
+        "# dip_stitch: fitting options, t0, the attack and the victim (issue 12, hypotheses 1-5)",
         "",
         f"{first['num_images']} images from the victim's held-out part of the CIFAR-10 *training* split (the "
         f"same images in every arm), clean and PGD eps = 8/255; victim {first['victim']} unless the arm names "

@@ -31,6 +31,7 @@ from dipdefense.datamodules import CIFAR10DataModule  # noqa: E402
 from dipdefense.datamodules.data_paths import cache_root  # noqa: E402
 from dipdefense.defenses.dip_defenses import DIP_NETWORKS  # noqa: E402
 from dipdefense.dip.engine import DIPSettings, fit_dip, replay_trace  # noqa: E402
+from dipdefense.dip.skip_net import skip  # noqa: E402
 from dipdefense.dip.stitching import StitchRule, StitchSettings  # noqa: E402
 from dipdefense.evaluation.metrics import per_image_ssim  # noqa: E402
 from dipdefense.nets import load_classifier  # noqa: E402
@@ -58,12 +59,21 @@ def pick_images(num: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.
     return train.images[chosen].float().div(255), train.labels[chosen], chosen
 
 
+def flat_engine(engine: dict[str, Any]) -> dict[str, Any]:
+    """Engine options with the network's changes lifted to the top ({"network": {"pad": "zero"}} ->
+    {"pad": "zero"}), for cache names and reports."""
+    return {**{k: v for k, v in engine.items() if k != "network"}, **engine.get("network", {})}
+
+
 def record_traces(
     images: torch.Tensor, seeds: list[int], iterations: int, batch: int, engine: dict[str, Any] | None = None
 ) -> torch.Tensor:
     """Every iterate of every image's DIP fit, [T, N, C, H, W] (with ``output_ema``, the averages).
-    ``engine``: ``DIPSettings`` fields changed from paper 002's (e.g. input_jitter, output_ema)."""
-    settings = DIPSettings(network=DIP_NETWORKS["cifar"], iterations=iterations, observe_every=1, **(engine or {}))
+    ``engine``: ``DIPSettings`` fields changed from paper 002's (e.g. input_jitter, output_ema); its
+    "network", if any, changes only the named arguments of paper 002's CIFAR network (e.g. pad)."""
+    engine = dict(engine or {})
+    network = {**DIP_NETWORKS["cifar"], **engine.pop("network", {})}
+    settings = DIPSettings(network=network, iterations=iterations, observe_every=1, **engine)
     out = torch.empty(iterations, *images.shape)
     for start in range(0, len(images), batch):
         part = slice(start, start + batch)
@@ -169,7 +179,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"{result['num_images']} images from the victim's held-out validation part of the CIFAR-10 training split, "
         f"clean and PGD-{result.get('pgd_steps', 50)} eps=8/255; paper 002's CIFAR DIP, T={result['iterations']}"
-        + "".join(f", {k} {v}" for k, v in result.get("engine", {}).items())
+        + "".join(f", {k} {v}" for k, v in flat_engine(result.get("engine", {})).items())
         + "; "
         f"victim {result['victim']}. Command: `{result['command']}` ({result['minutes']:.0f} min, {result['machine']}).",
         "",
@@ -238,11 +248,13 @@ def main() -> None:
         type=json.loads,
         default={},
         help="JSON object of DIP fitting options changed from paper 002's, for every trace "
-        '(dip.engine.DIPSettings), e.g. \'{"input_jitter": 0.0333, "output_ema": 0.99}\'',
+        '(dip.engine.DIPSettings), e.g. \'{"input_jitter": 0.0333, "output_ema": 0.99}\'; "network" changes '
+        'arguments of the CIFAR network (dip.skip_net.skip), e.g. \'{"network": {"pad": "zero"}}\'',
     )
     args = p.parse_args()
     try:
         DIPSettings(**args.engine)
+        skip(**{**DIP_NETWORKS["cifar"], **args.engine.get("network", {})})
     except (TypeError, ValueError) as err:
         p.error(f"--engine: {err}; its fields: {', '.join(f.name for f in dataclasses.fields(DIPSettings))}")
     started = time.time()
@@ -254,7 +266,7 @@ def main() -> None:
     seeds = [item_seed(7, i) for i in indices]  # a seed namespace of its own
     # One cache per input kind: the clean fits do not depend on the victim or the attack, so
     # arms and victims that change only those share them.
-    arm = "".join(f"_{k}{v}" for k, v in sorted(args.engine.items()))
+    arm = "".join(f"_{k}{v}" for k, v in sorted(flat_engine(args.engine).items()))
     attack = {"clean": "", "pgd": f"_pgd{args.pgd_steps}_{Path(args.victim).stem}"}
     traces = {}
     for kind, x in inputs.items():
