@@ -10,6 +10,8 @@
   adversarial label is not. It also records whether the true label was ever top-1, for the
   paper's split of errors into overfit (correct at some point, wrong at the end) and
   underfit (never correct).
+* ``StaticErrorSplit`` -- the same split for paper 001's static mode (a fixed iteration):
+  it watches the fit and stops nothing.
 """
 
 import torch
@@ -49,14 +51,30 @@ class MSEEarlyStop(_FreezingStop):
         return self.stopped
 
 
+def overfit_underfit(final_correct: torch.Tensor, ever_correct: torch.Tensor) -> list[str]:
+    """Paper 001's split of errors (Sec. 4.2, Fig. 5), per image: "correct", or for a wrong final
+    answer "overfit" (the true label was top-1 at some checked iterate) or "underfit" (never)."""
+    out = []
+    for ok, ever in zip(final_correct.tolist(), ever_correct.tolist(), strict=True):
+        out.append("correct" if ok else "overfit" if ever else "underfit")
+    return out
+
+
 class OracleTop5Stop(_FreezingStop):
     """Observer (observe every ``check_every``-th iterate). Arguments: labels (true classes),
-    adversarial_labels (the victim's prediction on the input), classifier."""
+    adversarial_labels (the victim's prediction on the input), classifier, k: the top-k the
+    true label must enter and the adversarial label leave. Default: 5 (paper 001, ImageNet;
+    on 10 classes top-5 is half of them, so k = 1 is the stricter reading)."""
 
     def __init__(
-        self, x0: torch.Tensor, classifier: nn.Module, labels: torch.Tensor, adversarial_labels: torch.Tensor
+        self,
+        x0: torch.Tensor,
+        classifier: nn.Module,
+        labels: torch.Tensor,
+        adversarial_labels: torch.Tensor,
+        k: int = 5,
     ) -> None:
-        self.classifier, self.labels, self.adv = classifier, labels, adversarial_labels
+        self.classifier, self.labels, self.adv, self.k = classifier, labels, adversarial_labels, k
         self.stopped = torch.zeros(len(x0), dtype=torch.bool, device=x0.device)
         self.ever_correct = torch.zeros_like(self.stopped)
         self.selected = x0.clone()
@@ -66,17 +84,34 @@ class OracleTop5Stop(_FreezingStop):
     def __call__(self, t: int, x: torch.Tensor, mse: torch.Tensor) -> torch.Tensor:
         live = ~self.stopped
         logits = self.classifier(x).float()
-        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        true_in, adv_in = (top5 == self.labels[:, None]).any(1), (top5 == self.adv[:, None]).any(1)
+        top = logits.topk(min(self.k, logits.shape[1]), dim=1).indices
+        true_in, adv_in = (top == self.labels[:, None]).any(1), (top == self.adv[:, None]).any(1)
         self.ever_correct |= live & (logits.argmax(1) == self.labels)
         self._keep_live(live, x, t)
         self.stopped |= true_in & ~adv_in
         return self.stopped
 
     def error_types(self, final_correct: torch.Tensor) -> list[str]:
-        """Per image: "correct", or for a wrong final answer "overfit" (the true label was
-        top-1 at some checked iterate) or "underfit" (never)."""
-        out = []
-        for ok, ever in zip(final_correct.tolist(), self.ever_correct.tolist(), strict=True):
-            out.append("correct" if ok else "overfit" if ever else "underfit")
-        return out
+        return overfit_underfit(final_correct, self.ever_correct)
+
+
+class StaticErrorSplit:
+    """Observer for a fit stopped at a fixed iteration (paper 001's static mode) that stops
+    nothing and changes nothing: it classifies every observed iterate to record whether the
+    true label was ever top-1, for the overfit/underfit split of the wrong final answers
+    (Sec. 4.2, Fig. 5). The result is the last iterate. Arguments: labels, classifier."""
+
+    def __init__(self, x0: torch.Tensor, classifier: nn.Module, labels: torch.Tensor) -> None:
+        self.classifier, self.labels, self.last = classifier, labels, x0
+        self.ever_correct = torch.zeros(len(x0), dtype=torch.bool, device=x0.device)
+
+    @torch.no_grad()
+    def __call__(self, t: int, x: torch.Tensor, mse: torch.Tensor) -> None:
+        self.ever_correct |= self.classifier(x).argmax(1) == self.labels
+        self.last = x
+
+    def result(self) -> torch.Tensor:
+        return self.last
+
+    def error_types(self, final_correct: torch.Tensor) -> list[str]:
+        return overfit_underfit(final_correct, self.ever_correct)

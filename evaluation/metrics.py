@@ -55,6 +55,23 @@ def summarise(records: list[dict[str, Any]], num_classes: int) -> dict[str, Any]
         else None,
         **rejection_figures(records),
         **iterate_figures(records),
+        **termination_figures(records),
+    }
+
+
+def termination_figures(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Deep Protection (paper 001 Sec. 4.1-4.2, Fig. 2 and 5) with the true labels (oracle mode, or
+    static mode with error_split): the shares of all images whose wrong answer overfit (the
+    true label was top-1 at some checked iterate) or underfit (never), and the median
+    iteration the fit stopped at. None for other defenses."""
+    if not records or not all("error_type" in r for r in records):
+        return {"overfit_share": None, "underfit_share": None, "median_iterations": None}
+    kinds = [r["error_type"] for r in records]
+    iterations = torch.tensor([float(r["iterations"]) for r in records])
+    return {
+        "overfit_share": kinds.count("overfit") / len(kinds),
+        "underfit_share": kinds.count("underfit") / len(kinds),
+        "median_iterations": float(iterations.median()),
     }
 
 

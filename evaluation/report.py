@@ -257,6 +257,21 @@ def rejection_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def termination_table(rows: list[dict[str, Any]]) -> str:
+    """Deep Protection with the true labels: top-1 / top-5 and the split of wrong answers into
+    overfit (right at some checked iterate, wrong at the end) and underfit (never right)."""
+    lines = ["| attack | eps (/255) | n | top-1 | top-5 | overfit | underfit | median iterations |", "|" + " --- |" * 8]
+    for r in rows:
+        if r.get("overfit_share") is None:
+            continue
+        lines.append(
+            f"| {display_name(r)} | {_eps_label(r['eps']) or '-'} | {r['n']} | {100 * r['accuracy']:.1f}% | "
+            f"{100 * r['top5']:.1f}% | {100 * r['overfit_share']:.1f}% | {100 * r['underfit_share']:.1f}% | "
+            f"{r['median_iterations']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def display_name(row: dict[str, Any]) -> str:
     """``pgd``, or ``pgd(steps=50)`` for a run with parameters written in the attack list."""
     return f"{row['attack']}({row['variant']})" if row.get("variant") else row["attack"]
@@ -366,6 +381,8 @@ def write_results(
         md += ["## Sanity checks (Carlini et al. 2019)\n", sanity_table(checks)]
     if any(r.get("rejected_share") is not None for r in rows):
         md += ["## Rejection (INC, paper 004 Sec. 2.1: ||G(z*) - x||_2 >= eta)\n", rejection_table(rows)]
+    if any(r.get("overfit_share") is not None for r in rows):
+        md += ["## Errors: overfit / underfit (paper 001 Sec. 4.2, Fig. 5)\n", termination_table(rows)]
     if detection:
         md += ["## Detection (balanced: each clean image and its attacked version), as paper 003 Table 4\n"]
         md.append(detection_table(detection))

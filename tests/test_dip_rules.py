@@ -4,9 +4,11 @@ import pytest
 import torch
 from torch import nn
 
+from dipdefense.common.errors import UserError
 from dipdefense.defenses import build_defense
 from dipdefense.dip.dipdefend import DIPDefendRule, DIPDefendSettings, psnr_curve_value
-from dipdefense.dip.early_stopping import MSEEarlyStop, OracleTop5Stop
+from dipdefense.dip.early_stopping import MSEEarlyStop, OracleTop5Stop, StaticErrorSplit
+from dipdefense.evaluation.metrics import termination_figures
 
 
 def _holt_reference(curve: list[float], lam: float) -> int:
@@ -91,6 +93,58 @@ def test_oracle_top5_stop_and_the_overfit_underfit_split(no_host_sync):
     assert rule.stopped.tolist() == [True, False] and rule.iterations.tolist() == [101, 151]
     assert rule.error_types(torch.tensor([False, False])) == ["overfit", "underfit"]
     assert rule.error_types(torch.tensor([True, False])) == ["correct", "underfit"]
+
+
+def test_oracle_top1_is_stricter_than_top5():
+    x0 = torch.zeros(1, 1, 4, 4)
+    top1 = OracleTop5Stop(x0, NearestClass(), labels=torch.tensor([2]), adversarial_labels=torch.tensor([8]), k=1)
+    top5 = OracleTop5Stop(x0, NearestClass(), labels=torch.tensor([2]), adversarial_labels=torch.tensor([8]), k=5)
+    # v = 0.4: class 4 is top-1, class 2 is in the top 5 (|2 - 4| = 2), class 8 is not (4 away).
+    for rule in (top1, top5):
+        rule(0, torch.full((1, 1, 4, 4), 0.4), torch.zeros(1))
+    assert top5.stopped.tolist() == [True] and top1.stopped.tolist() == [False]
+
+
+def test_static_error_split_watches_without_stopping(no_host_sync):
+    x0 = torch.zeros(3, 1, 4, 4)
+    rule = StaticErrorSplit(x0, NearestClass(), labels=torch.tensor([2, 2, 2]))
+    # Image 0 is right at t = 50 and wrong at the end (overfit); image 1 is never right
+    # (underfit); image 2 is right at the end.
+    trace = [(0.8, 0.8, 0.8), (0.2, 0.7, 0.5), (0.8, 0.6, 0.2)]
+    with no_host_sync():
+        for t, values in enumerate(trace):
+            x = torch.stack([torch.full((1, 4, 4), v) for v in values])
+            assert rule(50 * t, x, torch.zeros(3)) is None
+    assert torch.equal(rule.result(), x)
+    final = NearestClass()(rule.result()).argmax(1) == 2
+    kinds = rule.error_types(final)
+    assert kinds == ["overfit", "underfit", "correct"]
+    records = [{"error_type": k, "iterations": i} for k, i in zip(kinds, (1750, 1750, 100), strict=True)]
+    assert termination_figures(records) == {
+        "overfit_share": 1 / 3,
+        "underfit_share": 1 / 3,
+        "median_iterations": 1750.0,
+    }
+    assert termination_figures([{"iterations": 5}])["overfit_share"] is None
+
+
+def test_deep_protection_error_split_leaves_the_static_output_unchanged():
+    images, indices, labels = torch.rand(2, 3, 16, 16), torch.tensor([4, 9]), torch.tensor([1, 2])
+    classifier = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 10)).eval()
+    static = build_defense("deep_protection", network="deep_protection_small", iterations=60, check_every=20)
+    watched = build_defense(
+        "deep_protection", network="deep_protection_small", iterations=60, check_every=20, error_split=True
+    )
+    assert watched.uses_labels and not static.uses_labels
+    assert "error_split" not in static.params() and watched.params()["error_split"] is True
+    plain = static.purify_detailed(images, classifier, indices)
+    split = watched.purify_detailed(images, classifier, indices, labels=labels)
+    assert torch.equal(plain.images, split.images)
+    assert all(d["iterations"] == 60 and d["error_type"] in {"correct", "overfit", "underfit"} for d in split.details)
+    with pytest.raises(ValueError, match="error_split=True needs the true labels"):
+        watched.purify(images, classifier, indices)
+    with pytest.raises(UserError, match="top_k=0 is not accepted"):
+        build_defense("deep_protection", top_k=0)
 
 
 def test_dip_defenses_build_and_run_with_their_details():

@@ -301,6 +301,20 @@ def test_dip_defense_runs_in_the_harness_and_saves_decision_traces(tiny_victim, 
     assert not (tmp_path / "deep").exists()
 
 
+def test_deep_protection_static_error_split_is_reported_like_paper_001(tiny_victim, cifar_batches_dir, tmp_path):
+    out = tmp_path / "dp"
+    defense = "deep_protection(network=deep_protection_small,iterations=20,check_every=10,error_split=true)"
+    rows = _run(out, tiny_victim, cifar_batches_dir, "--defense", defense, "--attacks", "clean,fgsm", "--eps", "8",
+                "--num-samples", "4")  # fmt: skip
+    records = read_records(out / "samples.jsonl")
+    for row in rows:
+        mine = [r for r in records if r["attack_name"] == row["attack"]]
+        wrong = [r for r in mine if r["pred"] != r["label"]]
+        assert row["overfit_share"] + row["underfit_share"] == pytest.approx(len(wrong) / len(mine))
+        assert row["median_iterations"] == 20
+    assert "## Errors: overfit / underfit (paper 001 Sec. 4.2, Fig. 5)" in (out / "results.md").read_text()
+
+
 def test_detection_rows_on_a_known_case():
     from dipdefense.evaluation.attack_specs import AttackRun
     from dipdefense.evaluation.report import detection_rows
