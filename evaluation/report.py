@@ -4,6 +4,7 @@ import csv
 import io
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -243,33 +244,44 @@ def detection_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _figure_table(
+    rows: list[dict[str, Any]], present: str, header: list[str], cells: Callable[[dict[str, Any]], list[str]]
+) -> str:
+    """One line per row that has figure ``present``: attack, eps, n, then ``cells(row)``."""
+    lines = [f"| attack | eps (/255) | n | {' | '.join(header)} |", "|" + " --- |" * (3 + len(header))]
+    for r in rows:
+        if r.get(present) is not None:
+            lines.append(f"| {display_name(r)} | {_eps_label(r['eps']) or '-'} | {r['n']} | {' | '.join(cells(r))} |")
+    return "\n".join(lines) + "\n"
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
 def rejection_table(rows: list[dict[str, Any]]) -> str:
     """Accuracy of C(G(z*)), the share rejected, and the accuracy when a rejected attacked
     input counts as defended and a rejected clean one as wrong."""
-    lines = ["| attack | eps (/255) | n | accuracy | rejected | accuracy with rejection |", "|" + " --- |" * 6]
-    for r in rows:
-        if r.get("rejected_share") is None:
-            continue
-        lines.append(
-            f"| {display_name(r)} | {_eps_label(r['eps']) or '-'} | {r['n']} | {100 * r['accuracy']:.1f}% | "
-            f"{100 * r['rejected_share']:.1f}% | {100 * r['accuracy_with_rejection']:.1f}% |"
-        )
-    return "\n".join(lines) + "\n"
+    return _figure_table(
+        rows,
+        "rejected_share",
+        ["accuracy", "rejected", "accuracy with rejection"],
+        lambda r: [_pct(r["accuracy"]), _pct(r["rejected_share"]), _pct(r["accuracy_with_rejection"])],
+    )
 
 
 def termination_table(rows: list[dict[str, Any]]) -> str:
     """Deep Protection with the true labels: top-1 / top-5 and the split of wrong answers into
     overfit (right at some checked iterate, wrong at the end) and underfit (never right)."""
-    lines = ["| attack | eps (/255) | n | top-1 | top-5 | overfit | underfit | median iterations |", "|" + " --- |" * 8]
-    for r in rows:
-        if r.get("overfit_share") is None:
-            continue
-        lines.append(
-            f"| {display_name(r)} | {_eps_label(r['eps']) or '-'} | {r['n']} | {100 * r['accuracy']:.1f}% | "
-            f"{100 * r['top5']:.1f}% | {100 * r['overfit_share']:.1f}% | {100 * r['underfit_share']:.1f}% | "
-            f"{r['median_iterations']:.0f} |"
-        )
-    return "\n".join(lines) + "\n"
+    return _figure_table(
+        rows,
+        "overfit_share",
+        ["top-1", "top-5", "overfit", "underfit", "median iterations"],
+        lambda r: [
+            *(_pct(r[k]) for k in ("accuracy", "top5", "overfit_share", "underfit_share")),
+            f"{r['median_iterations']:.0f}",
+        ],
+    )
 
 
 def display_name(row: dict[str, Any]) -> str:
