@@ -19,6 +19,7 @@ Writes ``studies/dip_stitch_arms/<arm>.{json,md,png}`` and the comparison,
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -107,7 +108,8 @@ def report(results: dict[str, dict[str, Any]]) -> str:
         f"same images in every arm), clean and PGD eps = 8/255; victim {first['victim']} unless the arm names "
         "another (PGD is then crafted on that victim); paper 002's CIFAR DIP, "
         f"T = {first['iterations']}, rule at tau 0.7, K 15, beta 0.5, one image every 5 iterations. "
-        "Command: `python studies/dip_stitch_arms.py`; each arm's own report is `<arm>.md` here.",
+        "Command: `python studies/dip_stitch_arms.py`; each arm's own report is `<arm>.md` here. Minutes are "
+        "the arm's last run (a rerun from cached traces only replays them).",
         "",
         "Targets that paper 002's 85.6% clean / 83.1% PGD-8 imply: clean images with a crossing after t0 "
         "<= 15%, PGD images with one >= 90%, PGD accuracy given a crossing >= 85%.",
@@ -130,6 +132,7 @@ def report(results: dict[str, dict[str, Any]]) -> str:
     ):
         lines += ["", f"## Rule at {title}", "", header, "| --- | --- | --- | --- | --- | --- | --- |"]
         lines += [row_for(name, result, change) for name, result in results.items()]
+    lines += paired(results)
     lines += [
         "",
         "## Traces (no rule)",
@@ -151,6 +154,50 @@ def report(results: dict[str, dict[str, Any]]) -> str:
         )
     lines += ["", "![victim accuracy on x(t) per arm](arms.png)", ""]
     return "\n".join(lines)
+
+
+def paired(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Each arm against the paper arm image by image (same images, same PGD images where the
+    victim is the same): images it gets right that the paper arm gets wrong (+) and the reverse
+    (-). Sign-test p-value (two-sided) on the images that differ: whether a gain is chance."""
+    if "paper" not in results:
+        return []
+    lines = [
+        "",
+        "## Against the paper arm, image by image",
+        "",
+        "Images an arm gets right and the paper arm wrong (+), and the reverse (-); p: two-sided sign test "
+        "on the images that differ. Only arms run since per-image outcomes were recorded.",
+        "",
+        "| arm | t0 | clean + / - (p) | PGD + / - (p) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for change, t0 in (({}, 50), ({"t0": 100}, 100)):
+        base = next(r for r in results["paper"]["sweep"] if r["change"] == change)
+        for name, result in results.items():
+            rule = next(r for r in result["sweep"] if r["change"] == change)
+            if name == "paper" or "correct" not in rule["clean"] or "correct" not in base["clean"]:
+                continue
+            cells = []
+            for kind in ("clean", "pgd"):
+                if kind == "pgd" and result["victim"] != results["paper"]["victim"]:
+                    cells.append("- (another victim's PGD)")
+                    continue
+                ours, theirs = rule[kind]["correct"], base[kind]["correct"]
+                gained = sum(a == "1" and b == "0" for a, b in zip(ours, theirs, strict=True))
+                lost = sum(a == "0" and b == "1" for a, b in zip(ours, theirs, strict=True))
+                cells.append(f"+{gained} / -{lost} ({sign_test(gained, lost):.2g})")
+            lines.append(f"| {name} | {t0} | {cells[0]} | {cells[1]} |")
+    return lines
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact binomial p-value of ``wins`` against ``losses`` under p = 1/2."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(0, min(wins, losses) + 1)) / 2**n
+    return min(1.0, 2 * tail)
 
 
 def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
@@ -184,17 +231,24 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=1000)
     p.add_argument("--out", type=Path, default=OUT, help="folder of the arms' reports and the comparison")
     p.add_argument("--report-only", action="store_true", help="only redraw the comparison from the arms run")
+    p.add_argument(
+        "--rerun",
+        action="store_true",
+        help="rerun the --only arms even where their report exists (cached traces are replayed, not refitted)",
+    )
     args = p.parse_args()
     names = [a.name for a in ARMS]
     only = [n for n in args.only.split(",") if n]
     unknown = sorted(set(only) - set(names))
     if unknown:
         p.error(f"--only: unknown arm(s) {unknown}; accepted: {', '.join(names)}")
+    if args.rerun and not only:
+        p.error("--rerun needs --only (which arms to rerun)")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         for arm in ARMS:
-            if (only and arm.name not in only) or (out / f"{arm.name}.json").exists():
+            if (only and arm.name not in only) or ((out / f"{arm.name}.json").exists() and not args.rerun):
                 continue
             run_arm(arm, args.num_images, args.iterations, out)
     results = {n: json.loads((out / f"{n}.json").read_text()) for n in names if (out / f"{n}.json").exists()}

@@ -100,7 +100,11 @@ def evaluate_setting(
         replay_trace(traces[:, part], rule, inputs[part], knobs["observe_every"], observe_tail=knobs["k"])
         outputs.append(rule.result())
         crossings.append(rule.crossings)
-    return summarise(torch.cat(outputs), clean, labels, classifier, torch.cat(crossings))
+    outputs = torch.cat(outputs)
+    row = summarise(outputs, clean, labels, classifier, torch.cat(crossings))
+    with torch.no_grad():  # per image, "1" right / "0" wrong: arms compare image by image
+        row["correct"] = "".join("1" if c else "0" for c in (classifier(outputs).argmax(1) == labels).tolist())
+    return row
 
 
 @torch.no_grad()
