@@ -56,6 +56,12 @@ ARMS: list[Arm] = [
     # Hypothesis 5: DIPDefend's code (and the official DIP code) where ours differs from it.
     Arm("init_default", {"init": "default"}, 50, "PyTorch's default init instead of xavier"),
     Arm("pad_zero", {"network": {"pad": "zero"}}, 50, "zero padding instead of reflection"),
+    Arm(
+        "pad_zero_noise",
+        {"network": {"pad": "zero"}, "noise_scale": 0.1},
+        50,
+        "zero padding and z ~ U(0, 1/10): the two changes that helped clean images",
+    ),
     # Hypothesis 1: the same clean traces (the fit does not depend on the victim) read by
     # another victim, and PGD-50 crafted on that victim.
     Arm(
