@@ -334,6 +334,8 @@ class DeepProtection(DIPPurifier):
         # Added after runs were recorded: named in a manifest only when they change something.
         return {
             "oracle": self.oracle,
+            # the oracle no longer judges the untrained output at t = 0: a run recorded before is not resumed
+            **({"first_check": self.dip.observe_every} if self.oracle else {}),
             **({"top_k": self.top_k} if self.oracle and self.top_k != 5 else {}),
             **({"error_split": True} if self.error_split else {}),
         }
@@ -346,9 +348,11 @@ class DeepProtection(DIPPurifier):
         if self.oracle:
             with torch.no_grad():
                 adversarial = classifier(images).argmax(1)
-            return OracleTop5Stop(images, classifier, labels, adversarial, k=self.top_k)
+            return OracleTop5Stop(
+                images, classifier, labels, adversarial, k=self.top_k, first_check=self.dip.observe_every
+            )
         if self.error_split:
-            return StaticErrorSplit(images, classifier, labels)
+            return StaticErrorSplit(images, classifier, labels, first_check=self.dip.observe_every)
         return None  # static termination: the last iterate
 
     def details(self, rule, images, classifier, labels):

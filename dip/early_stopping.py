@@ -64,7 +64,10 @@ class OracleTop5Stop(_FreezingStop):
     """Observer (observe every ``check_every``-th iterate). Arguments: labels (true classes),
     adversarial_labels (the victim's prediction on the input), classifier, k: the top-k the
     true label must enter and the adversarial label leave. Default: 5 (paper 001, ImageNet;
-    on 10 classes top-5 is half of them, so k = 1 is the stricter reading)."""
+    on 10 classes top-5 is half of them, so k = 1 is the stricter reading). first_check: the
+    first iterate it judges; earlier ones (the untrained network's output at t = 0) neither
+    stop an image nor count as right. Default: 0 (deep_protection passes check_every: the
+    paper checks "every 50 iterations")."""
 
     def __init__(
         self,
@@ -73,8 +76,10 @@ class OracleTop5Stop(_FreezingStop):
         labels: torch.Tensor,
         adversarial_labels: torch.Tensor,
         k: int = 5,
+        first_check: int = 0,
     ) -> None:
         self.classifier, self.labels, self.adv, self.k = classifier, labels, adversarial_labels, k
+        self.first_check = first_check
         self.stopped = torch.zeros(len(x0), dtype=torch.bool, device=x0.device)
         self.ever_correct = torch.zeros_like(self.stopped)
         self.selected = x0.clone()
@@ -83,6 +88,9 @@ class OracleTop5Stop(_FreezingStop):
     @torch.no_grad()
     def __call__(self, t: int, x: torch.Tensor, mse: torch.Tensor) -> torch.Tensor:
         live = ~self.stopped
+        if t < self.first_check:
+            self._keep_live(live, x, t)
+            return self.stopped
         logits = self.classifier(x).float()
         top = logits.topk(min(self.k, logits.shape[1]), dim=1).indices
         true_in, adv_in = (top == self.labels[:, None]).any(1), (top == self.adv[:, None]).any(1)
@@ -99,15 +107,17 @@ class StaticErrorSplit:
     """Observer for a fit stopped at a fixed iteration (paper 001's static mode) that stops
     nothing and changes nothing: it classifies every observed iterate to record whether the
     true label was ever top-1, for the overfit/underfit split of the wrong final answers
-    (Sec. 4.2, Fig. 5). The result is the last iterate. Arguments: labels, classifier."""
+    (Sec. 4.2, Fig. 5). The result is the last iterate. Arguments: labels, classifier,
+    first_check (as ``OracleTop5Stop``'s). Default: 0."""
 
-    def __init__(self, x0: torch.Tensor, classifier: nn.Module, labels: torch.Tensor) -> None:
-        self.classifier, self.labels, self.last = classifier, labels, x0
+    def __init__(self, x0: torch.Tensor, classifier: nn.Module, labels: torch.Tensor, first_check: int = 0) -> None:
+        self.classifier, self.labels, self.last, self.first_check = classifier, labels, x0, first_check
         self.ever_correct = torch.zeros(len(x0), dtype=torch.bool, device=x0.device)
 
     @torch.no_grad()
     def __call__(self, t: int, x: torch.Tensor, mse: torch.Tensor) -> None:
-        self.ever_correct |= self.classifier(x).argmax(1) == self.labels
+        if t >= self.first_check:
+            self.ever_correct |= self.classifier(x).argmax(1) == self.labels
         self.last = x
 
     def result(self) -> torch.Tensor:

@@ -128,6 +128,18 @@ def test_static_error_split_watches_without_stopping(no_host_sync):
     assert termination_figures([{"iterations": 5}])["overfit_share"] is None
 
 
+def test_the_untrained_output_before_the_first_check_neither_stops_nor_counts():
+    x0 = torch.zeros(1, 1, 4, 4)
+    right, wrong = torch.full((1, 1, 4, 4), 0.2), torch.full((1, 1, 4, 4), 0.8)
+    oracle = OracleTop5Stop(x0, NearestClass(), torch.tensor([2]), torch.tensor([8]), k=1, first_check=50)
+    static = StaticErrorSplit(x0, NearestClass(), torch.tensor([2]), first_check=50)
+    for rule in (oracle, static):
+        rule(0, right, torch.zeros(1))  # t = 0: the network's first output, right by chance
+        rule(50, wrong, torch.zeros(1))
+    assert oracle.stopped.tolist() == [False] and oracle.error_types(torch.tensor([False])) == ["underfit"]
+    assert static.error_types(torch.tensor([False])) == ["underfit"]
+
+
 def test_deep_protection_error_split_leaves_the_static_output_unchanged():
     images, indices, labels = torch.rand(2, 3, 16, 16), torch.tensor([4, 9]), torch.tensor([1, 2])
     classifier = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 10)).eval()
