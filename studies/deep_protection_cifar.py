@@ -165,6 +165,13 @@ def report(results: dict[str, dict[str, Any]]) -> str:
         "right, as in the paper. Overfit: wrong at the end, right (top-1) at some checked iterate; underfit: "
         "never right. Command: `python studies/deep_protection_cifar.py` (resumable).",
         "",
+        "Reading the oracle rows: on a clean image the victim's label is the true label, so the oracle's "
+        "condition (true label in, adversarial label out) never holds and the fit runs to 3000 iterations. "
+        "The oracle's first check is at iteration 51 (the output at t = 0 is the untrained network's). "
+        "Median iterations of 3000 mean most images never met the condition. foolbox 3's NewtonFool stops at its "
+        "first adversarial iterate, but its Newton step (delta / ||grad||) overshoots far past the boundary on this "
+        "confident victim (mean L2 11.5 in the run's results.md, against DeepFool's 0.6).",
+        "",
     ]
     for name, result in results.items():
         lines += [f"## {name}: `{result['defense']}`", ""]
