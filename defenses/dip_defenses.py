@@ -66,7 +66,7 @@ DIP_NETWORKS["deep_protection_cifar"] = {
     key: value[:4] if isinstance(value, list) else value for key, value in DIP_NETWORKS["deep_protection"].items()
 }
 # Paper 001's Swish and 32-channel input on paper 002's CIFAR layout (3 scales of 32 channels):
-# a CPU-sized stand-in, about 8x cheaper per step than deep_protection_cifar.
+# a CPU-sized stand-in, 7 s per 1750-iteration fit at B = 8 on 2 cores against deep_protection_cifar's 72 s.
 DIP_NETWORKS["deep_protection_small"] = {**DIP_NETWORKS["cifar"], "input_channels": 32, "activation": "Swish"}
 
 

@@ -5,8 +5,8 @@ termination points (Sec. 4.2, Fig. 4) and the overfit/underfit split of the erro
 Paper 001 ran 100 ImageNet images (73 right clean) through 8 foolbox attacks with a Swish DIP
 at 224 px. Here: CIFAR-10 test images through the shipped ResNet-20, the 7 of its 8 attacks
 that exist in today's libraries (ADef is not in foolbox 3), and ``deep_protection_small``, its
-Swish network at paper 002's CIFAR size: the 4-scale ``deep_protection_cifar`` costs 72 s
-per fit here, about 8x more. As in the paper, an attacked image counts only if the victim got
+Swish network at paper 002's CIFAR size, 7 s per 1750-iteration fit here against the 4-scale
+``deep_protection_cifar``'s 72 s. As in the paper, an attacked image counts only if the victim got
 its clean image right (foolbox cannot attack the others). Every attack is oblivious: crafted
 on the bare victim (the oracle modes know the true labels; no attacker can face them).
 
