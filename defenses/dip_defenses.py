@@ -356,17 +356,13 @@ class DeepProtection(DIPPurifier):
         return None  # static termination: the last iterate
 
     def details(self, rule, images, classifier, labels):
-        if not self.oracle:
-            if not self.error_split:
-                return [{"iterations": self.dip.iterations} for _ in images]
-            with torch.no_grad():
-                correct = classifier(images).argmax(1) == labels
-            return [{"iterations": self.dip.iterations, "error_type": e} for e in rule.error_types(correct)]
+        iterations = rule.iterations.tolist() if self.oracle else [self.dip.iterations] * len(images)
+        if rule is None:  # static mode, not watched
+            return [{"iterations": t} for t in iterations]
         with torch.no_grad():
             correct = classifier(images).argmax(1) == labels
         return [
-            {"iterations": int(t), "error_type": e}
-            for t, e in zip(rule.iterations, rule.error_types(correct), strict=True)
+            {"iterations": int(t), "error_type": e} for t, e in zip(iterations, rule.error_types(correct), strict=True)
         ]
 
 
