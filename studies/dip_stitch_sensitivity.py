@@ -100,11 +100,7 @@ def evaluate_setting(
         replay_trace(traces[:, part], rule, inputs[part], knobs["observe_every"], observe_tail=knobs["k"])
         outputs.append(rule.result())
         crossings.append(rule.crossings)
-    outputs = torch.cat(outputs)
-    row = summarise(outputs, clean, labels, classifier, torch.cat(crossings))
-    with torch.no_grad():  # per image, "1" right / "0" wrong: arms compare image by image
-        row["correct"] = "".join("1" if c else "0" for c in (classifier(outputs).argmax(1) == labels).tolist())
-    return row
+    return summarise(torch.cat(outputs), clean, labels, classifier, torch.cat(crossings))
 
 
 @torch.no_grad()
@@ -115,6 +111,7 @@ def summarise(
     row: dict[str, Any] = {
         "accuracy": correct.float().mean().item(),
         "ssim": per_image_ssim(outputs, clean).mean().item(),
+        "correct": "".join("1" if c else "0" for c in correct.tolist()),  # per image: arms compare image by image
     }
     if crossings is not None:
         has = crossings > 0
