@@ -73,6 +73,7 @@ DIP_NETWORKS["deep_protection_small"] = {**DIP_NETWORKS["cifar"], "input_channel
 # Engine options added after runs were recorded: left out of a run's manifest while off, so
 # those runs (whose run.json lacks them) still resume.
 OFF_WHEN_ZERO = ("input_jitter", "output_ema")
+PADDINGS = ("reflection", "zero")  # dip.skip_net's; reflection is the default of every network above
 
 
 class DIPPurifier(Purifier):
@@ -84,7 +85,9 @@ class DIPPurifier(Purifier):
     dip_batch (32; speed only), seed (0); and, for every DIP defense, the fitting options of
     the official DIP code that the papers leave open (``dip.engine.DIPSettings``): init
     ("xavier", or "default" for PyTorch's), input_jitter (0, off; the code's reg_noise_std),
-    output_ema (0, off; the code's exp_weight).
+    output_ema (0, off; the code's exp_weight), pad ("reflection", or "zero" as DIPDefend's
+    code pads; sets the network's ``pad``, and is written into the recorded network only when
+    it is "zero", so runs recorded before the option existed still resume).
     """
 
     observe_tail = 0
@@ -109,13 +112,19 @@ class DIPPurifier(Purifier):
         init: str = "xavier",
         input_jitter: float = 0.0,
         output_ema: float = 0.0,
+        pad: str = "reflection",
     ) -> None:
         if isinstance(network, str) and network not in DIP_NETWORKS:
             raise ValueError(
                 f"unknown DIP network {network!r}; accepted: {', '.join(DIP_NETWORKS)} or skip() arguments"
             )
+        if pad not in PADDINGS:
+            raise ValueError(f"unknown padding {pad!r}; accepted: {', '.join(PADDINGS)}")
+        network = dict(DIP_NETWORKS[network] if isinstance(network, str) else network)
+        if pad != "reflection":
+            network["pad"] = pad
         self.dip = DIPSettings(
-            network=DIP_NETWORKS[network] if isinstance(network, str) else dict(network),
+            network=network,
             noise_scale=noise_scale,
             iterations=iterations,
             lr=lr,
@@ -177,7 +186,7 @@ class DIPStitch(DIPPurifier):
     Arguments: network "cifar", iterations 1000, lr 0.01, noise_scale 1/30, observe_every 5
     (T/200), tau 0.7, t0 50 (iterations), k 15, beta 0.5, grid 100, search "grid" (or
     "bisection" for large victims), dip_batch 32, seed 0; init "xavier", input_jitter 0,
-    output_ema 0 (``DIPPurifier``).
+    output_ema 0, pad "reflection" (``DIPPurifier``).
     ImageNet: network "imagenet", iterations 3000, noise_scale 1/100, observe_every 15.
     """
 
@@ -201,6 +210,7 @@ class DIPStitch(DIPPurifier):
         init: str = "xavier",
         input_jitter: float = 0.0,
         output_ema: float = 0.0,
+        pad: str = "reflection",
     ) -> None:
         super().__init__(
             network,
@@ -213,6 +223,7 @@ class DIPStitch(DIPPurifier):
             init=init,
             input_jitter=input_jitter,
             output_ema=output_ema,
+            pad=pad,
         )
         self.rule = StitchSettings(tau=tau, t0=t0, k=k, beta=beta, grid=grid, search=search)
         self.observe_tail = k
@@ -232,7 +243,8 @@ class DIPDefend(DIPPurifier):
 
     Arguments: network "dipdefend_cifar" (their CIFAR net), iterations 4000, lr 0.01,
     noise_scale 1/10, optimize_input True (they optimise the input too), lam 0.002,
-    patch 32, dip_batch 32, seed 0; init "xavier", input_jitter 0, output_ema 0 (``DIPPurifier``).
+    patch 32, dip_batch 32, seed 0; init "xavier", input_jitter 0, output_ema 0, pad "reflection"
+    (``DIPPurifier``).
     The PSNR curve is read at every iterate.
     """
 
@@ -252,6 +264,7 @@ class DIPDefend(DIPPurifier):
         init: str = "xavier",
         input_jitter: float = 0.0,
         output_ema: float = 0.0,
+        pad: str = "reflection",
     ) -> None:
         super().__init__(
             network,
@@ -265,6 +278,7 @@ class DIPDefend(DIPPurifier):
             init=init,
             input_jitter=input_jitter,
             output_ema=output_ema,
+            pad=pad,
         )
         self.rule = DIPDefendSettings(lam=lam, patch=patch)
 
@@ -292,7 +306,7 @@ class DeepProtection(DIPPurifier):
     "deep_protection_small" the Swish net at paper 002's CIFAR size), iterations 1750 (static
     mode; the oracle's cap is 3000 in the paper), lr 0.01, noise_scale 0.1, oracle False,
     top_k 5 (the oracle's top-k), error_split False, check_every 50, dip_batch 8, seed 0;
-    init "xavier", input_jitter 0, output_ema 0 (``DIPPurifier``).
+    init "xavier", input_jitter 0, output_ema 0, pad "reflection" (``DIPPurifier``).
     """
 
     name = "deep_protection"
@@ -310,6 +324,7 @@ class DeepProtection(DIPPurifier):
         init: str = "xavier",
         input_jitter: float = 0.0,
         output_ema: float = 0.0,
+        pad: str = "reflection",
         top_k: int = 5,
         error_split: bool = False,
     ) -> None:
@@ -324,6 +339,7 @@ class DeepProtection(DIPPurifier):
             init=init,
             input_jitter=input_jitter,
             output_ema=output_ema,
+            pad=pad,
         )
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1 (the oracle's top-k; the paper's is 5), got {top_k}")
@@ -372,7 +388,7 @@ class DIPInc(DIPPurifier):
     (0.005 on [-1, 1] images = 0.00125 here).
 
     Arguments: network "cifar", iterations 500, lr 0.01, noise_scale 1/30, threshold 0.00125,
-    dip_batch 32, seed 0; init "xavier", input_jitter 0, output_ema 0 (``DIPPurifier``).
+    dip_batch 32, seed 0; init "xavier", input_jitter 0, output_ema 0, pad "reflection" (``DIPPurifier``).
     """
 
     name = "dip_inc"
@@ -389,6 +405,7 @@ class DIPInc(DIPPurifier):
         init: str = "xavier",
         input_jitter: float = 0.0,
         output_ema: float = 0.0,
+        pad: str = "reflection",
     ) -> None:
         super().__init__(
             network,
@@ -401,6 +418,7 @@ class DIPInc(DIPPurifier):
             init=init,
             input_jitter=input_jitter,
             output_ema=output_ema,
+            pad=pad,
         )
         self.threshold = threshold
 

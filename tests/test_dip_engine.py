@@ -371,3 +371,8 @@ def test_engine_options_reach_every_dip_defense_and_stay_out_of_old_manifests_wh
         on = build_defense(name, init="default", input_jitter=1 / 30, output_ema=0.99)
         assert on.dip.init == "default" and on.dip.input_jitter == 1 / 30 and on.dip.output_ema == 0.99
         assert on.params()["input_jitter"] == 1 / 30 and on.params()["output_ema"] == 0.99
+        assert "pad" not in off["network"]  # reflection, as every network was before the option
+        zero = build_defense(name, pad="zero")
+        assert zero.dip.network == {**off["network"], "pad": "zero"}
+        with pytest.raises(ValueError, match=r"unknown padding 'circular'; accepted: reflection, zero"):
+            build_defense(name, pad="circular")
