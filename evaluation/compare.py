@@ -8,6 +8,12 @@ attacked image counts as defended, as the adaptive attacks assume. The worst cas
 attack at a budget (RobustBench's robust accuracy) is a column of its own. Writes
 ``comparison.md``, ``comparison.csv`` (one line per run and column, with n and the 95% CI)
 and ``comparison.png`` into ``--out``.
+
+``--paired`` compares every run with the first image by image instead (same images, same
+attack): how many images each run gets right that the other does not, and the two-sided
+exact sign test on those (McNemar's exact test). Two settings of one defense on the same
+sample differ by a few points that unpaired 95% CIs cannot separate; the pairs can. Written
+to ``paired.md``.
 """
 
 import argparse
@@ -144,12 +150,92 @@ def plot(path: Path, columns: list[str], rows: list[dict[str, Any]], metric: str
     plt.close(fig)
 
 
+def load_records(path: Path) -> list[dict[str, Any]]:
+    """A run's per-image records: ``samples.jsonl``, or the gzipped copy studies archive."""
+    import gzip
+
+    from dipdefense.evaluation.sample_log import read_records
+
+    folder = path.parent if path.name == "results.json" else path
+    if (folder / "samples.jsonl").is_file():
+        return read_records(folder / "samples.jsonl")
+    if (folder / "samples.jsonl.gz").is_file():
+        return [json.loads(line) for line in gzip.decompress((folder / "samples.jsonl.gz").read_bytes()).splitlines()]
+    raise UserError(f"{folder}: no samples.jsonl (or samples.jsonl.gz) there; --paired needs per-image records")
+
+
+def defended_right(record: dict[str, Any]) -> bool:
+    """Right, or (an attacked input) refused: the convention of the accuracy with rejection."""
+    return record["pred"] == record["label"] or (record["attack"] != "clean" and bool(record.get("rejected")))
+
+
+def record_column(record: dict[str, Any]) -> str:
+    if record["attack"] == "clean":
+        return "clean"
+    eps = "" if record.get("eps") is None else f"@{record['eps'] * 255:.4g}/255"
+    return f"{record['attack']}{eps} ({record.get('threat_model', 'oblivious')})"
+
+
+def paired_rows(runs: list[tuple[str, list[dict[str, Any]]]]) -> list[dict[str, Any]]:
+    """Each run after the first against the first, per column, over the images both hold."""
+    from scipy.stats import binomtest
+
+    def outcomes(records: list[dict[str, Any]]) -> dict[str, dict[int, bool]]:
+        table: dict[str, dict[int, bool]] = {}
+        for r in records:
+            table.setdefault(record_column(r), {})[int(r["index"])] = defended_right(r)
+        return table
+
+    (reference_label, reference), rows = runs[0], []
+    base = outcomes(reference)
+    for label, records in runs[1:]:
+        for column, right in outcomes(records).items():
+            shared = sorted(set(right) & set(base.get(column, {})))
+            if not shared:
+                continue
+            gains = sum(right[i] and not base[column][i] for i in shared)
+            losses = sum(base[column][i] and not right[i] for i in shared)
+            rows.append({
+                "run": label, "reference": reference_label, "column": column, "n": len(shared),
+                "reference_accuracy": sum(base[column][i] for i in shared) / len(shared),
+                "accuracy": sum(right[i] for i in shared) / len(shared), "gains": gains, "losses": losses,
+                "p": binomtest(gains, gains + losses, 0.5).pvalue if gains + losses else 1.0,
+            })  # fmt: skip
+    if not rows:
+        raise UserError("--paired: the runs share no (image, attack) with the first run; give runs on one sample")
+    return rows
+
+
+def paired_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| run | against | column | images | against's accuracy | run's accuracy | right only in run / only in against | sign test p |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['run']} | {r['reference']} | {r['column']} | {r['n']} | {100 * r['reference_accuracy']:.1f}% | "
+            f"{100 * r['accuracy']:.1f}% | +{r['gains']} / -{r['losses']} | {r['p']:.3g} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run folders (runs/NAME) or their results.json")
     p.add_argument("--metric", choices=METRICS, default="accuracy", help="cell value (default: accuracy)")
     p.add_argument("--out", default="comparison", help="folder for comparison.md/.csv/.png (default: comparison)")
+    p.add_argument("--paired", action="store_true", help="image by image against the first run, with a sign test")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.paired:
+        if len(args.runs) < 2:
+            raise UserError("--paired needs two runs or more: the first is the reference")
+        labels = [label for label, _ in load_results(args.runs)]
+        runs = [(label, load_records(Path(given))) for label, given in zip(labels, args.runs, strict=True)]
+        table = paired_markdown(paired_rows(runs))
+        note = "Accuracy over the images both runs hold; a refused attacked input counts as defended."
+        atomic_write_text(Path(args.out) / "paired.md", f"{table}\n{note}\n")
+        print(table + "\n" + note + f"\nwritten: {args.out}/paired.md")
+        return table
     columns, rows = comparison(load_results(args.runs), args.metric)
     table = markdown(columns, rows, args.metric)
     note = "Cells: accuracy in %; `r`: with rejection (a refused attacked input counts as defended)."

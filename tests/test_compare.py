@@ -57,3 +57,49 @@ def test_a_folder_without_results_is_one_clear_error(tmp_path):
     with pytest.raises(UserError, match="is not an evaluate.py results.json"):
         compare.main([str(tmp_path), "--out", str(tmp_path / "cmp")])
     assert not (tmp_path / "cmp").exists()
+
+
+def _run_with_records(folder, outcomes, gzipped=False):
+    """A run folder whose records are right (True) or wrong per (column, image index)."""
+    import gzip
+
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps(_results("dip_stitch", [_row("clean", None, "oblivious", 0.5)])))
+    lines = []
+    for (attack, eps), right in outcomes.items():
+        for index, ok in right.items():
+            threat = {"attack": attack, "eps": eps, "threat_model": "oblivious", "label": 3, "index": index}
+            lines.append(json.dumps({**threat, "pred": 3 if ok else 4}))
+    text = "\n".join(lines) + "\n"
+    if gzipped:
+        (folder / "samples.jsonl.gz").write_bytes(gzip.compress(text.encode()))
+    else:
+        (folder / "samples.jsonl").write_text(text)
+
+
+def test_paired_counts_images_each_run_alone_gets_right_with_an_exact_sign_test(tmp_path):
+    # Clean: the other run fixes images 0-4 and breaks none (two-sided p = 2 / 2^5); PGD: one each way.
+    # Image 9 is only in the reference, so it is left out of the pairs.
+    reference = {("clean", None): {i: i >= 5 for i in range(10)}, ("pgd", 8 / 255): {0: True, 1: False, 9: True}}
+    other = {("clean", None): {i: True for i in range(9)}, ("pgd", 8 / 255): {0: False, 1: True}}
+    _run_with_records(tmp_path / "ref", reference)
+    _run_with_records(tmp_path / "new", other, gzipped=True)
+    table = compare.main(["--paired", str(tmp_path / "ref"), str(tmp_path / "new"), "--out", str(tmp_path / "p")])
+    rows = table.splitlines()[2:]
+    assert rows[0] == "| new | ref | clean | 9 | 44.4% | 100.0% | +5 / -0 | 0.0625 |"
+    assert rows[1] == "| new | ref | pgd@8/255 (oblivious) | 2 | 50.0% | 50.0% | +1 / -1 | 1 |"
+    assert (tmp_path / "p" / "paired.md").read_text().startswith(table)
+
+
+def test_paired_needs_two_runs_with_records_on_one_sample(tmp_path):
+    _run_with_records(tmp_path / "ref", {("clean", None): {0: True}})
+    with pytest.raises(UserError, match="--paired needs two runs or more"):
+        compare.main(["--paired", str(tmp_path / "ref"), "--out", str(tmp_path / "p")])
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "results.json").write_text(json.dumps(_results("none", [])))
+    with pytest.raises(UserError, match="no samples.jsonl \\(or samples.jsonl.gz\\) there"):
+        compare.main(["--paired", str(tmp_path / "ref"), str(tmp_path / "bare"), "--out", str(tmp_path / "p")])
+    _run_with_records(tmp_path / "other", {("clean", None): {5: True}})
+    with pytest.raises(UserError, match="share no \\(image, attack\\)"):
+        compare.main(["--paired", str(tmp_path / "ref"), str(tmp_path / "other"), "--out", str(tmp_path / "p")])
+    assert not (tmp_path / "p").exists()
