@@ -170,10 +170,10 @@ def defended_right(record: dict[str, Any]) -> bool:
 
 
 def record_column(record: dict[str, Any]) -> str:
+    """``pgd@8/255 (oblivious)``: the record's attack run id (eps included) and threat model."""
     if record["attack"] == "clean":
         return "clean"
-    eps = "" if record.get("eps") is None else f"@{record['eps'] * 255:.4g}/255"
-    return f"{record['attack']}{eps} ({record.get('threat_model', 'oblivious')})"
+    return f"{record['attack']} ({record.get('threat_model', 'oblivious')})"
 
 
 def paired_rows(runs: list[tuple[str, list[dict[str, Any]]]]) -> list[dict[str, Any]]:

@@ -68,7 +68,8 @@ def _run_with_records(folder, outcomes, gzipped=False):
     lines = []
     for (attack, eps), right in outcomes.items():
         for index, ok in right.items():
-            threat = {"attack": attack, "eps": eps, "threat_model": "oblivious", "label": 3, "index": index}
+            run_id = attack if eps is None else f"{attack}@{eps}/255"  # as evaluate.py names its runs
+            threat = {"attack": run_id, "threat_model": "oblivious", "label": 3, "index": index}
             lines.append(json.dumps({**threat, "pred": 3 if ok else 4}))
     text = "\n".join(lines) + "\n"
     if gzipped:
@@ -80,8 +81,8 @@ def _run_with_records(folder, outcomes, gzipped=False):
 def test_paired_counts_images_each_run_alone_gets_right_with_an_exact_sign_test(tmp_path):
     # Clean: the other run fixes images 0-4 and breaks none (two-sided p = 2 / 2^5); PGD: one each way.
     # Image 9 is only in the reference, so it is left out of the pairs.
-    reference = {("clean", None): {i: i >= 5 for i in range(10)}, ("pgd", 8 / 255): {0: True, 1: False, 9: True}}
-    other = {("clean", None): {i: True for i in range(9)}, ("pgd", 8 / 255): {0: False, 1: True}}
+    reference = {("clean", None): {i: i >= 5 for i in range(10)}, ("pgd", 8): {0: True, 1: False, 9: True}}
+    other = {("clean", None): {i: True for i in range(9)}, ("pgd", 8): {0: False, 1: True}}
     _run_with_records(tmp_path / "ref", reference)
     _run_with_records(tmp_path / "new", other, gzipped=True)
     table = compare.main(["--paired", str(tmp_path / "ref"), str(tmp_path / "new"), "--out", str(tmp_path / "p")])
