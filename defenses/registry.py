@@ -22,12 +22,25 @@ def register_defense(name: str, factory: Callable[..., Defense]) -> None:
 def build_defense(name: str, **params: Any) -> Defense:
     """Build a registered defense; unknown names and parameters are a :class:`UserError`
     that lists what is accepted. ``DETECTOR+PURIFIER`` builds the detector-gated pipeline;
-    its ``params`` are keyed by the two names."""
+    its ``params`` are keyed by the two names.
+
+    ``preset=NAME`` starts from one of the defense's named parameter sets (its class's
+    ``presets``, e.g. dip_stitch's ``paper_literal``); parameters given beside it win. A run
+    records the parameters, not the preset's name, so a preset equal to an older default
+    resumes runs recorded under that default."""
     if "+" in name:
         return _build_gated(name, params)
     if name not in DEFENSES:
         raise UserError(f"unknown defense {name!r}; accepted: {', '.join(sorted(DEFENSES))}")
     factory = DEFENSES[name]
+    if "preset" in params:
+        presets: dict[str, dict[str, Any]] = getattr(factory, "presets", {})
+        preset = params.pop("preset")
+        if not isinstance(preset, str) or preset not in presets:
+            raise UserError(
+                f"defense {name!r} has no preset {preset!r}; accepted: {', '.join(sorted(presets)) or 'none'}"
+            )
+        params = {**presets[preset], **params}
     accepted = [p for p in inspect.signature(factory).parameters if p not in ("self", "args", "kwargs")]
     unknown = sorted(set(params) - set(accepted))
     if unknown:

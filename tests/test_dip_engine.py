@@ -371,8 +371,28 @@ def test_engine_options_reach_every_dip_defense_and_stay_out_of_old_manifests_wh
         on = build_defense(name, init="default", input_jitter=1 / 30, output_ema=0.99)
         assert on.dip.init == "default" and on.dip.input_jitter == 1 / 30 and on.dip.output_ema == 0.99
         assert on.params()["input_jitter"] == 1 / 30 and on.params()["output_ema"] == 0.99
-        assert "pad" not in off["network"]  # reflection, as every network was before the option
-        zero = build_defense(name, pad="zero")
-        assert zero.dip.network == {**off["network"], "pad": "zero"}
+        reflection = build_defense(name, pad="reflection").params()["network"]
+        assert "pad" not in reflection  # as every network was recorded before the option
+        assert build_defense(name, pad="zero").dip.network == {**reflection, "pad": "zero"}
+        default = "zero" if name == "dip_stitch" else "reflection"  # dip_stitch's since issue 12
+        assert build_defense(name).dip.network.get("pad", "reflection") == default
         with pytest.raises(ValueError, match=r"unknown padding 'circular'; accepted: reflection, zero"):
             build_defense(name, pad="circular")
+
+
+def test_dip_stitch_paper_literal_preset_is_the_reflection_default_runs_were_recorded_under():
+    from dipdefense.common.errors import UserError
+    from dipdefense.defenses.registry import build_defense
+
+    literal = build_defense("dip_stitch", preset="paper_literal")
+    assert literal.params() == build_defense("dip_stitch", pad="reflection").params()
+    assert "pad" not in literal.params()["network"]  # so runs recorded before issue 12 resume under it
+    assert build_defense("dip_stitch").params()["network"]["pad"] == "zero"
+    # Parameters given beside a preset win over it; a gated pair passes the preset to its part.
+    assert build_defense("dip_stitch", preset="paper_literal", pad="zero").dip.network["pad"] == "zero"
+    gated = build_defense("glow_gate+dip_stitch", dip_stitch={"preset": "paper_literal"})
+    assert gated.params() == build_defense("glow_gate+dip_stitch", dip_stitch={"pad": "reflection"}).params()
+    with pytest.raises(UserError, match=r"defense 'dip_stitch' has no preset 'fast'; accepted: paper_literal"):
+        build_defense("dip_stitch", preset="fast")
+    with pytest.raises(UserError, match=r"defense 'dipdefend' has no preset 'paper_literal'; accepted: none"):
+        build_defense("dipdefend", preset="paper_literal")
