@@ -14,7 +14,7 @@ where its last archived record stopped, and the figures are drawn from the archi
 keep every run measured so far.
 
     python studies/adaptive_eval.py --plan cpu      # the sizes measured on 2 CPU cores
-    python studies/adaptive_eval.py --plan gpu      # paper sizes (1,000 images; a GPU)
+    python studies/adaptive_eval.py --plan gpu      # paper sizes (1,000 images; a GPU), in *_gpu folders
     python studies/adaptive_eval.py --figures-only  # archive what runs/ holds, redraw from the archive
 """
 
@@ -264,7 +264,7 @@ def load_runs(archive: Path) -> dict[str, dict]:
     return found
 
 
-def figures(archive: Path, report: Path) -> None:
+def figures(archive: Path, report: Path, notes: list[str] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -287,7 +287,8 @@ def figures(archive: Path, report: Path) -> None:
                     curves[row["eps"]][line] = row
             if row.get("budget_curve") and row.get("threat_model") == "adaptive":
                 budgets[row["variant"]][result["defense"]] = row
-    md = ["# Defense-aware evaluation: paper 002 Fig. 4 and Fig. 5 shapes\n", PAPER_NOTE + "\n", LITERAL_NOTE + "\n"]
+    md = ["# Defense-aware evaluation: paper 002 Fig. 4 and Fig. 5 shapes\n", PAPER_NOTE + "\n"]
+    md += [note + "\n" for note in notes or []]
     if curves:
         eps_values = sorted(curves)
         fig, axes = plt.subplots(1, len(eps_values), figsize=(4.2 * len(eps_values), 3.6), squeeze=False)
@@ -388,18 +389,24 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--plan", choices=sorted(PLANS), default="cpu")
     p.add_argument("--only", help="comma list of run names from the plan")
-    p.add_argument("--runs-dir", default="runs/adaptive")
+    # Each plan has its own folders: the plans share run names (dip_stitch, none, ...) with other
+    # sample sizes, and evaluate.py refuses a folder that holds another run's records.
+    p.add_argument("--runs-dir", help="default: runs/adaptive (cpu plan), runs/adaptive_gpu (gpu plan)")
     p.add_argument(
-        "--report", default="studies/adaptive_eval", help="where the figures, tables and the runs/ archive go"
+        "--report",
+        help="where the figures, tables and the runs/ archive go; default: studies/adaptive_eval (cpu plan), "
+        "studies/adaptive_eval_gpu (gpu plan)",
     )
     p.add_argument("--figures-only", action="store_true", help="archive what --runs-dir holds, then redraw")
     args, extra = p.parse_known_args(argv)  # anything else goes to evaluate.py (--devices 4, ...)
-    runs_dir, report = REPO / args.runs_dir, REPO / args.report
+    suffix = "" if args.plan == "cpu" else f"_{args.plan}"
+    runs_dir = REPO / (args.runs_dir or f"runs/adaptive{suffix}")
+    report = REPO / (args.report or f"studies/adaptive_eval{suffix}")
     if args.figures_only:
         archive_all(runs_dir, report / "runs")
     else:
         run_plan(args.plan, runs_dir, report / "runs", args.only.split(",") if args.only else None, extra)
-    figures(report / "runs", report)
+    figures(report / "runs", report, notes=[LITERAL_NOTE] if args.plan == "cpu" else [])
 
 
 if __name__ == "__main__":

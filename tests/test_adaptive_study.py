@@ -133,3 +133,22 @@ def test_a_stopped_run_is_reported_over_its_finished_images(tiny_victim, cifar_b
     assert "| partial (stopped: 4 of 8 images) |" in (tmp_path / "report" / "README.md").read_text()
     adaptive_eval.archive_all(runs, archive)  # its results are now newer than its records: not reported again
     assert len(calls) == 1
+
+
+def test_each_plan_has_its_own_folders_and_the_cpu_report_says_dip_stitch_is_paper_literal(monkeypatch):
+    # The plans share run names with other sample sizes; one folder would make evaluate.py refuse them.
+    calls = []
+    monkeypatch.setattr(
+        adaptive_eval, "run_plan", lambda plan, runs, archive, only, extra: calls.append((runs, archive))
+    )
+    monkeypatch.setattr(adaptive_eval, "figures", lambda archive, report, notes: calls.append((report, notes)))
+    adaptive_eval.main(["--plan", "gpu", "--only", "none"])
+    adaptive_eval.main(["--plan", "cpu", "--only", "none"])
+    repo = adaptive_eval.REPO
+    assert calls[0] == (repo / "runs/adaptive_gpu", repo / "studies/adaptive_eval_gpu/runs")
+    assert calls[1] == (repo / "studies/adaptive_eval_gpu", [])
+    assert calls[2] == (repo / "runs/adaptive", repo / "studies/adaptive_eval/runs")
+    assert calls[3] == (repo / "studies/adaptive_eval", [adaptive_eval.LITERAL_NOTE])
+    # Every CPU-plan dip_stitch run keeps the reflection padding it was recorded with.
+    stitch = [entry[1] for entry in adaptive_eval.PLANS["cpu"] if "dip_stitch" in entry[1]]
+    assert stitch and all("preset=paper_literal" in defense for defense in stitch)
