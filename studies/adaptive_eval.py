@@ -113,6 +113,9 @@ PLANS: dict[str, list[tuple]] = {
             5,
         ),
         ("dipdefend_hsj200", "dipdefend", "clean,hopskipjump(queries=200,constraint=linf,threat=adaptive)", "8", 5),
+        # dip_stitch's default since issue 12 (zero padding), through the same attacks as its
+        # paper_literal row; named by its setting, so a later default cannot change what it resumes.
+        ("dip_stitch_zero_pad", "dip_stitch(pad=zero)", GRADIENT, "8", 32),
     ],
     "gpu": [
         (name, defense, f"{GRADIENT},eot_pgd,{HSJ}", "2,4,8", 1000)
