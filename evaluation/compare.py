@@ -18,6 +18,7 @@ to ``paired.md``.
 
 import argparse
 import csv
+import gzip
 import io
 import json
 import sys
@@ -26,6 +27,7 @@ from typing import Any
 
 from dipdefense.common.atomic_files import atomic_write, atomic_write_text
 from dipdefense.common.errors import UserError, run_main
+from dipdefense.evaluation.sample_log import read_records, record_defended
 
 METRICS = ("accuracy", "ssim")
 
@@ -152,21 +154,12 @@ def plot(path: Path, columns: list[str], rows: list[dict[str, Any]], metric: str
 
 def load_records(path: Path) -> list[dict[str, Any]]:
     """A run's per-image records: ``samples.jsonl``, or the gzipped copy studies archive."""
-    import gzip
-
-    from dipdefense.evaluation.sample_log import read_records
-
     folder = path.parent if path.name == "results.json" else path
     if (folder / "samples.jsonl").is_file():
         return read_records(folder / "samples.jsonl")
     if (folder / "samples.jsonl.gz").is_file():
         return [json.loads(line) for line in gzip.decompress((folder / "samples.jsonl.gz").read_bytes()).splitlines()]
     raise UserError(f"{folder}: no samples.jsonl (or samples.jsonl.gz) there; --paired needs per-image records")
-
-
-def defended_right(record: dict[str, Any]) -> bool:
-    """Right, or (an attacked input) refused: the convention of the accuracy with rejection."""
-    return record["pred"] == record["label"] or (record["attack"] != "clean" and bool(record.get("rejected")))
 
 
 def record_column(record: dict[str, Any]) -> str:
@@ -183,7 +176,7 @@ def paired_rows(runs: list[tuple[str, list[dict[str, Any]]]]) -> list[dict[str, 
     def outcomes(records: list[dict[str, Any]]) -> dict[str, dict[int, bool]]:
         table: dict[str, dict[int, bool]] = {}
         for r in records:
-            table.setdefault(record_column(r), {})[int(r["index"])] = defended_right(r)
+            table.setdefault(record_column(r), {})[int(r["index"])] = record_defended(r)
         return table
 
     (reference_label, reference), rows = runs[0], []

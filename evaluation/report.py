@@ -13,6 +13,7 @@ import torch
 from dipdefense.common.atomic_files import atomic_write, atomic_write_text
 from dipdefense.evaluation.attack_specs import ADAPTIVE, CLEAN, OBLIVIOUS, AttackRun
 from dipdefense.evaluation.metrics import budget_curve, summarise, wilson_interval
+from dipdefense.evaluation.sample_log import record_defended
 
 COLUMNS = [
     "attack",
@@ -72,8 +73,7 @@ def worst_case_rows(records: list[dict[str, Any]], runs: list[AttackRun]) -> lis
     open_budget = [run for run in attacked if run.eps is None and run.name == "hopskipjump" and _hsj_linf(run)]
 
     def broken(run: AttackRun, r: dict[str, Any], eps: float) -> bool:
-        fooled = r["pred"] != r["label"] and not r.get("rejected", False)
-        return fooled and (run.eps is not None or r["linf"] <= eps + 1e-9)
+        return not record_defended(r) and (run.eps is not None or r["linf"] <= eps + 1e-9)
 
     rows = []
     for eps in sorted({run.eps for run in attacked if run.eps is not None}):

@@ -24,6 +24,12 @@ def record_key(record: dict[str, Any]) -> RecordKey:
     return int(record["index"]), str(record["attack"])
 
 
+def record_defended(record: dict[str, Any]) -> bool:
+    """The defended victim is right, or the input was attacked and the defense refused it (INC
+    past eta, a lone detector's flag): defended, as the adaptive attacks and the worst case count it."""
+    return record["pred"] == record["label"] or (record["attack"] != "clean" and bool(record.get("rejected", False)))
+
+
 def read_records(path: Path, repair: bool = False) -> list[dict[str, Any]]:
     """Complete records in ``path``; with ``repair`` a trailing partial line is also cut
     off the file, so that the next append starts on a fresh line. Damaged complete lines are
