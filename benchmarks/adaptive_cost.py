@@ -93,7 +93,8 @@ def main() -> None:
 
     from dipdefense.common.atomic_files import atomic_write_text
 
-    meta = {"machine": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__}
+    machine = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
+    meta = {"machine": machine, "cores": os.cpu_count(), "torch": torch.__version__}
     previous = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {"runs": []}
     previous["runs"] = [r for r in previous["runs"] if r["defense"] != args.defense or r["device"] != args.device]
     previous["runs"] += rows

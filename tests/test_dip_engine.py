@@ -396,3 +396,27 @@ def test_dip_stitch_paper_literal_preset_is_the_reflection_default_runs_were_rec
         build_defense("dip_stitch", preset="fast")
     with pytest.raises(UserError, match=r"defense 'dipdefend' has no preset 'paper_literal'; accepted: none"):
         build_defense("dipdefend", preset="paper_literal")
+
+
+def test_dip_batch_defaults_to_the_devices_and_an_explicit_one_wins(monkeypatch):
+    from dipdefense.common.errors import UserError
+    from dipdefense.defenses import dip_defenses
+    from dipdefense.defenses.registry import build_defense
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")  # only the device's type is read
+    for name, on_cpu in (("dip_stitch", 32), ("dipdefend", 32), ("deep_protection", 8), ("dip_inc", 32)):
+        defense = build_defense(name)
+        assert (defense.dip_batch_on(cpu), defense.dip_batch_on(gpu)) == (on_cpu, 128)
+        assert build_defense(name, dip_batch=5).dip_batch_on(gpu) == 5
+        assert "dip_batch" not in defense.params()  # speed only: runs resume under another
+    assert build_defense("dip_stitch", dip_batch=None).dip_batch is None
+    with pytest.raises(UserError, match=r"dip_stitch: dip_batch=0 is not accepted; dip_batch must be an integer >= 1"):
+        build_defense("dip_stitch", dip_batch=0)
+    # The purifier fits its images in chunks of the device's default.
+    sizes, real_fit = [], dip_defenses.fit_dip
+    monkeypatch.setattr(dip_defenses, "fit_dip", lambda x, *a, **k: sizes.append(len(x)) or real_fit(x, *a, **k))
+    monkeypatch.setattr(dip_defenses.DIPStitch, "cpu_dip_batch", 2)
+    victim = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).eval()
+    defense = build_defense("dip_stitch", network="small", iterations=6, observe_every=2, t0=0)
+    defense.purify(torch.rand(5, 3, 32, 32), victim, torch.arange(5))
+    assert sizes == [2, 2, 1]

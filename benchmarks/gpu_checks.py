@@ -1,0 +1,183 @@
+"""The DIP engine on a GPU: host syncs inside the fit loop, batch invariance, fit-step speed
+against the fit's own largest convolution, and the full dip_stitch defense (issue 14).
+
+    python benchmarks/gpu_checks.py --out benchmarks/gpu_checks.json
+    python benchmarks/gpu_checks.py --device cpu --batch-sizes 1,8 --steps 5   # a dry run
+
+Syncs: the dip_stitch defense runs under ``torch.cuda.set_sync_debug_mode("warn")`` and every
+synchronizing call is counted by the Python line that made it. A loop that syncs once per
+iteration shows ~T of them; the engine is meant to sync only at its early-stop checks (every
+25th observation on a GPU) and outside the loop. Speed: fit steps (forward, loss, backward,
+Adam) of B stacked networks, TF32 on (PyTorch's default for cuDNN convolutions) and off;
+GFLOP/s effective counts 3x a forward pass's FLOPs (FlopCounterMode over-counts grouped
+backward); the largest convolution (grouped 3x3, 35 -> 32 channels at 32x32, fwd + bwd) is
+timed in the same process for the ratio issue 14 asks for. Nothing here is a test: the CPU run
+is only a dry run of the script.
+"""
+
+import argparse
+import collections
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from benchmarks.profile_fit import LARGEST_CONV_FLOPS, forward_flops, images_for  # noqa: E402
+from dipdefense.dip.engine import DIPFit, DIPSettings, fit_dip  # noqa: E402
+from dipdefense.dip.skip_net import SamePadConv  # noqa: E402
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str, repeats: int) -> float:
+    fn()  # warm-up (cuDNN picks its kernels on the first call of a shape)
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def sync_count(images: torch.Tensor, device: str, iterations: int) -> dict:
+    """Synchronizing calls during one dip_stitch forward, by source line (CUDA only)."""
+    from dipdefense.defenses import build_defense
+    from dipdefense.nets import load_classifier
+
+    victim = load_classifier(REPO / "checkpoints" / "victim_cifar_resnet20.ckpt", map_location=device)
+    defense = build_defense("dip_stitch", iterations=iterations).to(device)
+    x = images.to(device)
+    indices = torch.arange(len(x))
+    defense.purify(x, victim, indices)  # warm-up outside the count
+    by_line: collections.Counter = collections.Counter()
+    if device != "cuda":
+        return {"device": device, "counted": False}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            defense.purify(x, victim, indices)
+            torch.cuda.synchronize()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    for w in caught:
+        if "synchroniz" in str(w.message):
+            by_line[f"{Path(w.filename).name}:{w.lineno}"] += 1
+    return {
+        "device": device,
+        "counted": True,
+        "images": len(x),
+        "iterations": iterations,
+        "syncs": sum(by_line.values()),
+        "by_line": dict(by_line.most_common(15)),
+    }
+
+
+def batch_invariance(images: torch.Tensor, device: str, steps: int) -> dict:
+    """Image 0 fitted alone and as the first of a batch: max |difference| of x(steps)."""
+    settings = DIPSettings(iterations=steps, network={"pad": "zero"})
+    alone = fit_dip(images[:1].to(device), [0], settings)
+    batched = fit_dip(images.to(device), list(range(len(images))), settings)[:1]
+    return {"batch": len(images), "steps": steps, "max_abs_diff": float((alone - batched).abs().max())}
+
+
+def fit_rate(batch: int, images: torch.Tensor, device: str, steps: int) -> dict:
+    settings = DIPSettings(network={"pad": "zero"})
+    fit = DIPFit(images[:batch].to(device), list(range(batch)), settings)
+    flops = 3 * forward_flops(fit)
+
+    def step() -> None:
+        with fit.numerics():
+            _, per_image = fit.forward()
+            fit.update(per_image)
+
+    seconds = timed(step, device, steps)
+    conv = SamePadConv(35, 32, 3, pad="zero", groups=batch).to(device)
+    x = torch.randn(1, 35 * batch, 32, 32, device=device, requires_grad=True)
+
+    def conv_step() -> None:
+        conv(x).sum().backward()
+
+    conv_seconds = timed(conv_step, device, steps)
+    fit_gflops = flops / seconds / 1e9
+    conv_gflops = LARGEST_CONV_FLOPS * batch / conv_seconds / 1e9
+    return {
+        "batch": batch,
+        "ms_per_step": 1e3 * seconds,
+        "image_iterations_per_s": batch / seconds,
+        "fit_gflops": fit_gflops,
+        "largest_conv_gflops": conv_gflops,
+        "ratio": fit_gflops / conv_gflops,
+    }
+
+
+def stitch_rate(batch: int, images: torch.Tensor, device: str, iterations: int) -> dict:
+    from dipdefense.defenses import build_defense
+    from dipdefense.nets import load_classifier
+
+    victim = load_classifier(REPO / "checkpoints" / "victim_cifar_resnet20.ckpt", map_location=device)
+    defense = build_defense("dip_stitch", iterations=iterations, dip_batch=batch).to(device)
+    x = images[:batch].to(device)
+    indices = torch.arange(len(x))
+    seconds = timed(lambda: defense.purify(x, victim, indices), device, 1)
+    return {"batch": batch, "iterations": iterations, "seconds": seconds, "images_per_s": batch / seconds}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--batch-sizes", default="1,8,32,128,512")
+    p.add_argument("--stitch-batch-sizes", default="32,128,512")
+    p.add_argument("--steps", type=int, default=50, help="timed fit steps per configuration")
+    p.add_argument("--iterations", type=int, default=1000, help="T of the dip_stitch runs")
+    p.add_argument("--data-dir", default=os.environ.get("DIPDEF_CIFAR10"))
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "gpu_checks.json"))
+    args = p.parse_args()
+    device = args.device
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    stitch_batches = [int(b) for b in args.stitch_batch_sizes.split(",")]
+    images = images_for(max(batches + stitch_batches), args.data_dir)
+    name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine()
+    report: dict = {"machine": name, "torch": torch.__version__, "device": device}
+
+    def save() -> None:  # after every section: a run stopped at its time limit keeps what it measured
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        last = report[list(report)[-1]]
+        print(json.dumps(last[-1] if isinstance(last, list) else last), flush=True)
+
+    report["syncs"] = sync_count(images[:8], device, args.iterations)
+    save()
+    report["batch_invariance"] = []
+    for tf32 in (True, False):
+        if device == "cuda":
+            torch.backends.cudnn.allow_tf32 = tf32
+        report["batch_invariance"].append({"tf32": tf32, **batch_invariance(images[:8], device, 200)})
+    save()
+    report["fit"] = []
+    for tf32 in (True, False):
+        if device == "cuda":
+            torch.backends.cudnn.allow_tf32 = tf32
+        for batch in batches:
+            report["fit"].append({"tf32": tf32, **fit_rate(batch, images, device, args.steps)})
+            save()
+    if device == "cuda":
+        torch.backends.cudnn.allow_tf32 = True
+    report["stitch"] = []
+    for batch in stitch_batches:
+        report["stitch"].append(stitch_rate(batch, images, device, args.iterations))
+        save()
+
+
+if __name__ == "__main__":
+    main()
