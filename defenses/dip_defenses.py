@@ -82,8 +82,9 @@ class DIPPurifier(Purifier):
 
     Arguments (engine): network (a ``DIP_NETWORKS`` name or ``dip.skip`` arguments),
     iterations, lr (0.01), noise_scale, observe_every, optimize_input (False),
-    dip_batch (None: ``cpu_dip_batch``, 32, on a CPU and ``GPU_DIP_BATCH``, 128, on a GPU; speed
-    only on a CPU, round-off too on a GPU, where cuDNN is not batch-invariant), seed (0); and, for every DIP defense, the fitting options of
+    dip_batch (None: ``cpu_dip_batch``, 32, on a CPU and ``gpu_dip_batch``, 128, on a GPU; speed
+    only on a CPU, round-off too on a GPU, where cuDNN is not batch-invariant), seed (0); and,
+    for every DIP defense, the fitting options of
     the official DIP code that the papers leave open (``dip.engine.DIPSettings``): init
     ("xavier", or "default" for PyTorch's), input_jitter (0, off; the code's reg_noise_std),
     output_ema (0, off; the code's exp_weight), pad ("reflection", or "zero" as DIPDefend's
@@ -95,7 +96,7 @@ class DIPPurifier(Purifier):
     observe_tail = 0
     seeded = True
     cpu_dip_batch = 32
-    GPU_DIP_BATCH = 128
+    gpu_dip_batch = 128
     # A per-image fit costs seconds on a CPU: the default run (clean + PGD) takes ~5 minutes
     # on 2 cores; the paper-size run passes --num-samples 1000 (or 0 for all).
     default_num_samples = 40
@@ -149,7 +150,7 @@ class DIPPurifier(Purifier):
         GPU"), so a GPU fits 128 at a time, 2.6x the images/s of 32 on an H200."""
         if self.dip_batch is not None:
             return self.dip_batch
-        return self.GPU_DIP_BATCH if device.type == "cuda" else self.cpu_dip_batch
+        return self.gpu_dip_batch if device.type == "cuda" else self.cpu_dip_batch
 
     def check_images(self, shape: tuple[int, ...]) -> None:
         check_image_size(self.dip, tuple(shape[-2:]))
@@ -198,8 +199,8 @@ class DIPStitch(DIPPurifier):
 
     Arguments: network "cifar", iterations 1000, lr 0.01, noise_scale 1/30, observe_every 5
     (T/200), tau 0.7, t0 50 (iterations), k 15, beta 0.5, grid 100, search "grid" (or
-    "bisection" for large victims), dip_batch None (32 on a CPU, 128 on a GPU), seed 0; init "xavier", input_jitter 0,
-    output_ema 0, pad "zero" (``DIPPurifier``).
+    "bisection" for large victims), dip_batch None (32 on a CPU, 128 on a GPU), seed 0; init
+    "xavier", input_jitter 0, output_ema 0, pad "zero" (``DIPPurifier``).
     ImageNet: network "imagenet", iterations 3000, noise_scale 1/100, observe_every 15.
 
     Paper 002 does not name its padding. Zero padding (as DIPDefend's code pads) is the default
@@ -263,8 +264,8 @@ class DIPDefend(DIPPurifier):
 
     Arguments: network "dipdefend_cifar" (their CIFAR net), iterations 4000, lr 0.01,
     noise_scale 1/10, optimize_input True (they optimise the input too), lam 0.002,
-    patch 32, dip_batch None (32 on a CPU, 128 on a GPU), seed 0; init "xavier", input_jitter 0, output_ema 0, pad "reflection"
-    (``DIPPurifier``).
+    patch 32, dip_batch None (32 on a CPU, 128 on a GPU), seed 0; init "xavier", input_jitter 0,
+    output_ema 0, pad "reflection" (``DIPPurifier``).
     The PSNR curve is read at every iterate.
     """
 
