@@ -31,8 +31,10 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from benchmarks.profile_fit import LARGEST_CONV_FLOPS, forward_flops, images_for  # noqa: E402
+from dipdefense.defenses import build_defense  # noqa: E402
 from dipdefense.dip.engine import DIPFit, DIPSettings, fit_dip  # noqa: E402
 from dipdefense.dip.skip_net import SamePadConv  # noqa: E402
+from dipdefense.nets import load_classifier  # noqa: E402
 
 
 def synchronize(device: str) -> None:
@@ -50,19 +52,14 @@ def timed(fn, device: str, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def sync_count(images: torch.Tensor, device: str, iterations: int) -> dict:
+def sync_count(images: torch.Tensor, victim: torch.nn.Module, device: str, iterations: int) -> dict:
     """Synchronizing calls during one dip_stitch forward, by source line (CUDA only)."""
-    from dipdefense.defenses import build_defense
-    from dipdefense.nets import load_classifier
-
-    victim = load_classifier(REPO / "checkpoints" / "victim_cifar_resnet20.ckpt", map_location=device)
+    if device != "cuda":
+        return {"device": device, "counted": False}
     defense = build_defense("dip_stitch", iterations=iterations).to(device)
     x = images.to(device)
     indices = torch.arange(len(x))
     defense.purify(x, victim, indices)  # warm-up outside the count
-    by_line: collections.Counter = collections.Counter()
-    if device != "cuda":
-        return {"device": device, "counted": False}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
@@ -71,6 +68,7 @@ def sync_count(images: torch.Tensor, device: str, iterations: int) -> dict:
             torch.cuda.synchronize()
         finally:
             torch.cuda.set_sync_debug_mode("default")
+    by_line: collections.Counter = collections.Counter()
     for w in caught:
         if "synchroniz" in str(w.message):
             by_line[f"{Path(w.filename).name}:{w.lineno}"] += 1
@@ -122,11 +120,7 @@ def fit_rate(batch: int, images: torch.Tensor, device: str, steps: int) -> dict:
     }
 
 
-def stitch_rate(batch: int, images: torch.Tensor, device: str, iterations: int) -> dict:
-    from dipdefense.defenses import build_defense
-    from dipdefense.nets import load_classifier
-
-    victim = load_classifier(REPO / "checkpoints" / "victim_cifar_resnet20.ckpt", map_location=device)
+def stitch_rate(batch: int, images: torch.Tensor, victim: torch.nn.Module, device: str, iterations: int) -> dict:
     defense = build_defense("dip_stitch", iterations=iterations, dip_batch=batch).to(device)
     x = images[:batch].to(device)
     indices = torch.arange(len(x))
@@ -150,13 +144,14 @@ def main() -> None:
     images = images_for(max(batches + stitch_batches), args.data_dir)
     name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine()
     report: dict = {"machine": name, "torch": torch.__version__, "device": device}
+    victim = load_classifier(REPO / "checkpoints" / "victim_cifar_resnet20.ckpt", map_location=device)
 
     def save() -> None:  # after every section: a run stopped at its time limit keeps what it measured
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
         last = report[list(report)[-1]]
         print(json.dumps(last[-1] if isinstance(last, list) else last), flush=True)
 
-    report["syncs"] = sync_count(images[:8], device, args.iterations)
+    report["syncs"] = sync_count(images[:8], victim, device, args.iterations)
     save()
     report["batch_invariance"] = []
     for tf32 in (True, False):
@@ -175,7 +170,7 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = True
     report["stitch"] = []
     for batch in stitch_batches:
-        report["stitch"].append(stitch_rate(batch, images, device, args.iterations))
+        report["stitch"].append(stitch_rate(batch, images, victim, device, args.iterations))
         save()
 
 

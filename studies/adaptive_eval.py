@@ -220,7 +220,9 @@ PER_IMAGE_FITS = ("dip_stitch", "dipdefend", "deep_protection", "dip_inc")
 def chunk_size(defense: str, images: int, plan: str = "cpu") -> int:
     parts = [part.split("(")[0] for part in defense.split("+")]
     if plan == "gpu":
-        return min(images, 128 if any(part in PER_IMAGE_FITS for part in parts) else 100)
+        from dipdefense.defenses.dip_defenses import DIPPurifier
+
+        return min(images, DIPPurifier.gpu_dip_batch if any(part in PER_IMAGE_FITS for part in parts) else 100)
     if "deep_protection" in parts:
         return min(images, 2)
     if any(part in PER_IMAGE_FITS for part in parts):
