@@ -7,7 +7,7 @@ shipped victim (oblivious), purified by ``dipdefend`` with one arm's settings ch
 selects by its PSNR curve (``dip/dipdefend.py``), not by the victim's labels, so there are no
 crossings to count: each arm reports accuracy, SSIM to the clean image, the iterate the rule picked,
 and image by image against the paper arm (sign test). Arms already run are read back, so the
-script resumes; each costs about 12 min on 2 CPU cores (128 fits of T = 4000).
+script resumes; each costs about 6 min on 2 CPU cores (128 fits of T = 4000, 32 at a time).
 
     python studies/dipdefend_arms.py                  # every arm not yet run, then the report
     python studies/dipdefend_arms.py --only pad_zero
