@@ -188,12 +188,16 @@ def paired(results: dict[str, dict[str, Any]]) -> list[str]:
                 if kind == "pgd" and result["victim"] != results["paper"]["victim"]:
                     cells.append("- (another victim's PGD)")
                     continue
-                ours, theirs = rule[kind]["correct"], base[kind]["correct"]
-                gained = sum(a == "1" and b == "0" for a, b in zip(ours, theirs, strict=True))
-                lost = sum(a == "0" and b == "1" for a, b in zip(ours, theirs, strict=True))
+                gained, lost = gains_losses(rule[kind]["correct"], base[kind]["correct"])
                 cells.append(f"+{gained} / -{lost} ({sign_test(gained, lost):.2g})")
             lines.append(f"| {name} | {t0} | {cells[0]} | {cells[1]} |")
     return lines
+
+
+def gains_losses(ours: str, theirs: str) -> tuple[int, int]:
+    """Images right in ``ours`` and wrong in ``theirs``, and the reverse, from per-image "1"/"0" strings."""
+    pairs = list(zip(ours, theirs, strict=True))
+    return pairs.count(("1", "0")), pairs.count(("0", "1"))
 
 
 def sign_test(wins: int, losses: int) -> float:

@@ -34,7 +34,7 @@ from dipdefense.common.atomic_files import atomic_write_text  # noqa: E402
 from dipdefense.defenses import build_defense  # noqa: E402
 from dipdefense.evaluation.metrics import per_image_ssim  # noqa: E402
 from dipdefense.nets import load_classifier  # noqa: E402
-from studies.dip_stitch_arms import sign_test  # noqa: E402
+from studies.dip_stitch_arms import gains_losses, sign_test  # noqa: E402
 from studies.dip_stitch_sensitivity import pick_images  # noqa: E402
 
 OUT = REPO / "studies" / "dipdefend_arms"
@@ -113,8 +113,7 @@ def report(results: dict[str, dict[str, Any]]) -> str:
             if base is None or arm.name == "paper":
                 paired.append("-")
                 continue
-            pairs = list(zip(r[kind]["correct"], base[kind]["correct"], strict=True))
-            gains, losses = pairs.count(("1", "0")), pairs.count(("0", "1"))
+            gains, losses = gains_losses(r[kind]["correct"], base[kind]["correct"])
             paired.append(f"+{gains} / -{losses} (p = {sign_test(gains, losses):.2f})")
 
         def picked(k: str, r: dict = r) -> str:
@@ -153,8 +152,9 @@ def main() -> None:
     for arm in todo:
         results[arm.name] = run_arm(arm, data)
         atomic_write_text(OUT / f"{arm.name}.json", json.dumps(results[arm.name], indent=2) + "\n")
-    atomic_write_text(OUT / "README.md", report(results))
-    print(report(results))
+    text = report(results)
+    atomic_write_text(OUT / "README.md", text)
+    print(text)
 
 
 if __name__ == "__main__":
