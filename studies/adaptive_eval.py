@@ -211,13 +211,14 @@ def archive_all(runs_dir: Path, archive: Path) -> None:
 # Records are appended chunk by chunk, so a chunk is the work a killed run loses. A DIP chunk under
 # BPDA or random noise costs 15-16 fits per image (dipdefend: over an hour for 32 images on 2 cores),
 # longer than the rest of a working session, so the per-image defenses go in chunks of 8, and
-# deep_protection (over a minute per image-fit) in chunks of 2. On a GPU a fit step costs about
-# the same from 1 to 32 images (benchmarks/RESULTS.md, "On a GPU"), so the GPU plan's chunks are
+# deep_protection (over a minute per image-fit) in chunks of 2. HopSkipJump at 200 queries costs
+# about 200 fits per image (5 images through dipdefend: about 2.3 h), so it goes in chunks of 3.
+# On a GPU a fit step costs about the same from 1 to 32 images (benchmarks/RESULTS.md, "On a GPU"), so the GPU plan's chunks are
 # the DIP defenses' GPU dip_batch (128): a chunk of 8 there would run at a sixth of the speed.
 PER_IMAGE_FITS = ("dip_stitch", "dipdefend", "deep_protection", "dip_inc")
 
 
-def chunk_size(defense: str, images: int, plan: str = "cpu") -> int:
+def chunk_size(defense: str, images: int, plan: str = "cpu", attacks: str = "") -> int:
     parts = [part.split("(")[0] for part in defense.split("+")]
     if plan == "gpu":
         from dipdefense.defenses.dip_defenses import DIPPurifier
@@ -225,6 +226,8 @@ def chunk_size(defense: str, images: int, plan: str = "cpu") -> int:
         return min(images, DIPPurifier.gpu_dip_batch if any(part in PER_IMAGE_FITS for part in parts) else 100)
     if "deep_protection" in parts:
         return min(images, 2)
+    if "hopskipjump" in attacks and any(part in PER_IMAGE_FITS for part in parts):
+        return min(images, 3)
     if any(part in PER_IMAGE_FITS for part in parts):
         return min(images, 8)
     return min(images, 100)
@@ -254,7 +257,8 @@ def run_plan(plan: str, runs_dir: Path, archive: Path, only: list[str] | None, e
         if restore_run(archive / name, out):
             print(f"{name}: resuming from the records archived in {archive / name}", flush=True)
         cmd = [sys.executable, "evaluate.py", "--defense", defense, "--attacks", attacks, "--eps", eps]
-        batch = recorded_chunk_size(out) or chunk_size(defense, images, plan)  # a resume keeps the run's own chunks
+        # A resume keeps the run's own chunks.
+        batch = recorded_chunk_size(out) or chunk_size(defense, images, plan, attacks)
         cmd += ["--num-samples", str(images), "--batch-size", str(batch), "--out", str(out)]
         cmd += [*(arguments[0] if arguments else ()), *extra]
         print("$", " ".join(cmd), flush=True)
