@@ -520,3 +520,19 @@ def test_sanity_checks_judge_a_rejecting_defense_with_rejection():
         if "unbounded" in c["check"]
     ]
     assert check["verdict"] == "pass" and check["figures"] == "1.0%"
+
+
+def test_noise_baseline_is_paired_only_with_as_many_tries_as_the_attack_has_iterates():
+    from dipdefense.evaluation.report import sanity_checks
+
+    def row(attack: str, iterates: int, accuracy: float) -> dict:
+        curve = [accuracy] * iterates
+        return {"attack": attack, "eps": 8 / 255, "threat_model": "adaptive", "accuracy": accuracy,
+                "iterate_curve": curve, "any_iterate_curve": curve}  # fmt: skip
+
+    checks = sanity_checks([row("bpda_pgd", 16, 0.2), row("random_noise", 16, 0.5)], "dip_stitch")
+    (noise,) = [c for c in checks if "random noise" in c["check"]]
+    assert noise["verdict"] == "pass" and "16 tries" in noise["check"]
+    checks = sanity_checks([row("bpda_pgd", 41, 0.2), row("random_noise", 16, 0.5)], "dip_stitch")
+    (noise,) = [c for c in checks if "random noise" in c["check"]]
+    assert noise["verdict"] == "not checked: run random_noise(tries=41)" and "16 tries" in noise["figures"]
