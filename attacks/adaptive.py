@@ -122,7 +122,6 @@ class BPDAPGD(Attack):
 
     def _run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         defended = as_defended(model)
-        indices = defended.indices_for(images)  # every iterate of an image shares its seed
         adv = images.clone()
         if self.random_start:
             adv = (adv + torch.empty_like(adv).uniform_(-self.eps, self.eps)).clamp(0, 1)
@@ -130,6 +129,9 @@ class BPDAPGD(Attack):
         broken = torch.zeros(len(images), dtype=torch.bool, device=images.device)
         first = images.clone()
         for k in range(self.steps + 1):
+            # Bound to dataset indices, every iterate of an image shares its seed; unbound, each
+            # iterate is seeded by its own bytes, as a later defended(adv) call will seed it.
+            indices = defended.indices_for(adv)
             grad = purified = None
             if self.eot or k == self.steps:
                 with torch.no_grad():
@@ -233,13 +235,12 @@ class RandomNoise(Attack):
     @torch.no_grad()
     def _run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         defended = as_defended(model)
-        indices = defended.indices_for(images)
         history = torch.zeros(len(images), self.tries, dtype=torch.bool, device=images.device)
         broken = torch.zeros(len(images), dtype=torch.bool, device=images.device)
         first = images.clone()
         for k in range(self.tries):
             noisy = (images + self.eps * torch.randint_like(images, 2).mul(2).sub(1)).clamp(0, 1)
-            right = still_right(defended, defended(noisy, indices), labels)
+            right = still_right(defended, defended(noisy), labels)  # seeded as defended(noisy) always is
             history[:, k] = right
             newly = ~right & ~broken
             first[newly] = noisy[newly]

@@ -71,7 +71,7 @@ class LatentSpaceAttack(Attack):
             if k % self.check_every == 0:
                 with torch.no_grad():
                     candidate = purifier.generator(z).clamp(0, 1)
-                    right = still_right(defended, defended(candidate, indices), labels)
+                    right = still_right(defended, defended(candidate), labels)  # seeded as defended(candidate) is
                 history[:, k // self.check_every] = right.cpu()
                 newly = ~right & ~broken
                 first[newly] = candidate[newly]
