@@ -44,34 +44,72 @@ class _FoolboxMinimization(Attack):
         return _keep_failures_clean(images, clipped, success)
 
 
-def hsj_steps(
-    queries: int, dim: int, constraint: str, gamma: float, initial_evals: int, max_evals: int
-) -> tuple[int, int]:
-    """(HopSkipJump iterations, estimated queries per image) for a budget of ``queries``.
+class BudgetSpent(Exception):
+    """Raised by ``DecisionOracle`` to stop an attack at its query budget."""
 
-    foolbox's HopSkipJumpAttack has no query budget, so the budget becomes a number of
-    iterations by foolbox's own schedule, counting model calls (foolbox queries every image
-    of the batch at each call): the initial noise search (one draw and at most
-    ``HSJ_INIT_STEPS`` + 1 blending steps), a binary search to the boundary and 3 checks,
-    then per iteration k ``min(initial_evals * sqrt(k), max_evals)`` gradient-estimation
-    queries, a binary search and ~3 more (step-size search, foolbox's checks). A binary
-    search takes ``ceil(log2(d^1.5 / gamma))`` queries for l2 and ``ceil(log2(d^2 / gamma))``
-    for linf (foolbox's stopping thresholds). Iterations are added while the estimate fits,
-    at least one. With the defaults on CIFAR-10 (d = 3072), budgets 200/1000/2500 give
-    1/4/9 iterations, estimated at 194/771/2189 queries (l2; measured on a toy 32x32 model:
-    197/774/2192 model calls). Not counted: extra noise draws, needed when the model gives
-    most uniform-noise images the label of the attacked image (up to ``HSJ_INIT_DIRECTIONS``
-    more calls).
+
+class DecisionOracle(nn.Module):
+    """The model a decision-based attack queries: ``model``'s logits, with the bookkeeping a
+    query budget needs.
+
+    - Counts queries per image. foolbox queries every image of the batch it attacks at each
+      model call, so an image pays for every call made while it is in the attacked rows.
+    - Answers an input the defense refused (``last_rejected``: INC's rejection, a detector's
+      flag) with the image's own label: to a decision oracle a refusal is not being fooled, as
+      every other adaptive attack here scores it.
+    - Keeps, per image, the closest input (in ``norm``) it answered as adversarial: what an
+      attacker with this many queries holds.
+    - Raises ``BudgetSpent`` at the first call that would take an image past ``budget``.
+
+    Arguments:
+        model: the attacked model (a ``DefendedClassifier`` for the adaptive threat model).
+        images, labels: the attacked batch; every call must be this batch or ``on_rows``' rows.
+        norm: "l2" or "linf", the distance that ranks adversarial inputs.
+        budget: queries per image.
     """
-    search = math.ceil(math.log2(dim ** (2 if constraint == "linf" else 1.5) / gamma))
-    used = 1 + HSJ_INIT_STEPS + 1 + search + 3
-    steps = 0
-    while True:
-        cost = min(int(initial_evals * math.sqrt(steps + 1)), max_evals) + search + 3
-        if steps >= 1 and used + cost > queries:
-            return steps, used
-        used += cost
-        steps += 1
+
+    def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str, budget: int) -> None:
+        super().__init__()
+        self.model, self.norm, self.budget = model, norm, int(budget)
+        self.images, self.labels = images.detach(), labels
+        self.rows = torch.arange(len(images), device=images.device)
+        self.queries = torch.zeros(len(images), dtype=torch.long)
+        self.best = self.images.clone()
+        self.best_distance = torch.full((len(images),), math.inf, device=images.device)
+        self.train(False)
+
+    @contextlib.contextmanager
+    def on_rows(self, rows: torch.Tensor) -> Any:
+        """Within the block, calls carry only these rows of the batch, in this order."""
+        previous, self.rows = self.rows, rows.to(self.images.device)
+        try:
+            yield self
+        finally:
+            self.rows = previous
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self.rows
+        if len(x) != len(rows):
+            raise RuntimeError(f"the oracle was called on {len(x)} images; the attacked rows are {len(rows)}")
+        counted = rows.cpu()
+        if int(self.queries[counted].max()) >= self.budget:
+            raise BudgetSpent
+        self.queries[counted] += 1
+        logits = self.model(x)
+        labels = self.labels[rows]
+        fooled = logits.argmax(1) != labels
+        rejected = getattr(self.model, "last_rejected", None)
+        if rejected is not None:
+            rejected = rejected.to(fooled.device)
+            fooled &= ~rejected
+            own_label = nn.functional.one_hot(labels, logits.shape[1]).to(logits.dtype)
+            logits = torch.where(rejected[:, None], own_label, logits)
+        delta = (x - self.images[rows]).flatten(1)
+        distance = delta.abs().amax(1) if self.norm == "linf" else delta.norm(dim=1)
+        closer = fooled & (distance < self.best_distance[rows])
+        self.best[rows[closer]] = x[closer].detach()
+        self.best_distance[rows[closer]] = distance[closer]
+        return logits
 
 
 class HopSkipJump(Attack):
@@ -79,15 +117,19 @@ class HopSkipJump(Attack):
     Decision-Based Attack"); wraps ``foolbox.attacks.HopSkipJumpAttack``. Decision-based: it
     queries only the predicted label. (Paper 002 ran ART's implementation.)
 
+    The query budget is exact: foolbox's attack runs on a ``DecisionOracle`` that stops it at
+    ``queries`` model calls per image, initialisation included, and each image gets the closest
+    input the oracle answered as adversarial within them (``last_queries`` says how many each
+    image paid). foolbox attacks the batch in lockstep, so an image pays for the calls its
+    batch makes, one per call. An input the defense refuses counts as not adversarial.
+
     Distance measure: ``constraint``. With ``eps`` None it is a minimum-norm attack; with eps
-    the result is clipped to the eps ball (foolbox's ``epsilons=eps``). Starts from foolbox's
-    blended-uniform-noise search (at most 100 noise draws, as ART); images that search cannot
-    fool come back unchanged.
+    the result is clipped to the eps ball. Starts from foolbox's blended-uniform-noise search
+    (at most 100 noise draws, as ART); images no query fools come back unchanged.
 
     Arguments:
         eps (float | None): budget in [0, 1] pixel units in the ``constraint`` norm. Default: None.
-        queries (int): approximate per-image query budget (paper 002 Fig. 5: 200, 1000, 2500),
-            turned into iterations by ``hsj_steps``. Default: 1000.
+        queries (int): model calls per image (paper 002 Fig. 5: 200, 1000, 2500). Default: 1000.
         constraint (str): "l2" or "linf". Default: "l2".
         gamma (float): binary-search threshold factor. Default: 1.0.
         initial_gradient_eval_steps (int): gradient-estimation queries at the first iteration. Default: 100.
@@ -97,6 +139,10 @@ class HopSkipJump(Attack):
     name = "hopskipjump"
     library = "foolbox"
     eps_mode = "optional"
+    # 2: the budget is counted and enforced call by call, the closest adversarial query is
+    # kept, refused inputs are not adversarial (1: foolbox's final point after an estimated
+    # number of iterations, a refusal taken as the victim's answer).
+    revision = 2
 
     def __init__(
         self,
@@ -116,47 +162,42 @@ class HopSkipJump(Attack):
         self.queries, self.constraint, self.gamma = int(queries), constraint, float(gamma)
         self.initial_gradient_eval_steps = int(initial_gradient_eval_steps)
         self.max_gradient_eval_steps = int(max_gradient_eval_steps)
+        self.last_queries: torch.Tensor | None = None
 
-    def steps_for(self, image_shape: tuple[int, ...]) -> int:
-        """HopSkipJump iterations for images of shape [C, H, W] (see ``hsj_steps``)."""
-        dim = int(np.prod(image_shape))
-        return hsj_steps(
-            self.queries,
-            dim,
-            self.constraint,
-            self.gamma,
-            self.initial_gradient_eval_steps,
-            self.max_gradient_eval_steps,
-        )[0]
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "revision": self.revision}
 
     def _run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         import foolbox as fb
 
-        fmodel = _fmodel(model, images)
+        oracle = DecisionOracle(model, images, labels, self.constraint, self.queries)
+        fmodel = _fmodel(oracle, images)
         distance = fb.distances.l2 if self.constraint == "l2" else fb.distances.linf
         # foolbox's own initialisation, run here so that images it cannot fool are left out
         # instead of failing the whole batch (HopSkipJumpAttack raises on them).
         init = fb.attacks.LinearSearchBlendedUniformNoiseAttack(
             distance=distance, directions=HSJ_INIT_DIRECTIONS, steps=HSJ_INIT_STEPS
         )
-        _, starts, found = init(fmodel, images, labels, epsilons=None)
-        adv = images.clone()
-        if found.any():
-            attack = fb.attacks.HopSkipJumpAttack(
-                steps=self.steps_for(tuple(images.shape[1:])),
-                initial_gradient_eval_steps=self.initial_gradient_eval_steps,
-                max_gradient_eval_steps=self.max_gradient_eval_steps,
-                gamma=self.gamma,
-                constraint=self.constraint,
-            )
-            # a defended model bound to dataset indices (a seeded defense) follows the subset
-            narrow = getattr(model, "restricted_to", None)
-            with narrow(found) if narrow else contextlib.nullcontext():
-                _, clipped, _ = attack(
-                    fmodel, images[found], labels[found], epsilons=self.eps, starting_points=starts[found]
-                )
-            adv[found] = clipped
-        return adv
+        attack = fb.attacks.HopSkipJumpAttack(
+            steps=self.queries,  # each iteration costs queries: the oracle's budget ends the attack
+            initial_gradient_eval_steps=self.initial_gradient_eval_steps,
+            max_gradient_eval_steps=self.max_gradient_eval_steps,
+            gamma=self.gamma,
+            constraint=self.constraint,
+        )
+        try:
+            _, starts, found = init(fmodel, images, labels, epsilons=None)
+            found = found & oracle.best_distance.isfinite()  # the oracle saw it fooled
+            if found.any():
+                rows = found.nonzero().flatten()
+                # a defended model bound to dataset indices (a seeded defense) follows the subset
+                narrow = getattr(model, "restricted_to", None)
+                with narrow(found) if narrow else contextlib.nullcontext(), oracle.on_rows(rows):
+                    attack(fmodel, images[found], labels[found], epsilons=None, starting_points=starts[found])
+        except BudgetSpent:
+            pass
+        self.last_queries = oracle.queries.clone()
+        return oracle.best
 
 
 class AdditiveGaussianNoise(Attack):

@@ -131,7 +131,8 @@ def cached_attack_entry(
     attack_rng: str = PER_IMAGE,
 ) -> dict[str, torch.Tensor]:
     """``cached_attack`` with what else the attack kept: "history" [B, iterates], whether the
-    defended victim was still right at each iterate (the adaptive attacks' ``last_history``)."""
+    defended victim was still right at each iterate (the adaptive attacks' ``last_history``),
+    and "queries" [B], the model calls each image paid (the decision attacks' ``last_queries``)."""
     chunk_seed = item_seed(seed, indices[0])
     key = {
         **cache_key,
@@ -152,7 +153,9 @@ def cached_attack_entry(
             torch.manual_seed(chunk_seed)  # what is not drawn per image
             with draws or contextlib.nullcontext():
                 entry = {"images": attack(classifier, images, labels)}
-        history = getattr(attack, "last_history", None)
-        return entry if history is None else entry | {"history": history}
+        for name, kept in (("history", "last_history"), ("queries", "last_queries")):
+            if getattr(attack, kept, None) is not None:
+                entry[name] = getattr(attack, kept)
+        return entry
 
     return {name: t.to(images.device) for name, t in cache.get_or_create_entry(key, create).items()}

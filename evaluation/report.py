@@ -54,6 +54,8 @@ def build_rows(records: list[dict[str, Any]], runs: list[AttackRun], num_classes
                 norm = run.build().constraint
                 grid = [k / 255 for k in range(26)] if norm == "linf" else [k / 10 for k in range(26)]
                 row |= {"budget_norm": norm, "budget_curve": budget_curve(mine, norm, grid)}
+                if all("queries" in r for r in mine):  # records before revision 2 did not count them
+                    row["queries_max"] = max(r["queries"] for r in mine)
             rows.append(row)
     return rows
 
@@ -448,7 +450,9 @@ def budget_table(rows: list[dict[str, Any]]) -> str:
         shown = [p for k, p in enumerate(r["budget_curve"]) if k % 2 == 0 or k == 8]
         head = " | ".join(f"{p[0] * 255:.0f}{unit}" if unit else f"{p[0]:.1f}" for p in shown)
         lines += [
-            f"{display_name(r)} ({r['threat_model']}, {r['budget_norm']}, n = {r['n']}):\n",
+            f"{display_name(r)} ({r['threat_model']}, {r['budget_norm']}, n = {r['n']}"
+            + (f", at most {r['queries_max']} queries per image" if r.get("queries_max") is not None else "")
+            + "):\n",
             f"| budget | {head} |",
             "|" + " --- |" * (1 + len(shown)),
             "| accuracy | " + " | ".join(f"{100 * p[1]:.1f}%" for p in shown) + " |\n",

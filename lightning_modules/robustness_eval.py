@@ -135,10 +135,11 @@ class RobustnessEvaluation(pl.LightningModule):
 
     def _adversarial(
         self, run: AttackRun, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The chunk's attacked images and, for the adaptive any-iterate attacks, their history."""
+    ) -> dict[str, torch.Tensor]:
+        """The chunk's attacked "images" and what else the attack kept: the adaptive any-iterate
+        attacks' "history", the decision attacks' "queries"."""
         if run.name == CLEAN:
-            return images, None
+            return {"images": images}
         if run.threat == ADAPTIVE:
             with self.defended.bound_to(indices):
                 entry = cached_attack_entry(
@@ -150,7 +151,7 @@ class RobustnessEvaluation(pl.LightningModule):
                 self.cache, self.cache_key, run.build(), run.name, run.eps, self.attack_model,
                 images, labels, indices, self.seed, self.attack_rng,
             )  # fmt: skip
-        return entry["images"], entry.get("history")
+        return entry
 
     @torch.no_grad()
     def _classify(self, images: torch.Tensor) -> torch.Tensor:
@@ -169,7 +170,8 @@ class RobustnessEvaluation(pl.LightningModule):
     def _evaluate_run(self, run: AttackRun, images, labels, indices, clean_pred, todo: list[int]) -> None:
         started = time.perf_counter()
         with torch.enable_grad():
-            adversarial, history = self._adversarial(run, images, labels, indices)  # the chunk: one cache entry
+            entry = self._adversarial(run, images, labels, indices)  # the chunk: one cache entry
+        adversarial, history, queries = entry["images"], entry.get("history"), entry.get("queries")
         attack_seconds = (time.perf_counter() - started) / len(indices)
         # Only the images without a record are defended (a resumed chunk); DIP defenses are
         # seeded per image, so a subset gets the same results as the whole chunk.
@@ -178,6 +180,7 @@ class RobustnessEvaluation(pl.LightningModule):
             t[sel] for t in (images, labels, indices, clean_pred, adversarial)
         )
         history = None if history is None else history[sel.to(history.device)]
+        queries = None if queries is None else queries[sel.to(queries.device)]
         adv_logits = self._classify(adversarial)
         started = time.perf_counter()
         scores, details, traces = None, [{} for _ in indices], {}
@@ -223,6 +226,8 @@ class RobustnessEvaluation(pl.LightningModule):
                 right = history[i].tolist()
                 record["history"] = "".join("1" if r else "0" for r in right)
                 record["broken_at"] = right.index(False) if False in right else None
+            if queries is not None:  # model calls the image paid (a decision attack's budget)
+                record["queries"] = int(queries[i])
             if scores is not None:  # a lone detector refuses what it flags, as the adaptive attacks assume
                 flagged = bool(scores[i] >= self.defense.threshold)
                 record.update(score=float(scores[i]), flagged=flagged, rejected=flagged)

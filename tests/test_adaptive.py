@@ -394,6 +394,7 @@ def test_evaluate_reports_both_threat_models_curves_worst_case_and_sanity(tiny_v
     assert by_id[("bpda_pgd", 1.0)]["accuracy"] == 0.0  # unbounded
     hsj = by_id[("hopskipjump", None)]
     assert hsj["budget_norm"] == "linf" and hsj["budget_curve"][0][1] >= hsj["budget_curve"][-1][1]
+    assert hsj["queries_max"] == 200  # the budget, counted per image
     results = json.loads((out / "results.json").read_text())
     worst = {(w["eps"], w["threat_model"]): w for w in results["worst_case"]}
     at8 = [by_id[(n, 8 / 255)]["accuracy"] for n in ("pgd", "bpda_pgd", "random_noise")]
@@ -536,3 +537,20 @@ def test_noise_baseline_is_paired_only_with_as_many_tries_as_the_attack_has_iter
     checks = sanity_checks([row("bpda_pgd", 41, 0.2), row("random_noise", 16, 0.5)], "dip_stitch")
     (noise,) = [c for c in checks if "random noise" in c["check"]]
     assert noise["verdict"] == "not checked: run random_noise(tries=41)" and "16 tries" in noise["figures"]
+
+
+def test_unbound_attacks_judge_each_iterate_as_a_later_defended_call_will():
+    # no dataset indices (a notebook): an iterate is seeded by its own bytes, so the verdict the
+    # attack reached on the image it returns is what defended(adv) answers afterwards
+    victim, defense = MeanThreshold(), SeededNoise(scale=0.2)
+    defended = DefendedClassifier(victim, defense)
+    torch.manual_seed(0)
+    x = 0.47 + 0.02 * torch.rand(16, 3, 8, 8)  # class 0, near the boundary: the noise draw decides
+    y = torch.zeros(16, dtype=torch.long)
+    for name, params in (("bpda_pgd", {"steps": 4}), ("random_noise", {"tries": 5})):
+        attack = build_attack(name, eps=0.01, **params)
+        adv = attack(defended, x, y)
+        broken = ~attack.last_history.all(dim=1)
+        with torch.no_grad():
+            fooled = defended(adv).argmax(1) != y
+        assert broken.any() and torch.equal(fooled, broken), name

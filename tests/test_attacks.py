@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from dipdefense.attacks import ATTACKS, Attack, AttackError, build_attack
-from dipdefense.attacks.foolbox_attacks import hsj_steps
 from dipdefense.evaluation.adversarial_cache import AdversarialCache, cached_attack
 
 EPS = 8 / 255
@@ -148,33 +147,80 @@ def test_attack_fools_the_tiny_cnn(name, trained):
         assert delta.norm(dim=1).median() < 1.0
 
 
-def test_hopskipjump_with_a_linf_budget_and_its_query_budget(trained):
+class Counting(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.inner(images)
+
+
+def test_hopskipjump_spends_exactly_its_query_budget(trained):
     model, x, y = trained
-
-    class Counting(nn.Module):
-        def __init__(self, inner: nn.Module) -> None:
-            super().__init__()
-            self.inner, self.calls = inner, 0
-
-        def forward(self, images: torch.Tensor) -> torch.Tensor:
-            self.calls += 1
-            return self.inner(images)
-
     counted = Counting(model)
     attack = build_attack("hopskipjump", eps=0.1, queries=300, constraint="linf")
     torch.manual_seed(2)
     adv = attack(counted, x, y)
-    assert attack.norm == "linf" and attack.steps_for(tuple(x.shape[1:])) == 1
-    assert (adv - x).abs().max() <= 0.1 + 1e-6
+    # foolbox queries every image of the batch at each model call: 300 calls, 300 queries each
+    assert counted.calls == 300 and attack.last_queries.tolist() == [300] * len(x)
+    assert attack.norm == "linf" and (adv - x).abs().max() <= 0.1 + 1e-6
     with torch.no_grad():
         assert (model(adv).argmax(1) != y).float().mean() >= 0.75
-    # foolbox queries every image of the batch at each model call
-    steps, estimate = hsj_steps(300, 3 * 8 * 8, "linf", 1.0, 100, 10000)
-    assert steps == 1 and estimate <= 300
-    assert abs(counted.calls - estimate) <= 0.1 * estimate, f"{counted.calls} model calls, {estimate} estimated"
-    assert hsj_steps(200, 3 * 32 * 32, "l2", 1.0, 100, 10000)[0] == 1
-    assert hsj_steps(1000, 3 * 32 * 32, "l2", 1.0, 100, 10000)[0] == 4
-    assert hsj_steps(2500, 3 * 32 * 32, "l2", 1.0, 100, 10000)[0] == 9
+
+
+def test_hopskipjump_budget_cuts_the_same_run_shorter(trained):
+    model, x, y = trained
+
+    def distances(queries: int) -> torch.Tensor:
+        torch.manual_seed(3)
+        adv = build_attack("hopskipjump", queries=queries, constraint="linf")(model, x, y)
+        with torch.no_grad():
+            fooled = model(adv).argmax(1) != y
+        return torch.where(fooled, (adv - x).flatten(1).abs().amax(1), torch.inf)
+
+    # the budget does not change the trajectory, only where it stops: more queries are never farther
+    short, long = distances(120), distances(400)
+    assert short.isfinite().any() and (long <= short).all() and (long < short).any()
+
+
+def test_decision_oracle_answers_refused_inputs_with_their_label_and_keeps_the_closest_fooling_query():
+    from dipdefense.attacks.foolbox_attacks import BudgetSpent, DecisionOracle
+
+    class AlwaysWrongRefusingHalf(nn.Module):
+        last_rejected = torch.tensor([True, False])
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return nn.functional.one_hot(torch.tensor([1, 0]), 3).float()  # labels are 0 and 1: both wrong
+
+    x, y = torch.full((2, 1, 2, 2), 0.5), torch.tensor([0, 1])
+    oracle = DecisionOracle(AlwaysWrongRefusingHalf(), x, y, "linf", budget=2)
+    assert oracle(x + 0.2).argmax(1).tolist() == [0, 0]  # image 0 refused: answered with its own label
+    oracle(x + 0.1)
+    assert oracle.best[0].eq(0.5).all() and oracle.best[1].eq(0.6).all()  # the closer of image 1's queries
+    assert oracle.best_distance[1].item() == pytest.approx(0.1) and oracle.queries.tolist() == [2, 2]
+    with pytest.raises(BudgetSpent):
+        oracle(x)
+    with oracle.on_rows(torch.tensor([1])), pytest.raises(RuntimeError, match="called on 2 images"):
+        oracle.budget = 9
+        oracle(x)
+
+
+def test_hopskipjump_gets_nowhere_against_a_defense_that_refuses_everything(trained):
+    model, x, y = trained
+
+    class RefusesAll(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.victim, self.last_rejected = model, None
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            self.last_rejected = torch.ones(len(images), dtype=torch.bool)
+            return self.victim(images)
+
+    adv = build_attack("hopskipjump", queries=300, constraint="linf")(RefusesAll(), x, y)
+    assert torch.equal(adv, x)
 
 
 def test_l2_projection_safety_net():
