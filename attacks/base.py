@@ -107,6 +107,11 @@ class Attack:
                 module.training = training
             for p, grad in grads:
                 p.grad = grad
+        return self.finish(adv, images)
+
+    def finish(self, adv: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """The last clean-up of a result of ``_run`` (or of a snapshot of one): on the images'
+        device and dtype, finite, in [0, 1] and inside the budget."""
         adv = adv.detach().to(device=images.device, dtype=images.dtype)
         # a library can return NaN (foolbox's NewtonFool divides by a gradient norm that is
         # exactly 0 on saturated softmax outputs): such an image counts as not attacked

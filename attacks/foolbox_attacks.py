@@ -60,17 +60,31 @@ class DecisionOracle(nn.Module):
     - Keeps, per image, the closest input (in ``norm``) it answered as adversarial: what an
       attacker with this many queries holds.
     - Raises ``BudgetSpent`` at the first call that would take an image past ``budget``.
+    - Keeps ``snapshots[q]`` = (closest adversarials, queries) as they stood when the call that
+      would take an image past ``q`` came: what a run with budget ``q`` ends with, since the
+      budget only decides where the same run stops (``finish_snapshots``).
 
     Arguments:
         model: the attacked model (a ``DefendedClassifier`` for the adaptive threat model).
         images, labels: the attacked batch; every call must be this batch or ``on_rows``' rows.
         norm: "l2" or "linf", the distance that ranks adversarial inputs.
         budget: queries per image.
+        snapshot_budgets: smaller budgets to keep snapshots at. Default: ().
     """
 
-    def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str, budget: int) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        norm: str,
+        budget: int,
+        snapshot_budgets: tuple[int, ...] = (),
+    ) -> None:
         super().__init__()
         self.model, self.norm, self.budget = model, norm, int(budget)
+        self.snapshot_budgets = sorted(int(q) for q in snapshot_budgets)
+        self.snapshots: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.images, self.labels = images.detach(), labels
         self.rows = torch.arange(len(images), device=images.device)
         self.queries = torch.zeros(len(images), dtype=torch.long)
@@ -92,7 +106,11 @@ class DecisionOracle(nn.Module):
         if len(x) != len(rows):
             raise RuntimeError(f"the oracle was called on {len(x)} images; the attacked rows are {len(rows)}")
         counted = rows.cpu()
-        if int(self.queries[counted].max()) >= self.budget:
+        spent = int(self.queries[counted].max())
+        for q in self.snapshot_budgets:
+            if spent >= q and q not in self.snapshots:
+                self.snapshots[q] = (self.best.clone(), self.queries.clone())
+        if spent >= self.budget:
             raise BudgetSpent
         self.queries[counted] += 1
         logits = self.model(x)
@@ -111,6 +129,11 @@ class DecisionOracle(nn.Module):
         self.best_distance[rows[closer]] = distance[closer]
         return logits
 
+    def finish_snapshots(self) -> None:
+        """At the end of the attack: budgets never reached end where the attack ended."""
+        for q in self.snapshot_budgets:
+            self.snapshots.setdefault(q, (self.best.clone(), self.queries.clone()))
+
 
 class HopSkipJump(Attack):
     """HopSkipJump, Chen, Jordan & Wainwright 2020 ("HopSkipJumpAttack: A Query-Efficient
@@ -122,6 +145,10 @@ class HopSkipJump(Attack):
     input the oracle answered as adversarial within them (``last_queries`` says how many each
     image paid). foolbox attacks the batch in lockstep, so an image pays for the calls its
     batch makes, one per call. An input the defense refuses counts as not adversarial.
+    The budget only decides where a run stops, so with ``snapshot_budgets`` set (smaller
+    budgets; not a parameter: it changes no result) one run also leaves in ``last_snapshots``
+    what runs with those budgets and the same random state would return: paper 002 Fig. 5's
+    200 / 1000 / 2500 grid for the cost of its largest budget.
 
     Distance measure: ``constraint``. With ``eps`` None it is a minimum-norm attack; with eps
     the result is clipped to the eps ball. Starts from foolbox's blended-uniform-noise search
@@ -163,6 +190,8 @@ class HopSkipJump(Attack):
         self.initial_gradient_eval_steps = int(initial_gradient_eval_steps)
         self.max_gradient_eval_steps = int(max_gradient_eval_steps)
         self.last_queries: torch.Tensor | None = None
+        self.snapshot_budgets: tuple[int, ...] = ()
+        self.last_snapshots: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "revision": self.revision}
@@ -170,7 +199,8 @@ class HopSkipJump(Attack):
     def _run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         import foolbox as fb
 
-        oracle = DecisionOracle(model, images, labels, self.constraint, self.queries)
+        smaller = tuple(q for q in self.snapshot_budgets if q < self.queries)
+        oracle = DecisionOracle(model, images, labels, self.constraint, self.queries, smaller)
         fmodel = _fmodel(oracle, images)
         distance = fb.distances.l2 if self.constraint == "l2" else fb.distances.linf
         # foolbox's own initialisation, run here so that images it cannot fool are left out
@@ -196,7 +226,9 @@ class HopSkipJump(Attack):
                     attack(fmodel, images[found], labels[found], epsilons=None, starting_points=starts[found])
         except BudgetSpent:
             pass
+        oracle.finish_snapshots()
         self.last_queries = oracle.queries.clone()
+        self.last_snapshots = {q: (self.finish(best, images), spent) for q, (best, spent) in oracle.snapshots.items()}
         return oracle.best
 
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,31 @@ def cached_attack(
     return entry["images"]
 
 
+def attack_entry_key(
+    cache_key: dict[str, Any],
+    attack: Any,
+    attack_name: str,
+    eps: float | None,
+    indices: torch.Tensor,
+    seed: int,
+    attack_rng: str = PER_IMAGE,
+) -> dict[str, Any]:
+    """The cache key of one chunk's attack (``cached_attack_entry``)."""
+    if attack_rng not in ATTACK_RNGS:
+        raise ValueError(f"attack_rng {attack_rng!r}: one of {', '.join(ATTACK_RNGS)} is accepted")
+    key = {
+        **cache_key,
+        "attack": attack_name,
+        "eps": eps,
+        "params": attack.params(),
+        "indices": indices.tolist(),
+        "seed": item_seed(seed, indices[0]),
+    }
+    if attack_rng == PER_IMAGE:  # only then, so per-chunk runs keep finding their entries
+        key["attack_rng"] = PER_IMAGE
+    return key
+
+
 def cached_attack_entry(
     cache: AdversarialCache,
     cache_key: dict[str, Any],
@@ -129,33 +154,32 @@ def cached_attack_entry(
     indices: torch.Tensor,
     seed: int,
     attack_rng: str = PER_IMAGE,
+    prefixes: Sequence[Any] = (),
 ) -> dict[str, torch.Tensor]:
     """``cached_attack`` with what else the attack kept: "history" [B, iterates], whether the
     defended victim was still right at each iterate (the adaptive attacks' ``last_history``),
-    and "queries" [B], the model calls each image paid (the decision attacks' ``last_queries``)."""
-    chunk_seed = item_seed(seed, indices[0])
-    key = {
-        **cache_key,
-        "attack": attack_name,
-        "eps": eps,
-        "params": attack.params(),
-        "indices": indices.tolist(),
-        "seed": chunk_seed,
-    }
-    if attack_rng not in ATTACK_RNGS:
-        raise ValueError(f"attack_rng {attack_rng!r}: one of {', '.join(ATTACK_RNGS)} is accepted")
-    if attack_rng == PER_IMAGE:  # only then, so per-chunk runs keep finding their entries
-        key["attack_rng"] = PER_IMAGE
+    and "queries" [B], the model calls each image paid (the decision attacks' ``last_queries``).
+
+    ``prefixes``: attacks that are this one with a smaller query budget (HopSkipJump's
+    ``snapshot_budgets``); when this one is computed, their entries are stored from its
+    snapshots, so they cost nothing more."""
+    key = attack_entry_key(cache_key, attack, attack_name, eps, indices, seed, attack_rng)
 
     def create() -> dict[str, torch.Tensor]:
         draws = per_image_draws([attack_seed(seed, i) for i in indices.tolist()]) if attack_rng == PER_IMAGE else None
+        if prefixes:
+            attack.snapshot_budgets = tuple(p.queries for p in prefixes)
         with torch.random.fork_rng(devices=[images.device] if images.device.type == "cuda" else []):
-            torch.manual_seed(chunk_seed)  # what is not drawn per image
+            torch.manual_seed(key["seed"])  # what is not drawn per image
             with draws or contextlib.nullcontext():
                 entry = {"images": attack(classifier, images, labels)}
         for name, kept in (("history", "last_history"), ("queries", "last_queries")):
             if getattr(attack, kept, None) is not None:
                 entry[name] = getattr(attack, kept)
+        for prefix in prefixes:
+            snapshot, spent = attack.last_snapshots[prefix.queries]
+            prefix_key = attack_entry_key(cache_key, prefix, attack_name, eps, indices, seed, attack_rng)
+            cache.store(prefix_key, snapshot, queries=spent)
         return entry
 
     return {name: t.to(images.device) for name, t in cache.get_or_create_entry(key, create).items()}

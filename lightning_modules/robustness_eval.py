@@ -140,18 +140,41 @@ class RobustnessEvaluation(pl.LightningModule):
         attacks' "history", the decision attacks' "queries"."""
         if run.name == CLEAN:
             return {"images": images}
+        family = self._budget_family(run)
+        if family and family[-1] is not run:  # the largest budget's run leaves this one's entry
+            self._adversarial(family[-1], images, labels, indices)
+        prefixes = [r.build() for r in family[:-1]] if family and family[-1] is run else []
         if run.threat == ADAPTIVE:
             with self.defended.bound_to(indices):
                 entry = cached_attack_entry(
                     self.cache, self.adaptive_cache_key, run.build(), run.name, run.eps, self.defended,
-                    images, labels, indices, self.seed, self.attack_rng,
+                    images, labels, indices, self.seed, self.attack_rng, prefixes,
                 )  # fmt: skip
         else:
             entry = cached_attack_entry(
                 self.cache, self.cache_key, run.build(), run.name, run.eps, self.attack_model,
-                images, labels, indices, self.seed, self.attack_rng,
+                images, labels, indices, self.seed, self.attack_rng, prefixes,
             )  # fmt: skip
         return entry
+
+    def _budget_family(self, run: AttackRun) -> list[AttackRun]:
+        """The runs that differ from ``run`` only in their query budget (HopSkipJump at 200 /
+        1000 / 2500), smallest budget first, or [] if it has none: one run of the largest
+        budget gives all of them (``HopSkipJump.snapshot_budgets``)."""
+        attack = run.build()
+        if not hasattr(attack, "snapshot_budgets"):
+            return []
+
+        def rest(a: Any) -> dict[str, Any]:
+            return {k: v for k, v in a.params().items() if k != "queries"}
+
+        family = {}
+        for other in self.runs:
+            if other.name == run.name and other.threat == run.threat and other.eps == run.eps:
+                built = other.build()
+                if rest(built) == rest(attack):
+                    family.setdefault(built.queries, other)
+        return [family[q] for q in sorted(family)] if len(family) > 1 else []
 
     @torch.no_grad()
     def _classify(self, images: torch.Tensor) -> torch.Tensor:
@@ -160,7 +183,9 @@ class RobustnessEvaluation(pl.LightningModule):
     def test_step(self, chunk: tuple[torch.Tensor, torch.Tensor, torch.Tensor], chunk_idx: int) -> None:
         images, labels, indices = chunk
         clean_pred = self._classify(images).argmax(1)
-        for run in self.runs:
+        # a budget family's largest run first: it pays the attack's time, the others read snapshots
+        order = sorted(self.runs, key=lambda r: 0 if (f := self._budget_family(r)) and f[-1] is r else 1)
+        for run in order:
             todo = [i for i, idx in enumerate(indices.tolist()) if (idx, run.id) not in self.done]
             if todo:
                 self._evaluate_run(run, images, labels, indices, clean_pred, todo)

@@ -554,3 +554,31 @@ def test_unbound_attacks_judge_each_iterate_as_a_later_defended_call_will():
         with torch.no_grad():
             fooled = defended(adv).argmax(1) != y
         assert broken.any() and torch.equal(fooled, broken), name
+
+
+def test_a_query_budget_family_runs_once_and_matches_separate_runs(
+    tiny_victim, cifar_batches_dir, tmp_path, monkeypatch
+):
+    def hsj(queries: int) -> str:
+        return f"hopskipjump(queries={queries},constraint=linf,threat=adaptive)"
+
+    def records(out, attacks: str, cache: str) -> dict:
+        monkeypatch.setenv("DIPDEF_CACHE", str(tmp_path / cache))
+        _run(out, tiny_victim, cifar_batches_dir, "--attacks", attacks, "--num-samples", "6")
+        return {(r["attack"], r["index"]): r for r in read_records(out / "samples.jsonl")}
+
+    from dipdefense.attacks.foolbox_attacks import HopSkipJump
+
+    runs, run = [], HopSkipJump._run
+    monkeypatch.setattr(HopSkipJump, "_run", lambda self, *a: runs.append(self.queries) or run(self, *a))
+    family = records(tmp_path / "family", f"clean,{hsj(60)},{hsj(250)}", "cache_family")
+    assert runs == [250, 250]  # one attack per chunk (2 chunks of 4), at the largest budget
+    alone = records(tmp_path / "alone", hsj(60), "cache_alone")
+    # The plumbing (the untrained victim answers one class, so every image starts fooled; that the
+    # snapshots equal runs of their own on a working victim is test_attacks'): one attack of the
+    # largest budget pays for both rows, and the smaller row is what a run of its own gives.
+    assert len(list((tmp_path / "cache_family").rglob("*.pt"))) == 2 * 2  # 2 chunks x 2 budgets
+    for (attack, index), r in alone.items():
+        twin = family[(attack, index)]
+        assert (twin["linf"], twin["pred"], twin["queries"]) == (r["linf"], r["pred"], r["queries"])
+    assert max(r["queries"] for (a, _), r in family.items() if a == hsj(250)) == 250

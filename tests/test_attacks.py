@@ -185,6 +185,22 @@ def test_hopskipjump_budget_cuts_the_same_run_shorter(trained):
     assert short.isfinite().any() and (long <= short).all() and (long < short).any()
 
 
+def test_hopskipjump_snapshots_are_the_runs_with_the_smaller_budgets(trained):
+    model, x, y = trained
+
+    def run(queries: int, snapshots: tuple[int, ...] = ()):
+        attack = build_attack("hopskipjump", queries=queries, constraint="linf")
+        attack.snapshot_budgets = snapshots
+        torch.manual_seed(4)
+        return attack(model, x, y), attack
+
+    _, long = run(400, (60, 150))  # 60: inside the noise initialisation
+    for q in (60, 150):
+        alone, single = run(q)
+        snapshot, spent = long.last_snapshots[q]
+        assert torch.equal(snapshot, alone) and torch.equal(spent, single.last_queries), q
+
+
 def test_decision_oracle_answers_refused_inputs_with_their_label_and_keeps_the_closest_fooling_query():
     from dipdefense.attacks.foolbox_attacks import BudgetSpent, DecisionOracle
 
