@@ -96,6 +96,9 @@ class RobustnessEvaluation(pl.LightningModule):
             "attack_revision": ADAPTIVE_REVISION,
         }
         self.runs = runs
+        self.budget_families = {run.id: self._budget_family(run) for run in runs}
+        # a budget family's largest run first: it pays the attack's time, the others read snapshots
+        self.run_order = sorted(runs, key=lambda r: 0 if self.budget_families[r.id][-1:] == [r] else 1)
         self.chunks = ChunkDataset(dataset, indices, chunk_size)
         self.cache, self.cache_key = cache, cache_key
         self.records_dir = Path(records_dir)
@@ -140,7 +143,7 @@ class RobustnessEvaluation(pl.LightningModule):
         attacks' "history", the decision attacks' "queries"."""
         if run.name == CLEAN:
             return {"images": images}
-        family = self._budget_family(run)
+        family = self.budget_families[run.id]
         if family and family[-1] is not run:  # the largest budget's run leaves this one's entry
             self._adversarial(family[-1], images, labels, indices)
         prefixes = [r.build() for r in family[:-1]] if family and family[-1] is run else []
@@ -183,9 +186,7 @@ class RobustnessEvaluation(pl.LightningModule):
     def test_step(self, chunk: tuple[torch.Tensor, torch.Tensor, torch.Tensor], chunk_idx: int) -> None:
         images, labels, indices = chunk
         clean_pred = self._classify(images).argmax(1)
-        # a budget family's largest run first: it pays the attack's time, the others read snapshots
-        order = sorted(self.runs, key=lambda r: 0 if (f := self._budget_family(r)) and f[-1] is r else 1)
-        for run in order:
+        for run in self.run_order:
             todo = [i for i, idx in enumerate(indices.tolist()) if (idx, run.id) not in self.done]
             if todo:
                 self._evaluate_run(run, images, labels, indices, clean_pred, todo)
