@@ -8,6 +8,8 @@ images come back unchanged here instead, so a failed attack never degrades an im
 """
 
 import contextlib
+import functools
+import hashlib
 import math
 from typing import Any
 
@@ -17,9 +19,8 @@ from torch import nn
 
 from dipdefense.attacks.base import Attack, AttackError, check_eps
 
-# HopSkipJump starts from foolbox's own default initialisation, a blended-uniform-noise
-# search, with at most 100 noise draws (ART's init_size; paper 002 ran ART's HSJ).
-HSJ_INIT_STEPS = 50
+# HopSkipJump starts, as ART's does (paper 002 ran ART's HSJ), from a uniform-noise draw the
+# model gets wrong, at most 100 draws per image (ART's init_size).
 HSJ_INIT_DIRECTIONS = 100
 
 
@@ -45,24 +46,36 @@ class _FoolboxMinimization(Attack):
 
 
 class BudgetSpent(Exception):
-    """Raised by ``DecisionOracle`` to stop an attack at its query budget."""
+    """Raised by ``DecisionOracle`` to stop an attack once every image has spent its budget."""
+
+
+def _input_key(x: torch.Tensor) -> bytes:
+    return hashlib.blake2b(x.numpy().tobytes(), digest_size=16).digest()
 
 
 class DecisionOracle(nn.Module):
-    """The model a decision-based attack queries: ``model``'s logits, with the bookkeeping a
-    query budget needs.
+    """The model a decision-based attack queries: the label ``model`` gives (as one-hot
+    logits), with the bookkeeping an exact per-image query budget needs.
 
-    - Counts queries per image. foolbox queries every image of the batch it attacks at each
-      model call, so an image pays for every call made while it is in the attacked rows.
+    - Charges an image one query per input it has not been answered on before. A repeated
+      input is answered from memory, free: the attacker already holds that answer (foolbox's
+      lockstep loops re-send finished images' inputs while other images of the batch go on);
+      within ``charging_repeats`` a repeat is charged too (without asking the model).
+    - Sends the model only the charged rows (narrowing a defense bound to dataset indices to
+      them), so finished images cost no DIP fits either.
     - Answers an input the defense refused (``last_rejected``: INC's rejection, a detector's
       flag) with the image's own label: to a decision oracle a refusal is not being fooled, as
       every other adaptive attack here scores it.
     - Keeps, per image, the closest input (in ``norm``) it answered as adversarial: what an
       attacker with this many queries holds.
-    - Raises ``BudgetSpent`` at the first call that would take an image past ``budget``.
-    - Keeps ``snapshots[q]`` = (closest adversarials, queries) as they stood when the call that
-      would take an image past ``q`` came: what a run with budget ``q`` ends with, since the
-      budget only decides where the same run stops (``finish_snapshots``).
+    - Once an image has spent ``budget``, answers its new inputs with a wrong label without
+      asking the model or charging it (the image's result is settled; a lockstep attack only
+      needs an answer to carry the rest of the batch on), and raises ``BudgetSpent`` when every
+      image of the call has spent its budget.
+    - Keeps ``snapshots[q]`` = (closest adversarials, queries): each image's as it stood when
+      it was about to pay its (q+1)-th query, i.e. what a run with budget ``q`` ends with, since
+      the budget only decides where each image's part of the same run stops, and a settled
+      image's answers change no other image's trajectory (``finish_snapshots``).
 
     Arguments:
         model: the attacked model (a ``DefendedClassifier`` for the adaptive threat model).
@@ -84,12 +97,17 @@ class DecisionOracle(nn.Module):
         super().__init__()
         self.model, self.norm, self.budget = model, norm, int(budget)
         self.snapshot_budgets = sorted(int(q) for q in snapshot_budgets)
-        self.snapshots: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.images, self.labels = images.detach(), labels
         self.rows = torch.arange(len(images), device=images.device)
         self.queries = torch.zeros(len(images), dtype=torch.long)
         self.best = self.images.clone()
         self.best_distance = torch.full((len(images),), math.inf, device=images.device)
+        self.answers: list[dict[bytes, int]] = [{} for _ in range(len(images))]
+        self.num_classes: int | None = None
+        self.charge_repeats = False
+        self._snapshot_best = {q: self.images.clone() for q in self.snapshot_budgets}
+        self._snapshot_queries = {q: torch.full((len(images),), -1, dtype=torch.long) for q in self.snapshot_budgets}
+        self.snapshots: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.train(False)
 
     @contextlib.contextmanager
@@ -101,62 +119,185 @@ class DecisionOracle(nn.Module):
         finally:
             self.rows = previous
 
+    def spent(self, rows: torch.Tensor) -> torch.Tensor:
+        """Which of these rows of the batch have spent their budget."""
+        return self.queries[rows.cpu()] >= self.budget
+
+    @contextlib.contextmanager
+    def charging_repeats(self) -> Any:
+        """Within the block a repeated input is charged too (still answered from memory): the
+        queries a round of HSJ's gradient estimation makes, which ART pays for one by one even
+        where they coincide (a perturbation below float resolution), and which would otherwise
+        leave an image that makes only such queries never spending its budget."""
+        previous, self.charge_repeats = self.charge_repeats, True
+        try:
+            yield self
+        finally:
+            self.charge_repeats = previous
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = self.rows
+        rows = self.rows.cpu()
         if len(x) != len(rows):
             raise RuntimeError(f"the oracle was called on {len(x)} images; the attacked rows are {len(rows)}")
-        counted = rows.cpu()
-        spent = int(self.queries[counted].max())
-        for q in self.snapshot_budgets:
-            if spent >= q and q not in self.snapshots:
-                self.snapshots[q] = (self.best.clone(), self.queries.clone())
-        if spent >= self.budget:
+        if self.spent(rows).all():
             raise BudgetSpent
+        keys = [_input_key(row) for row in x.detach().cpu()]
+        answer = torch.full((len(rows),), -1, dtype=torch.long)
+        ask, repeats = [], []
+        for position, (row, key) in enumerate(zip(rows.tolist(), keys, strict=True)):
+            settled = bool(self.queries[row] >= self.budget)
+            if key in self.answers[row]:
+                answer[position] = self.answers[row][key]
+                if self.charge_repeats and not settled:
+                    repeats.append(row)
+            elif settled:  # any wrong label carries the batch on
+                answer[position] = -2
+            else:
+                ask.append(position)
+        if repeats:
+            self._charge(torch.tensor(repeats))
+        if ask:
+            answer[ask] = self._ask(x[ask], torch.tensor(ask))
+            for position in ask:
+                self.answers[rows[position]][keys[position]] = int(answer[position])
+        labels = self.labels.cpu()[rows]
+        answer = torch.where(answer == -2, (labels + 1) % self.num_classes, answer)
+        return nn.functional.one_hot(answer, self.num_classes).float().to(x.device)
+
+    def _charge(self, counted: torch.Tensor) -> None:
+        """One query more for these rows of the batch (CPU indices), snapshotting any about to
+        pass a snapshot budget."""
+        for q in self.snapshot_budgets:
+            reach = counted[(self.queries[counted] >= q) & (self._snapshot_queries[q][counted] < 0)]
+            self._snapshot_best[q][reach.to(self.best.device)] = self.best[reach.to(self.best.device)]
+            self._snapshot_queries[q][reach] = self.queries[reach]
         self.queries[counted] += 1
-        logits = self.model(x)
+
+    def _ask(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The model's labels for these rows of the call, charged and tracked."""
+        rows = self.rows[positions.to(self.rows.device)]
+        self._charge(rows.cpu())
+        # a defended model bound to dataset indices (a seeded defense) follows the rows asked
+        narrow = getattr(self.model, "restricted_to", None)
+        with narrow(rows) if narrow else contextlib.nullcontext():
+            logits = self.model(x)
+        self.num_classes = logits.shape[1]
         labels = self.labels[rows]
-        fooled = logits.argmax(1) != labels
+        predicted = logits.argmax(1)
         rejected = getattr(self.model, "last_rejected", None)
         if rejected is not None:
-            rejected = rejected.to(fooled.device)
-            fooled &= ~rejected
-            own_label = nn.functional.one_hot(labels, logits.shape[1]).to(logits.dtype)
-            logits = torch.where(rejected[:, None], own_label, logits)
+            predicted = torch.where(rejected.to(predicted.device), labels, predicted)
+        fooled = predicted != labels
         delta = (x - self.images[rows]).flatten(1)
         distance = delta.abs().amax(1) if self.norm == "linf" else delta.norm(dim=1)
         closer = fooled & (distance < self.best_distance[rows])
         self.best[rows[closer]] = x[closer].detach()
         self.best_distance[rows[closer]] = distance[closer]
-        return logits
+        return predicted.cpu()
 
     def finish_snapshots(self) -> None:
-        """At the end of the attack: budgets never reached end where the attack ended."""
+        """At the end of the attack: an image that never reached a budget ends where it ended."""
         for q in self.snapshot_budgets:
-            self.snapshots.setdefault(q, (self.best.clone(), self.queries.clone()))
+            unset = self._snapshot_queries[q] < 0
+            self._snapshot_best[q][unset.to(self.best.device)] = self.best[unset.to(self.best.device)]
+            self._snapshot_queries[q][unset] = self.queries[unset]
+            self.snapshots[q] = (self._snapshot_best[q], self._snapshot_queries[q])
+
+
+def _noise_starts(
+    oracle: DecisionOracle, images: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ART's HopSkipJump initialisation: per image, uniform-noise draws until one is answered
+    adversarial, at most ``HSJ_INIT_DIRECTIONS``; each image asks (and pays) only until its own
+    first success. The draws come from their own generator, seeded by one draw of the global
+    one, so how many rounds the batch needs does not move the attack's later draws."""
+    generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
+    starts, found = images.clone(), torch.zeros(len(images), dtype=torch.bool)
+    todo = torch.arange(len(images))
+    for _ in range(HSJ_INIT_DIRECTIONS):
+        todo = todo[~oracle.spent(todo)]
+        if not len(todo):
+            break
+        noise = torch.rand(images.shape, generator=generator).to(images.device, images.dtype)
+        on_device = todo.to(images.device)
+        with oracle.on_rows(on_device), torch.no_grad():
+            fooled = (oracle(noise[on_device]).argmax(1) != labels[on_device]).cpu()
+        starts[on_device[fooled.to(images.device)]] = noise[on_device[fooled.to(images.device)]]
+        found[todo[fooled]] = True
+        todo = todo[~fooled]
+    return starts, found.to(images.device)
+
+
+@functools.cache
+def _rowwise_hopskipjump() -> type:
+    """foolbox's HopSkipJumpAttack with each image's bisection stopping at its own threshold,
+    as ART's (which attacks one image at a time) does. foolbox bisects the whole batch until its
+    slowest image is done; here a finished image re-sends its adversarial end, which the
+    ``DecisionOracle`` answers from memory, so it pays nothing more."""
+    import eagerpy as ep
+    import foolbox as fb
+
+    class RowwiseHopSkipJump(fb.attacks.HopSkipJumpAttack):
+        oracle: "DecisionOracle"
+
+        def approximate_gradients(self, is_adversarial: Any, x_advs: Any, steps: int, delta: Any) -> Any:
+            with self.oracle.charging_repeats():
+                return super().approximate_gradients(is_adversarial, x_advs, steps, delta)
+
+        def _binary_search(self, is_adversarial: Any, originals: Any, perturbed: Any) -> Any:
+            # foolbox 3.3's _binary_search, with `searching` freezing the finished rows
+            d = int(np.prod(perturbed.shape[1:]))
+            if self.constraint == "linf":
+                highs = fb.distances.linf(originals, perturbed)
+                thresholds = highs * self.gamma / (d * d)
+            else:
+                highs = ep.ones(perturbed, len(perturbed))
+                thresholds = highs * self.gamma / (d * math.sqrt(d))
+            lows = ep.zeros_like(highs)
+            old_mids = highs
+            while ep.any(highs - lows > thresholds):
+                searching = highs - lows > thresholds
+                mids = ep.where(searching, (lows + highs) / 2, highs)
+                adversarial = is_adversarial(self._project(originals, perturbed, mids))
+                highs = ep.where(adversarial, mids, highs)
+                lows = ep.where(adversarial, lows, mids)
+                if (old_mids == mids).all():  # no progress left in floating point
+                    break
+                old_mids = mids
+            return self._project(originals, perturbed, highs)
+
+    return RowwiseHopSkipJump
 
 
 class HopSkipJump(Attack):
     """HopSkipJump, Chen, Jordan & Wainwright 2020 ("HopSkipJumpAttack: A Query-Efficient
     Decision-Based Attack"); wraps ``foolbox.attacks.HopSkipJumpAttack``. Decision-based: it
-    queries only the predicted label. (Paper 002 ran ART's implementation.)
+    queries only the predicted label. Paper 002 ran ART's implementation, which attacks one
+    image at a time; foolbox attacks a batch in lockstep, which is what lets a batch of queries
+    reach a DIP defense as one batch. The accounting below makes each image's budget its own.
 
-    The query budget is exact: foolbox's attack runs on a ``DecisionOracle`` that stops it at
-    ``queries`` model calls per image, initialisation included, and each image gets the closest
-    input the oracle answered as adversarial within them (``last_queries`` says how many each
-    image paid). foolbox attacks the batch in lockstep, so an image pays for the calls its
-    batch makes, one per call. An input the defense refuses counts as not adversarial.
-    The budget only decides where a run stops, so with ``snapshot_budgets`` set (smaller
-    budgets; not a parameter: it changes no result) one run also leaves in ``last_snapshots``
-    what runs with those budgets and the same random state would return: paper 002 Fig. 5's
-    200 / 1000 / 2500 grid for the cost of its largest budget.
+    The query budget is exact per image: the attack runs on a ``DecisionOracle`` that charges
+    an image one query per input it has not been answered on before, sends the model only
+    charged rows, and settles an image at ``queries`` (``last_queries`` says how many each paid);
+    each image gets the closest input the oracle answered as adversarial within its budget.
+    Starts as ART does: per image, uniform-noise draws until one is adversarial (at most 100),
+    paid by that image alone; HSJ's own bisection then takes the start to the boundary, each
+    image stopping at its own threshold. Images no query fools come back unchanged. An input
+    the defense refuses counts as not adversarial.
+
+    The budget only decides where each image's part of a run stops, so with
+    ``snapshot_budgets`` set (smaller budgets; not a parameter: it changes no result) one run
+    also leaves in ``last_snapshots`` what runs with those budgets and the same random state
+    would return: paper 002 Fig. 5's 200 / 1000 / 2500 grid for the cost of its largest
+    budget. (Exact while every image's noise initialisation fits in the smaller budget: an image
+    that finds no start within it is left out of the HSJ batch, which changes the batch's draws.)
 
     Distance measure: ``constraint``. With ``eps`` None it is a minimum-norm attack; with eps
-    the result is clipped to the eps ball. Starts from foolbox's blended-uniform-noise search
-    (at most 100 noise draws, as ART); images no query fools come back unchanged.
+    the result is clipped to the eps ball.
 
     Arguments:
         eps (float | None): budget in [0, 1] pixel units in the ``constraint`` norm. Default: None.
-        queries (int): model calls per image (paper 002 Fig. 5: 200, 1000, 2500). Default: 1000.
+        queries (int): queries per image (paper 002 Fig. 5: 200, 1000, 2500). Default: 1000.
         constraint (str): "l2" or "linf". Default: "l2".
         gamma (float): binary-search threshold factor. Default: 1.0.
         initial_gradient_eval_steps (int): gradient-estimation queries at the first iteration. Default: 100.
@@ -166,10 +307,12 @@ class HopSkipJump(Attack):
     name = "hopskipjump"
     library = "foolbox"
     eps_mode = "optional"
-    # 2: the budget is counted and enforced call by call, the closest adversarial query is
-    # kept, refused inputs are not adversarial (1: foolbox's final point after an estimated
-    # number of iterations, a refusal taken as the victim's answer).
-    revision = 2
+    # 3: each image pays only for its own noise draws and for inputs it had not sent before,
+    # and stops its bisections at its own threshold (ART's initialisation and accounting);
+    # 2: the budget counted call by call for the whole chunk, foolbox's blended-noise line
+    # search charged to every image; 1: foolbox's final point after an estimated number of
+    # iterations, a refusal taken as the victim's answer.
+    revision = 3
 
     def __init__(
         self,
@@ -197,31 +340,22 @@ class HopSkipJump(Attack):
         return {**super().params(), "revision": self.revision}
 
     def _run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        import foolbox as fb
-
         smaller = tuple(q for q in self.snapshot_budgets if q < self.queries)
         oracle = DecisionOracle(model, images, labels, self.constraint, self.queries, smaller)
-        fmodel = _fmodel(oracle, images)
-        distance = fb.distances.l2 if self.constraint == "l2" else fb.distances.linf
-        # foolbox's own initialisation, run here so that images it cannot fool are left out
-        # instead of failing the whole batch (HopSkipJumpAttack raises on them).
-        init = fb.attacks.LinearSearchBlendedUniformNoiseAttack(
-            distance=distance, directions=HSJ_INIT_DIRECTIONS, steps=HSJ_INIT_STEPS
-        )
-        attack = fb.attacks.HopSkipJumpAttack(
+        attack = _rowwise_hopskipjump()(
             steps=self.queries,  # each iteration costs queries: the oracle's budget ends the attack
             initial_gradient_eval_steps=self.initial_gradient_eval_steps,
             max_gradient_eval_steps=self.max_gradient_eval_steps,
             gamma=self.gamma,
             constraint=self.constraint,
         )
+        attack.oracle = oracle
         try:
-            _, starts, found = init(fmodel, images, labels, epsilons=None)
+            # images no draw fools are left out instead of failing the batch (foolbox raises on them)
+            starts, found = _noise_starts(oracle, images, labels)
             if found.any():
-                rows = found.nonzero().flatten()
-                # a defended model bound to dataset indices (a seeded defense) follows the subset
-                narrow = getattr(model, "restricted_to", None)
-                with narrow(found) if narrow else contextlib.nullcontext(), oracle.on_rows(rows):
+                with oracle.on_rows(found.nonzero().flatten()):
+                    fmodel = _fmodel(oracle, images)
                     attack(fmodel, images[found], labels[found], epsilons=None, starting_points=starts[found])
         except BudgetSpent:
             pass

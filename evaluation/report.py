@@ -56,6 +56,8 @@ def build_rows(records: list[dict[str, Any]], runs: list[AttackRun], num_classes
                 row |= {"budget_norm": norm, "budget_curve": budget_curve(mine, norm, grid)}
                 if all("queries" in r for r in mine):  # records before revision 2 did not count them
                     row["queries_max"] = max(r["queries"] for r in mine)
+                # records before revision 3 did not name theirs; a run never mixes them (resume refuses)
+                row["revision"] = max(r.get("attack_revision", 2 if "queries" in r else 1) for r in mine)
             rows.append(row)
     return rows
 

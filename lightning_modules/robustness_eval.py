@@ -199,6 +199,8 @@ class RobustnessEvaluation(pl.LightningModule):
             entry = self._adversarial(run, images, labels, indices)  # the chunk: one cache entry
         adversarial, history, queries = entry["images"], entry.get("history"), entry.get("queries")
         attack_seconds = (time.perf_counter() - started) / len(indices)
+        # how the decision attack counted its queries (HopSkipJump's revisions), kept with each record
+        revision = getattr(run.build(), "revision", None) if queries is not None else None
         # Only the images without a record are defended (a resumed chunk); DIP defenses are
         # seeded per image, so a subset gets the same results as the whole chunk.
         sel = torch.tensor(todo, device=images.device)
@@ -254,6 +256,8 @@ class RobustnessEvaluation(pl.LightningModule):
                 record["broken_at"] = right.index(False) if False in right else None
             if queries is not None:  # model calls the image paid (a decision attack's budget)
                 record["queries"] = int(queries[i])
+                if revision is not None:
+                    record["attack_revision"] = revision
             if scores is not None:  # a lone detector refuses what it flags, as the adaptive attacks assume
                 flagged = bool(scores[i] >= self.defense.threshold)
                 record.update(score=float(scores[i]), flagged=flagged, rejected=flagged)

@@ -114,19 +114,30 @@ def test_eot_runs_get_a_line_of_their_own_in_fig4(tmp_path):
     assert "| dip_stitch | bpda-identity | 4 |" in text and "| dip_stitch, EOT | bpda-identity | 4 |" in text
 
 
-def test_fig5_takes_the_exact_budget_row_over_a_larger_revision_1_one(tmp_path):
+def test_fig5_takes_the_latest_hopskipjump_revision_over_larger_older_rows(tmp_path):
     variant = "queries=200,constraint=linf,threat=adaptive"
     row = {"attack": "hopskipjump", "variant": variant, "eps": None, "threat_model": "adaptive"}
     row |= {"accuracy": 0.5, "accuracy_ci95_low": 0.1, "accuracy_ci95_high": 0.9}
     curve = [[k / 255, 1.0] for k in range(26)]
-    for name, n, extra in (("a_old", 100, {}), ("b_exact", 50, {"queries_max": 200}), ("c_old", 200, {})):
+    runs = (
+        ("a_rev1", "none", 100, {}),
+        ("b_rev3", "none", 50, {"queries_max": 200, "revision": 3}),
+        ("c_rev2", "none", 200, {"queries_max": 200}),
+        ("d_rev2", "dipdefend", 5, {"queries_max": 200}),
+        ("e_rev1", "dipdefend", 9, {}),
+    )
+    for name, defense, n, extra in runs:
         run = tmp_path / "runs" / name
         run.mkdir(parents=True)
         rows = [{**row, "n": n, "budget_curve": curve, **extra}]
-        (run / "results.json").write_text(json.dumps({"defense": "none", "rows": rows}))
+        (run / "results.json").write_text(json.dumps({"defense": defense, "rows": rows}))
     adaptive_eval.figures(tmp_path / "runs", tmp_path)
     text = (tmp_path / "README.md").read_text()
     assert "| none | 50 | at most 200 | 100.0 |" in text and "| none | 200 |" not in text
+    assert (
+        "| dipdefend | 5 | at most 200 (revision 2: chunk-wide initialisation" in text
+        and "| dipdefend | 9 |" not in text
+    )
 
 
 def test_a_stopped_run_is_reported_over_its_finished_images(tiny_victim, cifar_batches_dir, tmp_path, monkeypatch):

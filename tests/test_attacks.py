@@ -150,10 +150,11 @@ def test_attack_fools_the_tiny_cnn(name, trained):
 class Counting(nn.Module):
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
-        self.inner, self.calls = inner, 0
+        self.inner, self.calls, self.rows = inner, 0, 0
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         self.calls += 1
+        self.rows += len(images)
         return self.inner(images)
 
 
@@ -163,8 +164,10 @@ def test_hopskipjump_spends_exactly_its_query_budget(trained):
     attack = build_attack("hopskipjump", eps=0.1, queries=300, constraint="linf")
     torch.manual_seed(2)
     adv = attack(counted, x, y)
-    # foolbox queries every image of the batch at each model call: 300 calls, 300 queries each
-    assert counted.calls == 300 and attack.last_queries.tolist() == [300] * len(x)
+    # every image spends its whole budget, and the model sees exactly the charged queries (a
+    # repeated input is answered from memory, and none of these images' probes repeated one; a
+    # settled image's inputs never reach it)
+    assert attack.last_queries.tolist() == [300] * len(x) and counted.rows == 300 * len(x)
     assert attack.norm == "linf" and (adv - x).abs().max() <= 0.1 + 1e-6
     with torch.no_grad():
         assert (model(adv).argmax(1) != y).float().mean() >= 0.75
@@ -194,7 +197,7 @@ def test_hopskipjump_snapshots_are_the_runs_with_the_smaller_budgets(trained):
         torch.manual_seed(4)
         return attack(model, x, y), attack
 
-    _, long = run(400, (60, 150))  # 60: inside the noise initialisation
+    _, long = run(400, (60, 150))  # 60: inside the first bisections
     for q in (60, 150):
         alone, single = run(q)
         snapshot, spent = long.last_snapshots[q]
@@ -221,6 +224,71 @@ def test_decision_oracle_answers_refused_inputs_with_their_label_and_keeps_the_c
     with oracle.on_rows(torch.tensor([1])), pytest.raises(RuntimeError, match="called on 2 images"):
         oracle.budget = 9
         oracle(x)
+
+
+class Brightness(nn.Module):
+    """Class 1 when the mean pixel is above 0.5, else class 0 (of 3); records each call's size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls.append(len(images))
+        return nn.functional.one_hot((images.mean(dim=(1, 2, 3)) > 0.5).long(), 3).float()
+
+
+def test_decision_oracle_charges_new_inputs_only_and_settles_an_image_at_its_budget():
+    from dipdefense.attacks.foolbox_attacks import BudgetSpent, DecisionOracle
+
+    model = Brightness()
+    x, y = torch.tensor([0.2, 0.3]).view(2, 1, 1, 1).expand(2, 1, 2, 2).clone(), torch.tensor([0, 0])
+    oracle = DecisionOracle(model, x, y, "linf", budget=3, snapshot_budgets=(1,))
+
+    def ask(*levels: float) -> list[int]:
+        return oracle(torch.tensor(levels).view(2, 1, 1, 1).expand(2, 1, 2, 2).clone()).argmax(1).tolist()
+
+    assert ask(0.6, 0.4) == [1, 0] and oracle.queries.tolist() == [1, 1]
+    assert ask(0.6, 0.4) == [1, 0] and oracle.queries.tolist() == [1, 1]  # repeats: answered from memory
+    with oracle.charging_repeats():  # HSJ's gradient probes pay for a repeat, still unasked
+        assert ask(0.6, 0.4) == [1, 0] and oracle.queries.tolist() == [2, 2]
+    assert ask(0.6, 0.55) == [1, 1] and oracle.queries.tolist() == [2, 3]  # only image 1's input is new
+    # image 1 has spent its budget: its new input gets a wrong label, unasked and uncharged
+    assert ask(0.65, 0.3) == [1, 1] and oracle.queries.tolist() == [3, 3]
+    assert model.calls == [2, 1, 1]
+    assert oracle.best[0].eq(0.6).all() and oracle.best[1].eq(0.55).all()  # the settled answer changed nothing
+    with pytest.raises(BudgetSpent):
+        ask(0.7, 0.7)
+    oracle.finish_snapshots()
+    best, spent = oracle.snapshots[1]  # each image as it stood before paying its 2nd query
+    assert best[0].eq(0.6).all() and best[1].eq(0.3).all() and spent.tolist() == [1, 1]
+
+
+def test_hopskipjump_initialisation_charges_each_image_only_its_own_noise_draws():
+    from dipdefense.attacks.foolbox_attacks import DecisionOracle, _noise_starts
+
+    model = Brightness()
+    x, y = torch.full((2, 1, 4, 4), 0.5), torch.tensor([2, 0])  # any draw fools image 0; image 1 needs mean > 0.5
+    torch.manual_seed(5)
+    oracle = DecisionOracle(model, x, y, "linf", budget=100)
+    starts, found = _noise_starts(oracle, x, y)
+    draws = oracle.queries[1].item()
+    assert found.all() and oracle.queries[0].item() == 1 and draws > 1
+    assert sum(model.calls) == 1 + draws and starts[1].mean() > 0.5 and starts[0].mean() != 0.5
+
+
+def test_hopskipjump_pays_for_gradient_queries_that_repeat_an_input():
+    # image 0 sits on the decision boundary: HSJ's gradient probes around its start fall below
+    # float resolution and repeat the start. They still cost queries (ART pays them); answered
+    # free, the image would never spend its budget and the attack would run all its iterations
+    # (130 of 300 queries spent, 60 s here)
+    x, y = torch.full((2, 3, 8, 8), 0.5), torch.tensor([0, 0])
+    x[1] = 0.3
+    torch.manual_seed(0)
+    attack = build_attack("hopskipjump", queries=300, constraint="linf")
+    adv = attack(Brightness(), x, y)
+    assert attack.last_queries.tolist() == [300, 300]
+    assert (adv[0] - x[0]).abs().max() < 1e-6 and Brightness()(adv).argmax(1).tolist() == [1, 1]
 
 
 def test_hopskipjump_gets_nowhere_against_a_defense_that_refuses_everything(trained):
