@@ -207,13 +207,17 @@ class DecisionOracle(nn.Module):
 def _noise_starts(
     oracle: DecisionOracle, images: torch.Tensor, labels: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """ART's HopSkipJump initialisation: per image, uniform-noise draws until one is answered
-    adversarial, at most ``HSJ_INIT_DIRECTIONS``; each image asks (and pays) only until its own
-    first success. The draws come from their own generator, seeded by one draw of the global
-    one, so how many rounds the batch needs does not move the attack's later draws."""
+    """ART's HopSkipJump initialisation: each image is asked about first (one the model already
+    gets wrong is adversarial at distance 0 and needs no attack), then uniform-noise draws until
+    one is answered adversarial, at most ``HSJ_INIT_DIRECTIONS``; each image asks (and pays) only
+    until its own first success. The draws come from their own generator, seeded by one draw of
+    the global one, so how many rounds the batch needs does not move the attack's later draws.
+    Returns the starts and which images HSJ should attack from them."""
     generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
     starts, found = images.clone(), torch.zeros(len(images), dtype=torch.bool)
-    todo = torch.arange(len(images))
+    with torch.no_grad():
+        already_wrong = (oracle(images).argmax(1) != labels).cpu()
+    todo = torch.arange(len(images))[~already_wrong]
     for _ in range(HSJ_INIT_DIRECTIONS):
         todo = todo[~oracle.spent(todo)]
         if not len(todo):
@@ -280,8 +284,9 @@ class HopSkipJump(Attack):
     an image one query per input it has not been answered on before, sends the model only
     charged rows, and settles an image at ``queries`` (``last_queries`` says how many each paid);
     each image gets the closest input the oracle answered as adversarial within its budget.
-    Starts as ART does: per image, uniform-noise draws until one is adversarial (at most 100),
-    paid by that image alone; HSJ's own bisection then takes the start to the boundary, each
+    Starts as ART does: one query of the image itself (one the model already gets wrong stays
+    as it is, at distance 0), then per image uniform-noise draws until one is adversarial (at
+    most 100), paid by that image alone; HSJ's own bisection then takes the start to the boundary, each
     image stopping at its own threshold. Images no query fools come back unchanged. An input
     the defense refuses counts as not adversarial.
 
