@@ -22,6 +22,8 @@ from dipdefense.attacks.base import Attack, AttackError, check_eps
 # HopSkipJump starts, as ART's does (paper 002 ran ART's HSJ), from a uniform-noise draw the
 # model gets wrong, at most 100 draws per image (ART's init_size).
 HSJ_INIT_DIRECTIONS = 100
+# ...then bisects the blend between the image and that draw to this width (ART's threshold: 10 queries).
+HSJ_INIT_BLEND_WIDTH = 0.001
 
 
 def _fmodel(model: nn.Module, images: torch.Tensor) -> Any:
@@ -207,12 +209,14 @@ class DecisionOracle(nn.Module):
 def _noise_starts(
     oracle: DecisionOracle, images: torch.Tensor, labels: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """ART's HopSkipJump initialisation: each image is asked about first (one the model already
-    gets wrong is adversarial at distance 0 and needs no attack), then uniform-noise draws until
-    one is answered adversarial, at most ``HSJ_INIT_DIRECTIONS``; each image asks (and pays) only
-    until its own first success. The draws come from their own generator, seeded by one draw of
-    the global one, so how many rounds the batch needs does not move the attack's later draws.
-    Returns the starts and which images HSJ should attack from them."""
+    """ART's HopSkipJump initialisation (``HopSkipJump._init_sample``): each image is asked about
+    first (one the model already gets wrong is adversarial at distance 0 and needs no attack),
+    then uniform-noise draws until one is answered adversarial, at most ``HSJ_INIT_DIRECTIONS``,
+    each image asking (and paying) only until its own first success; then a bisection of the
+    blend (1 - a) x + a noise down to ``HSJ_INIT_BLEND_WIDTH`` (10 queries each). The draws come
+    from their own generator, seeded by one draw of the global one, so how many rounds the batch
+    needs does not move the attack's later draws. Returns the starts and which images HSJ
+    should attack from them."""
     generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
     starts, found = images.clone(), torch.zeros(len(images), dtype=torch.bool)
     with torch.no_grad():
@@ -229,6 +233,18 @@ def _noise_starts(
         starts[on_device[fooled.to(images.device)]] = noise[on_device[fooled.to(images.device)]]
         found[todo[fooled]] = True
         todo = todo[~fooled]
+    blend = found.nonzero().flatten().to(images.device)
+    if len(blend):
+        originals, noise, wanted = images[blend], starts[blend], labels[blend]
+        lows = torch.zeros(len(blend), device=images.device)
+        highs = torch.ones(len(blend), device=images.device)
+        shape = (-1, *[1] * (images.dim() - 1))
+        with oracle.on_rows(blend), torch.no_grad():
+            while (highs - lows > HSJ_INIT_BLEND_WIDTH).any():
+                mids = (lows + highs) / 2
+                fooled = oracle((1 - mids.view(shape)) * originals + mids.view(shape) * noise).argmax(1) != wanted
+                highs, lows = torch.where(fooled, mids, highs), torch.where(fooled, lows, mids)
+        starts[blend] = (1 - highs.view(shape)) * originals + highs.view(shape) * noise
     return starts, found.to(images.device)
 
 
@@ -286,8 +302,8 @@ class HopSkipJump(Attack):
     each image gets the closest input the oracle answered as adversarial within its budget.
     Starts as ART does: one query of the image itself (one the model already gets wrong stays
     as it is, at distance 0), then per image uniform-noise draws until one is adversarial (at
-    most 100), paid by that image alone; HSJ's own bisection then takes the start to the boundary, each
-    image stopping at its own threshold. Images no query fools come back unchanged. An input
+    most 100), paid by that image alone, and 10 bisections of the blend towards it; HSJ's own
+    bisection then takes the start to the boundary, each image stopping at its own threshold. Images no query fools come back unchanged. An input
     the defense refuses counts as not adversarial.
 
     The budget only decides where each image's part of a run stops, so with

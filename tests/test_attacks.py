@@ -275,9 +275,11 @@ def test_hopskipjump_initialisation_charges_each_image_only_its_own_noise_draws(
     oracle = DecisionOracle(model, x, y, "linf", budget=100)
     starts, found = _noise_starts(oracle, x, y)
     queries = oracle.queries.tolist()
-    # one query of the image itself, then each image's own draws up to its first success
-    assert found.tolist() == [True, True, False] and queries == [2, 5, 1]
+    # one query of the image itself, each image's own draws up to its first success, then 10
+    # bisections of the blend towards that draw, which end on the closest adversarial query
+    assert found.tolist() == [True, True, False] and queries == [2 + 10, 5 + 10, 1]
     assert sum(model.calls) == sum(queries) and starts[0].mean() > 0.5 and starts[1].mean() <= 0.5
+    assert torch.equal(oracle.best[:2], starts[:2])
     assert torch.equal(oracle.best[2], x[2]) and oracle.best_distance[2] == 0  # adversarial as it is
 
 
