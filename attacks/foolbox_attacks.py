@@ -303,8 +303,9 @@ class HopSkipJump(Attack):
     Starts as ART does: one query of the image itself (one the model already gets wrong stays
     as it is, at distance 0), then per image uniform-noise draws until one is adversarial (at
     most 100), paid by that image alone, and 10 bisections of the blend towards it; HSJ's own
-    bisection then takes the start to the boundary, each image stopping at its own threshold. Images no query fools come back unchanged. An input
-    the defense refuses counts as not adversarial.
+    bisection then takes the start to the boundary, each image stopping at its own threshold.
+    Images no query fools come back unchanged. An input the defense refuses counts as not
+    adversarial.
 
     The budget only decides where each image's part of a run stops, so with
     ``snapshot_budgets`` set (smaller budgets; not a parameter: it changes no result) one run
@@ -328,8 +329,9 @@ class HopSkipJump(Attack):
     name = "hopskipjump"
     library = "foolbox"
     eps_mode = "optional"
-    # 3: each image pays only for its own noise draws and for inputs it had not sent before,
-    # and stops its bisections at its own threshold (ART's initialisation and accounting);
+    # 3: ART's start (the image itself, noise draws, a blend bisection), each image paying
+    # only for its own draws and for inputs it had not sent before (gradient probes always),
+    # and stopping its bisections at its own threshold;
     # 2: the budget counted call by call for the whole chunk, foolbox's blended-noise line
     # search charged to every image; 1: foolbox's final point after an estimated number of
     # iterations, a refusal taken as the victim's answer.
