@@ -359,6 +359,27 @@ def test_threat_models_and_the_pairs_that_cannot_run():
         DefendedClassifier(tiny_victim_module(), oracle)
 
 
+def test_decision_oracle_asks_a_seeded_defense_each_row_with_its_own_index():
+    from dipdefense.attacks.foolbox_attacks import DecisionOracle
+
+    defense = SeededNoise(scale=0.5)  # enough noise that the index decides the label
+    defended = DefendedClassifier(MeanThreshold(), defense)
+    x, indices = torch.full((3, 3, 4, 4), 0.5), torch.tensor([20, 22, 23])  # 23's noise is bright, 20's dark
+    first, second = (0.5 + 0.01 * torch.randn(n, 3, 4, 4, generator=torch.Generator().manual_seed(n)) for n in (3, 2))
+    with defended.bound_to(indices):
+        oracle = DecisionOracle(defended, x, torch.zeros(3, dtype=torch.long), "linf", budget=5)
+        oracle(first)
+        with oracle.on_rows(torch.tensor([2, 0])):
+            answers = oracle(second).argmax(1).tolist()  # new inputs for rows 2 and 0, in that order
+    assert defense.calls[-1] == [23, 20]
+
+    def label(image: torch.Tensor, index: int) -> int:
+        with defended.bound_to(torch.tensor([index])), torch.no_grad():
+            return defended(image[None]).argmax(1).item()
+
+    assert answers == [label(second[0], 23), label(second[1], 20)] == [1, 0]
+
+
 def test_hopskipjump_through_a_seeded_defense_seeds_every_query_by_its_own_image():
     victim, defense = MeanThreshold(), SeededNoise(scale=0.01)
     defended = DefendedClassifier(victim, defense)
