@@ -7,6 +7,7 @@ envelope-theorem one; an unbounded attack fools every image through a real DIP d
 
 import json
 import os
+import pickle
 from pathlib import Path
 
 import pytest
@@ -579,15 +580,36 @@ def test_unbound_attacks_judge_each_iterate_as_a_later_defended_call_will():
         assert broken.any() and torch.equal(fooled, broken), name
 
 
-def test_a_query_budget_family_runs_once_and_matches_separate_runs(
-    tiny_victim, cifar_batches_dir, tmp_path, monkeypatch
-):
+def overfit_tiny_victim(data_dir: Path, path: Path) -> Path:
+    """The tiny victim fitted to the test split of ``cifar_batches_dir``: right on its images and
+    answering several classes (the untrained one answers class 1 to everything)."""
+    from dipdefense.common.checkpoint_io import save_checkpoint
+    from dipdefense.nets import build_classifier
+
+    with open(data_dir / "cifar-10-batches-py" / "test_batch", "rb") as f:
+        batch = pickle.load(f)
+    x = torch.tensor(batch["data"]).view(-1, 3, 32, 32).float() / 255
+    y = torch.tensor(batch["labels"])
+    torch.manual_seed(0)
+    model = build_classifier(**TINY_VICTIM_CONFIG)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    save_checkpoint(path, "victim", TINY_VICTIM_CONFIG, model.state_dict())
+    return path
+
+
+def test_a_query_budget_family_runs_once_and_matches_separate_runs(cifar_batches_dir, tmp_path, monkeypatch):
+    victim = overfit_tiny_victim(cifar_batches_dir, tmp_path / "overfit.ckpt")
+
     def hsj(queries: int) -> str:
         return f"hopskipjump(queries={queries},constraint=linf,threat=adaptive)"
 
     def records(out, attacks: str, cache: str) -> dict:
         monkeypatch.setenv("DIPDEF_CACHE", str(tmp_path / cache))
-        _run(out, tiny_victim, cifar_batches_dir, "--attacks", attacks, "--num-samples", "6")
+        _run(out, victim, cifar_batches_dir, "--attacks", attacks, "--num-samples", "6")
         return {(r["attack"], r["index"]): r for r in read_records(out / "samples.jsonl")}
 
     from dipdefense.attacks.foolbox_attacks import HopSkipJump
@@ -597,11 +619,12 @@ def test_a_query_budget_family_runs_once_and_matches_separate_runs(
     family = records(tmp_path / "family", f"clean,{hsj(60)},{hsj(250)}", "cache_family")
     assert runs == [250, 250]  # one attack per chunk (2 chunks of 4), at the largest budget
     alone = records(tmp_path / "alone", hsj(60), "cache_alone")
-    # The plumbing (the untrained victim answers one class, so every image starts fooled; that the
-    # snapshots equal runs of their own on a working victim is test_attacks'): one attack of the
-    # largest budget pays for both rows, and the smaller row is what a run of its own gives.
+    # The plumbing (that the snapshots equal runs of their own image for image is test_attacks'):
+    # one attack of the largest budget pays for both rows, and the smaller row is what a run of
+    # its own gives.
     assert len(list((tmp_path / "cache_family").rglob("*.pt"))) == 2 * 2  # 2 chunks x 2 budgets
     for (attack, index), r in alone.items():
         twin = family[(attack, index)]
         assert (twin["linf"], twin["pred"], twin["queries"]) == (r["linf"], r["pred"], r["queries"])
+    assert sum(r["pred"] == r["label"] for (a, _), r in family.items() if a == "clean") >= 4
     assert max(r["queries"] for (a, _), r in family.items() if a == hsj(250)) == 250
