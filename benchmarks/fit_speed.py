@@ -188,6 +188,10 @@ def stitch_rows(batches: list[int], rounds: int, data_dir: str | None) -> list[d
                 start = time.perf_counter()
                 results[name] = defense.purify(x, classifier, torch.arange(batch))
                 seconds[name].append(time.perf_counter() - start)
+            # each round as it ends: a run stopped early still leaves its rounds
+            before, after = seconds["before"][-1], seconds["after"][-1]
+            print(f"B = {batch}, round {len(seconds['after'])}: before {before:.1f} s, after {after:.1f} s, "
+                  f"ratio {before / after:.2f}", flush=True)  # fmt: skip
         dip.engine.DIPFit = DIPFit
         ratios = [b / a for b, a in zip(seconds["before"], seconds["after"], strict=True)]
         fit_flops = 3 * forward_flops(DIPFit(x[:1], [0], DIPSettings())) * DIPSettings().iterations  # per image
