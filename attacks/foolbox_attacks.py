@@ -99,7 +99,7 @@ class DecisionOracle(nn.Module):
         super().__init__()
         self.model, self.norm, self.budget = model, norm, int(budget)
         self.snapshot_budgets = sorted(int(q) for q in snapshot_budgets)
-        self.images, self.labels = images.detach(), labels
+        self.images, self.labels, self.labels_cpu = images.detach(), labels, labels.cpu()
         self.rows = torch.arange(len(images), device=images.device)
         self.queries = torch.zeros(len(images), dtype=torch.long)
         self.best = self.images.clone()
@@ -162,8 +162,7 @@ class DecisionOracle(nn.Module):
             answer[ask] = self._ask(x[ask], torch.tensor(ask))
             for position in ask:
                 self.answers[rows[position]][keys[position]] = int(answer[position])
-        labels = self.labels.cpu()[rows]
-        answer = torch.where(answer == -2, (labels + 1) % self.num_classes, answer)
+        answer = torch.where(answer == -2, (self.labels_cpu[rows] + 1) % self.num_classes, answer)
         return nn.functional.one_hot(answer, self.num_classes).float().to(x.device)
 
     def _charge(self, counted: torch.Tensor) -> None:
@@ -230,7 +229,8 @@ def _noise_starts(
         on_device = todo.to(images.device)
         with oracle.on_rows(on_device), torch.no_grad():
             fooled = (oracle(noise[on_device]).argmax(1) != labels[on_device]).cpu()
-        starts[on_device[fooled.to(images.device)]] = noise[on_device[fooled.to(images.device)]]
+        hit = on_device[fooled.to(images.device)]
+        starts[hit] = noise[hit]
         found[todo[fooled]] = True
         todo = todo[~fooled]
     blend = found.nonzero().flatten().to(images.device)
