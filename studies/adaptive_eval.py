@@ -78,7 +78,7 @@ PLANS: dict[str, list[tuple]] = {
         ("none_eps8", "none", f"{GRADIENT},pgd(steps=15),autoattack(threat=adaptive),{HSJ}", "8", 100),
         ("autoencoder_eps8", "autoencoder", f"{GRADIENT},autoattack(threat=adaptive),{HSJ}", "8", 100),
         ("none_unbounded", "none", UNBOUNDED, "255", 100),
-        # HopSkipJump again with its exact per-image budget (revision 3; the *_eps8 rows ran
+        # HopSkipJump again with its exact per-image budget (revision 4; the *_eps8 rows ran
         # revision 1): one 2,500-query run per chunk gives all three budgets.
         ("none_hsj", "none", f"clean,{HSJ}", "8", 100),
         ("autoencoder_hsj", "autoencoder", f"clean,{HSJ}", "8", 100),
@@ -285,6 +285,7 @@ def load_runs(archive: Path) -> dict[str, dict]:
 HSJ_REVISIONS = {
     1: "revision 1: estimated budget",
     2: "revision 2: chunk-wide initialisation charged to every image",
+    3: "revision 3: images no noise draw fooled left unattacked",
 }
 
 

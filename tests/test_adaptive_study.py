@@ -121,7 +121,8 @@ def test_fig5_takes_the_latest_hopskipjump_revision_over_larger_older_rows(tmp_p
     curve = [[k / 255, 1.0] for k in range(26)]
     runs = (
         ("a_rev1", "none", 100, {}),
-        ("b_rev3", "none", 50, {"queries_max": 200, "revision": 3}),
+        ("b_rev4", "none", 50, {"queries_max": 200, "revision": 4}),
+        ("f_rev3", "none", 300, {"queries_max": 200, "revision": 3}),
         ("c_rev2", "none", 200, {"queries_max": 200}),
         ("d_rev2", "dipdefend", 5, {"queries_max": 200}),
         ("e_rev1", "dipdefend", 9, {}),
@@ -133,7 +134,8 @@ def test_fig5_takes_the_latest_hopskipjump_revision_over_larger_older_rows(tmp_p
         (run / "results.json").write_text(json.dumps({"defense": defense, "rows": rows}))
     adaptive_eval.figures(tmp_path / "runs", tmp_path)
     text = (tmp_path / "README.md").read_text()
-    assert "| none | 50 | at most 200 | 100.0 |" in text and "| none | 200 |" not in text
+    assert "| none | 50 | at most 200 | 100.0 |" in text
+    assert "| none | 200 |" not in text and "| none | 300 |" not in text
     assert (
         "| dipdefend | 5 | at most 200 (revision 2: chunk-wide initialisation" in text
         and "| dipdefend | 9 |" not in text

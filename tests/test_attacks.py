@@ -283,6 +283,40 @@ def test_hopskipjump_initialisation_charges_each_image_only_its_own_noise_draws(
     assert torch.equal(oracle.best[2], x[2]) and oracle.best_distance[2] == 0  # adversarial as it is
 
 
+class BrightnessBins(nn.Module):
+    """Class 0 for a mean pixel below 0.3, 2 above 0.7, else 1: uniform noise (mean 0.5 over
+    192 pixels, sd 0.02) is always class 1."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        mean = images.mean(dim=(1, 2, 3))
+        return nn.functional.one_hot((mean > 0.3).long() + (mean > 0.7).long(), 3).float()
+
+
+def test_hopskipjump_starts_an_image_no_noise_fools_from_the_nearest_image_of_another_class():
+    from dipdefense.attacks.foolbox_attacks import DecisionOracle, _noise_starts
+
+    # image 0 (class 1) is what all noise is called; its other-class images, nearest first:
+    # image 3 (labelled 0, at 0.05, but called 1: not adversarial), image 1 (0.35 away, called 2)
+    levels, y = [0.5, 0.85, 0.1, 0.45], torch.tensor([1, 2, 0, 0])
+    x = torch.tensor(levels).view(4, 1, 1, 1).expand(4, 3, 8, 8).clone()
+    torch.manual_seed(0)
+    oracle = DecisionOracle(BrightnessBins(), x, y, "linf", budget=200)
+    starts, found = _noise_starts(oracle, x, y)
+    # image 0: itself, 100 noise draws, 2 other images, 10 bisections towards image 1;
+    # images 1 and 2: the first draw fools them; image 3 is wrong as it is
+    assert found.tolist() == [True, True, True, False]
+    assert oracle.queries.tolist() == [1 + 100 + 2 + 10, 2 + 10, 2 + 10, 1]
+    assert BrightnessBins()(starts[:1]).argmax(1).item() == 2 and 0.7 < starts[0].mean() < 0.71
+    # with too small a budget the search stops at it, and the image stays unattacked
+    oracle = DecisionOracle(BrightnessBins(), x, y, "linf", budget=102)
+    _, found = _noise_starts(oracle, x, y)
+    assert found.tolist() == [False, True, True, False] and oracle.queries[0] == 102
+    # alone in its batch it has no other image to start from
+    oracle = DecisionOracle(BrightnessBins(), x[:1], y[:1], "linf", budget=200)
+    _, found = _noise_starts(oracle, x[:1], y[:1])
+    assert found.tolist() == [False] and oracle.queries.tolist() == [101]
+
+
 def test_hopskipjump_pays_for_gradient_queries_that_repeat_an_input():
     # image 0 sits on the decision boundary: HSJ's gradient probes around its start fall below
     # float resolution and repeat the start. They still cost queries (ART pays them); answered
