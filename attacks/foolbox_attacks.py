@@ -353,8 +353,9 @@ class HopSkipJump(Attack):
     ``snapshot_budgets`` set (smaller budgets; not a parameter: it changes no result) one run
     also leaves in ``last_snapshots`` what runs with those budgets and the same random state
     would return: paper 002 Fig. 5's 200 / 1000 / 2500 grid for the cost of its largest
-    budget. (Exact while every image's noise initialisation fits in the smaller budget: an image
-    that finds no start within it is left out of the HSJ batch, which changes the batch's draws.)
+    budget. (Exact while every image's start, noise draws and other images, fits in the smaller
+    budget: an image that finds no start within it is left out of the HSJ batch, which changes
+    the batch's draws.)
 
     Distance measure: ``constraint``. With ``eps`` None it is a minimum-norm attack; with eps
     the result is clipped to the eps ball.
