@@ -272,11 +272,10 @@ def _other_image_starts(
     distance = torch.cdist(flat[rows], flat)
     distance[labels[rows, None] == labels[None, :]] = math.inf  # same class: no use as a start
     order, tries = distance.argsort(1).cpu(), distance.isfinite().sum(1).cpu()
-    pending = tries > 0
+    pending = torch.ones(len(todo), dtype=torch.bool)
     for attempt in range(int(tries.max())):
-        pending &= tries > attempt
-        pending[pending.clone()] &= ~oracle.spent(todo[pending])
-        which = pending.nonzero().flatten()
+        which = (pending & (tries > attempt)).nonzero().flatten()
+        which = which[~oracle.spent(todo[which])]
         if not len(which):
             break
         asking = todo[which].to(images.device)
