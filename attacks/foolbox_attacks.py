@@ -337,7 +337,8 @@ class HopSkipJump(Attack):
 
     The query budget is exact per image: the attack runs on a ``DecisionOracle`` that charges
     an image one query per input it has not been answered on before, sends the model only
-    charged rows, and settles an image at ``queries`` (``last_queries`` says how many each paid);
+    charged rows, and settles an image at ``queries`` (``last_queries`` says how many each paid,
+    ``last_start_queries`` how many of them went into finding its start);
     each image gets the closest input the oracle answered as adversarial within its budget.
     Starts as ART does: one query of the image itself (one the model already gets wrong stays
     as it is, at distance 0), then per image uniform-noise draws until one is adversarial (at
@@ -400,6 +401,7 @@ class HopSkipJump(Attack):
         self.initial_gradient_eval_steps = int(initial_gradient_eval_steps)
         self.max_gradient_eval_steps = int(max_gradient_eval_steps)
         self.last_queries: torch.Tensor | None = None
+        self.last_start_queries: torch.Tensor | None = None  # of them, what finding a start cost
         self.snapshot_budgets: tuple[int, ...] = ()
         self.last_snapshots: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -417,9 +419,11 @@ class HopSkipJump(Attack):
             constraint=self.constraint,
         )
         attack.oracle = oracle
+        start_queries = None
         try:
             # images no draw fools are left out instead of failing the batch (foolbox raises on them)
             starts, found = _noise_starts(oracle, images, labels)
+            start_queries = oracle.queries.clone()
             if found.any():
                 with oracle.on_rows(found.nonzero().flatten()):
                     fmodel = _fmodel(oracle, images)
@@ -428,6 +432,7 @@ class HopSkipJump(Attack):
             pass
         oracle.finish_snapshots()
         self.last_queries = oracle.queries.clone()
+        self.last_start_queries = oracle.queries.clone() if start_queries is None else start_queries
         self.last_snapshots = {q: (self.finish(best, images), spent) for q, (best, spent) in oracle.snapshots.items()}
         return oracle.best
 

@@ -158,7 +158,8 @@ def cached_attack_entry(
 ) -> dict[str, torch.Tensor]:
     """``cached_attack`` with what else the attack kept: "history" [B, iterates], whether the
     defended victim was still right at each iterate (the adaptive attacks' ``last_history``),
-    and "queries" [B], the model calls each image paid (the decision attacks' ``last_queries``).
+    "queries" [B], the model calls each image paid (the decision attacks' ``last_queries``), and
+    "start_queries" [B], how many of them found its start (HopSkipJump's ``last_start_queries``).
 
     ``prefixes``: attacks that are this one with a smaller query budget (HopSkipJump's
     ``snapshot_budgets``); when this one is computed, their entries are stored from its
@@ -173,13 +174,20 @@ def cached_attack_entry(
             torch.manual_seed(key["seed"])  # what is not drawn per image
             with draws or contextlib.nullcontext():
                 entry = {"images": attack(classifier, images, labels)}
-        for name, kept in (("history", "last_history"), ("queries", "last_queries")):
+        kept_by_attack = (
+            ("history", "last_history"),
+            ("queries", "last_queries"),
+            ("start_queries", "last_start_queries"),
+        )
+        for name, kept in kept_by_attack:
             if getattr(attack, kept, None) is not None:
                 entry[name] = getattr(attack, kept)
         for prefix in prefixes:
             snapshot, spent = attack.last_snapshots[prefix.queries]
             prefix_key = attack_entry_key(cache_key, prefix, attack_name, eps, indices, seed, attack_rng)
-            cache.store(prefix_key, snapshot, queries=spent)
+            # a smaller budget's run would have stopped its start at that budget
+            start = {"start_queries": attack.last_start_queries.clamp(max=prefix.queries)}
+            cache.store(prefix_key, snapshot, queries=spent, **(start if attack.last_start_queries is not None else {}))
         return entry
 
     return {name: t.to(images.device) for name, t in cache.get_or_create_entry(key, create).items()}

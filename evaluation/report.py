@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import statistics
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -56,6 +57,8 @@ def build_rows(records: list[dict[str, Any]], runs: list[AttackRun], num_classes
                 row |= {"budget_norm": norm, "budget_curve": budget_curve(mine, norm, grid)}
                 if all("queries" in r for r in mine):  # records before revision 2 did not count them
                     row["queries_max"] = max(r["queries"] for r in mine)
+                if all("start_queries" in r for r in mine):
+                    row["start_queries_median"] = statistics.median(r["start_queries"] for r in mine)
                 # records before revision 3 did not name theirs; a run never mixes them (resume refuses)
                 row["revision"] = max(r.get("attack_revision", 2 if "queries" in r else 1) for r in mine)
             rows.append(row)
@@ -454,6 +457,7 @@ def budget_table(rows: list[dict[str, Any]]) -> str:
         lines += [
             f"{display_name(r)} ({r['threat_model']}, {r['budget_norm']}, n = {r['n']}"
             + (f", at most {r['queries_max']} queries per image" if r.get("queries_max") is not None else "")
+            + (f", median {r['start_queries_median']:g} of them finding a start" if "start_queries_median" in r else "")
             + "):\n",
             f"| budget | {head} |",
             "|" + " --- |" * (1 + len(shown)),

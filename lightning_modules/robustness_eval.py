@@ -198,6 +198,7 @@ class RobustnessEvaluation(pl.LightningModule):
         with torch.enable_grad():
             entry = self._adversarial(run, images, labels, indices)  # the chunk: one cache entry
         adversarial, history, queries = entry["images"], entry.get("history"), entry.get("queries")
+        start_queries = entry.get("start_queries")
         attack_seconds = (time.perf_counter() - started) / len(indices)
         # how the decision attack counted its queries (HopSkipJump's revisions), kept with each record
         revision = getattr(run.build(), "revision", None) if queries is not None else None
@@ -256,6 +257,8 @@ class RobustnessEvaluation(pl.LightningModule):
                 record["broken_at"] = right.index(False) if False in right else None
             if queries is not None:  # model calls the image paid (a decision attack's budget)
                 record["queries"] = int(queries[i])
+                if start_queries is not None:  # of them, spent finding a start (entries before 2026-12-05 lack it)
+                    record["start_queries"] = int(start_queries[i])
                 if revision is not None:
                     record["attack_revision"] = revision
             if scores is not None:  # a lone detector refuses what it flags, as the adaptive attacks assume

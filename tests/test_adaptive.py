@@ -420,6 +420,7 @@ def test_evaluate_reports_both_threat_models_curves_worst_case_and_sanity(tiny_v
     assert hsj["budget_norm"] == "linf" and hsj["budget_curve"][0][1] >= hsj["budget_curve"][-1][1]
     # the tiny victim gets every image wrong: each is adversarial as it is, for one query
     assert hsj["queries_max"] == 1 and hsj["revision"] == HopSkipJump.revision and hsj["budget_curve"][0][1] == 0.0
+    assert hsj["start_queries_median"] == 1 and "median 1 of them finding a start" in (out / "results.md").read_text()
     results = json.loads((out / "results.json").read_text())
     worst = {(w["eps"], w["threat_model"]): w for w in results["worst_case"]}
     at8 = [by_id[(n, 8 / 255)]["accuracy"] for n in ("pgd", "bpda_pgd", "random_noise")]
@@ -627,5 +628,6 @@ def test_a_query_budget_family_runs_once_and_matches_separate_runs(cifar_batches
     for (attack, index), r in alone.items():
         twin = family[(attack, index)]
         assert (twin["linf"], twin["pred"], twin["queries"]) == (r["linf"], r["pred"], r["queries"])
+        assert twin["start_queries"] == r["start_queries"] <= r["queries"]  # what of it found the start
     assert sum(r["pred"] == r["label"] for (a, _), r in family.items() if a == "clean") >= 4
     assert max(r["queries"] for (a, _), r in family.items() if a == hsj(250)) == 250

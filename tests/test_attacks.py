@@ -307,6 +307,12 @@ def test_hopskipjump_starts_an_image_no_noise_fools_from_the_nearest_image_of_an
     assert found.tolist() == [True, True, True, False]
     assert oracle.queries.tolist() == [1 + 100 + 2 + 10, 2 + 10, 2 + 10, 1]
     assert BrightnessBins()(starts[:1]).argmax(1).item() == 2 and 0.7 < starts[0].mean() < 0.71
+    # the whole attack reports what each image's start cost, and attacks image 0 from it
+    torch.manual_seed(0)
+    attack = build_attack("hopskipjump", queries=200, constraint="linf")
+    adv = attack(BrightnessBins(), x, y)
+    assert attack.last_start_queries.tolist() == [113, 12, 12, 1] and attack.last_queries[0] == 200
+    assert BrightnessBins()(adv[:3]).argmax(1).tolist() == [2, 1, 1] and (adv[0] - x[0]).abs().max() < 0.21
     # with too small a budget the search stops at it, and the image stays unattacked
     oracle = DecisionOracle(BrightnessBins(), x, y, "linf", budget=102)
     _, found = _noise_starts(oracle, x, y)
