@@ -185,9 +185,11 @@ def cached_attack_entry(
         for prefix in prefixes:
             snapshot, spent = attack.last_snapshots[prefix.queries]
             prefix_key = attack_entry_key(cache_key, prefix, attack_name, eps, indices, seed, attack_rng)
-            # a smaller budget's run would have stopped its start at that budget
-            start = {"start_queries": attack.last_start_queries.clamp(max=prefix.queries)}
-            cache.store(prefix_key, snapshot, queries=spent, **(start if attack.last_start_queries is not None else {}))
+            extra = {"queries": spent}
+            if getattr(attack, "last_start_queries", None) is not None:
+                # a run with the smaller budget would have stopped its start at that budget
+                extra["start_queries"] = attack.last_start_queries.clamp(max=prefix.queries)
+            cache.store(prefix_key, snapshot, **extra)
         return entry
 
     return {name: t.to(images.device) for name, t in cache.get_or_create_entry(key, create).items()}
