@@ -234,19 +234,19 @@ def _noise_starts(
         starts[hit] = noise[hit]
         found[todo[fooled]] = True
         todo = todo[~fooled]
-    _other_image_starts(oracle, images, labels, todo[~oracle.spent(todo)], starts, found)
+    _other_image_starts(oracle, images, labels, todo, starts, found)  # it skips spent images itself
     blend = found.nonzero().flatten().to(images.device)
     if len(blend):
-        originals, noise, wanted = images[blend], starts[blend], labels[blend]
+        originals, targets, wanted = images[blend], starts[blend], labels[blend]
         lows = torch.zeros(len(blend), device=images.device)
         highs = torch.ones(len(blend), device=images.device)
         shape = (-1, *[1] * (images.dim() - 1))
         with oracle.on_rows(blend), torch.no_grad():
             while (highs - lows > HSJ_INIT_BLEND_WIDTH).any():
                 mids = (lows + highs) / 2
-                fooled = oracle((1 - mids.view(shape)) * originals + mids.view(shape) * noise).argmax(1) != wanted
+                fooled = oracle((1 - mids.view(shape)) * originals + mids.view(shape) * targets).argmax(1) != wanted
                 highs, lows = torch.where(fooled, mids, highs), torch.where(fooled, lows, mids)
-        starts[blend] = (1 - highs.view(shape)) * originals + highs.view(shape) * noise
+        starts[blend] = (1 - highs.view(shape)) * originals + highs.view(shape) * targets
     return starts, found.to(images.device)
 
 
