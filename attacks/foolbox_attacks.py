@@ -196,6 +196,13 @@ class DecisionOracle(nn.Module):
         self.best_distance[rows[closer]] = distance[closer]
         return predicted.cpu()
 
+    def answered(self, x: torch.Tensor) -> torch.Tensor:
+        """Per row of the whole batch, the label this oracle answered on that row's input in
+        ``x`` (a refusal as the image's own label), or -1 where it was never asked it: what the
+        attacker was told about the input it ends with."""
+        keys = [_input_key(row) for row in x.detach().cpu()]
+        return torch.tensor([self.answers[row].get(key, -1) for row, key in enumerate(keys)], dtype=torch.long)
+
     def finish_snapshots(self) -> None:
         """At the end of the attack: an image that never reached a budget ends where it ended."""
         for q in self.snapshot_budgets:
@@ -347,7 +354,11 @@ class HopSkipJump(Attack):
     would leave it unattacked); then 10 bisections of the blend towards the start; HSJ's own
     bisection then takes the start to the boundary, each image stopping at its own threshold.
     Images no query fools come back unchanged. An input the defense refuses counts as not
-    adversarial.
+    adversarial. ``last_answers`` (and ``last_snapshot_answers``) hold the label the oracle
+    answered on each returned input: HSJ ends on the decision boundary, where a second run of
+    the same defended model in another batch can round to the other side, so the evaluation
+    scores the attack by what its oracle answered (what the attacker holds) and reports how
+    often its own re-run disagrees.
 
     The budget only decides where each image's part of a run stops, so with
     ``snapshot_budgets`` set (smaller budgets; not a parameter: it changes no result) one run
@@ -404,6 +415,10 @@ class HopSkipJump(Attack):
         self.last_start_queries: torch.Tensor | None = None  # of them, what finding a start cost
         self.snapshot_budgets: tuple[int, ...] = ()
         self.last_snapshots: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # the oracle's answer on each returned input (-1: never asked, e.g. clipped to eps)
+        self.last_answers: torch.Tensor | None = None
+        self.last_snapshot_answers: dict[int, torch.Tensor] = {}
+        self._oracle: DecisionOracle | None = None
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "revision": self.revision}
@@ -434,7 +449,16 @@ class HopSkipJump(Attack):
         self.last_queries = oracle.queries.clone()
         self.last_start_queries = oracle.queries.clone() if start_queries is None else start_queries
         self.last_snapshots = {q: (self.finish(best, images), spent) for q, (best, spent) in oracle.snapshots.items()}
+        self.last_snapshot_answers = {q: oracle.answered(best) for q, (best, _) in self.last_snapshots.items()}
+        self._oracle = oracle
         return oracle.best
+
+    def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self._oracle, self.last_answers = None, None
+        adversarial = super().__call__(model, images, labels)
+        if self._oracle is not None:  # (an empty batch never builds one)
+            self.last_answers, self._oracle = self._oracle.answered(adversarial), None
+        return adversarial
 
 
 class AdditiveGaussianNoise(Attack):

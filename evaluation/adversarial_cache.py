@@ -159,7 +159,9 @@ def cached_attack_entry(
     """``cached_attack`` with what else the attack kept: "history" [B, iterates], whether the
     defended victim was still right at each iterate (the adaptive attacks' ``last_history``),
     "queries" [B], the model calls each image paid (the decision attacks' ``last_queries``), and
-    "start_queries" [B], how many of them found its start (HopSkipJump's ``last_start_queries``).
+    "start_queries" [B], how many of them found its start (HopSkipJump's ``last_start_queries``),
+    and "answers" [B], the label its oracle answered on each returned input (``last_answers``;
+    -1 where it never asked that input).
 
     ``prefixes``: attacks that are this one with a smaller query budget (HopSkipJump's
     ``snapshot_budgets``); when this one is computed, their entries are stored from its
@@ -178,6 +180,7 @@ def cached_attack_entry(
             ("history", "last_history"),
             ("queries", "last_queries"),
             ("start_queries", "last_start_queries"),
+            ("answers", "last_answers"),
         )
         for name, kept in kept_by_attack:
             if getattr(attack, kept, None) is not None:
@@ -189,6 +192,8 @@ def cached_attack_entry(
             if getattr(attack, "last_start_queries", None) is not None:
                 # a run with the smaller budget would have stopped its start at that budget
                 extra["start_queries"] = attack.last_start_queries.clamp(max=prefix.queries)
+            if prefix.queries in getattr(attack, "last_snapshot_answers", {}):
+                extra["answers"] = attack.last_snapshot_answers[prefix.queries]
             cache.store(prefix_key, snapshot, **extra)
         return entry
 

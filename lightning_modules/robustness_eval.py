@@ -198,7 +198,7 @@ class RobustnessEvaluation(pl.LightningModule):
         with torch.enable_grad():
             entry = self._adversarial(run, images, labels, indices)  # the chunk: one cache entry
         adversarial, history, queries = entry["images"], entry.get("history"), entry.get("queries")
-        start_queries = entry.get("start_queries")
+        start_queries, answers = entry.get("start_queries"), entry.get("answers")
         attack_seconds = (time.perf_counter() - started) / len(indices)
         # how the decision attack counted its queries (HopSkipJump's revisions), kept with each record
         revision = getattr(run.build(), "revision", None) if queries is not None else None
@@ -209,7 +209,9 @@ class RobustnessEvaluation(pl.LightningModule):
             t[sel] for t in (images, labels, indices, clean_pred, adversarial)
         )
         history = None if history is None else history[sel.to(history.device)]
-        queries = None if queries is None else queries[sel.to(queries.device)]
+        queries, start_queries, answers = (
+            None if t is None else t[sel.to(t.device)] for t in (queries, start_queries, answers)
+        )
         adv_logits = self._classify(adversarial)
         started = time.perf_counter()
         scores, details, traces = None, [{} for _ in indices], {}
@@ -261,6 +263,11 @@ class RobustnessEvaluation(pl.LightningModule):
                     record["start_queries"] = int(start_queries[i])
                 if revision is not None:
                     record["attack_revision"] = revision
+                if answers is not None and int(answers[i]) >= 0:
+                    # Scored by what the attack's oracle answered on this very input (what the
+                    # attacker holds): an end point on the boundary can round to the other side
+                    # when the defense runs again in another batch. The re-run is kept.
+                    record["rescored_pred"], record["pred"] = record["pred"], int(answers[i])
             if scores is not None:  # a lone detector refuses what it flags, as the adaptive attacks assume
                 flagged = bool(scores[i] >= self.defense.threshold)
                 record.update(score=float(scores[i]), flagged=flagged, rejected=flagged)

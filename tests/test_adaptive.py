@@ -421,6 +421,7 @@ def test_evaluate_reports_both_threat_models_curves_worst_case_and_sanity(tiny_v
     # the tiny victim gets every image wrong: each is adversarial as it is, for one query
     assert hsj["queries_max"] == 1 and hsj["revision"] == HopSkipJump.revision and hsj["budget_curve"][0][1] == 0.0
     assert hsj["start_queries_median"] == 1 and "median 1 of them finding a start" in (out / "results.md").read_text()
+    assert hsj["rescore_disagreements"] == 0  # scored by the oracle's answers, which the re-run confirms
     results = json.loads((out / "results.json").read_text())
     worst = {(w["eps"], w["threat_model"]): w for w in results["worst_case"]}
     at8 = [by_id[(n, 8 / 255)]["accuracy"] for n in ("pgd", "bpda_pgd", "random_noise")]
@@ -601,6 +602,32 @@ def overfit_tiny_victim(data_dir: Path, path: Path) -> Path:
         optimizer.step()
     save_checkpoint(path, "victim", TINY_VICTIM_CONFIG, model.state_dict())
     return path
+
+
+def test_hopskipjump_is_scored_by_its_oracles_answers_and_counts_where_a_rerun_disagrees(
+    tiny_victim, cifar_batches_dir, tmp_path, monkeypatch
+):
+    from dipdefense.attacks.foolbox_attacks import HopSkipJump
+
+    # The tiny victim gets every image wrong, so HSJ returns each as it is, answered wrong.
+    # Stand in for an end point the oracle answered right and a re-run rounds to wrong (the
+    # boundary case): the record takes the oracle's answer and keeps the re-run's.
+    call = HopSkipJump.__call__
+
+    def told_right(self, model, images, labels):
+        adversarial = call(self, model, images, labels)
+        self.last_answers = labels.detach().cpu().clone()
+        return adversarial
+
+    monkeypatch.setattr(HopSkipJump, "__call__", told_right)
+    out = tmp_path / "oracle"
+    attack = "hopskipjump(queries=50,constraint=linf,threat=adaptive)"
+    rows = _run(out, tiny_victim, cifar_batches_dir, "--attacks", attack, "--num-samples", "4")
+    (hsj,) = [r for r in rows if r["attack"] == "hopskipjump"]
+    records = read_records(out / "samples.jsonl")
+    assert all(r["pred"] == r["label"] != r["rescored_pred"] for r in records)
+    assert hsj["accuracy"] == 1.0 and hsj["rescore_disagreements"] == 4
+    assert "which a re-run of the defense contradicts on 4 image(s)" in (out / "results.md").read_text()
 
 
 def test_a_query_budget_family_runs_once_and_matches_separate_runs(cifar_batches_dir, tmp_path, monkeypatch):

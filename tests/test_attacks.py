@@ -202,6 +202,7 @@ def test_hopskipjump_snapshots_are_the_runs_with_the_smaller_budgets(trained):
         alone, single = run(q)
         snapshot, spent = long.last_snapshots[q]
         assert torch.equal(snapshot, alone) and torch.equal(spent, single.last_queries), q
+        assert torch.equal(long.last_snapshot_answers[q], single.last_answers), q
 
 
 def test_decision_oracle_answers_refused_inputs_with_their_label_and_keeps_the_closest_fooling_query():
@@ -313,6 +314,13 @@ def test_hopskipjump_starts_an_image_no_noise_fools_from_the_nearest_image_of_an
     adv = attack(BrightnessBins(), x, y)
     assert attack.last_start_queries.tolist() == [113, 12, 12, 1] and attack.last_queries[0] == 200
     assert BrightnessBins()(adv[:3]).argmax(1).tolist() == [2, 1, 1] and (adv[0] - x[0]).abs().max() < 0.21
+    # what the oracle answered on each returned input (image 3 as it is: called 1)
+    assert attack.last_answers.tolist() == [2, 1, 1, 1]
+    # clipped to a budget the end point is an input the oracle was never asked: no answer
+    torch.manual_seed(0)
+    clipped = build_attack("hopskipjump", eps=0.05, queries=200, constraint="linf")
+    clipped(BrightnessBins(), x, y)
+    assert clipped.last_answers[0] == -1 and clipped.last_answers[3] == 1
     # with too small a budget the search stops at it, and the image stays unattacked
     oracle = DecisionOracle(BrightnessBins(), x, y, "linf", budget=102)
     _, found = _noise_starts(oracle, x, y)
