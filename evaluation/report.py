@@ -59,6 +59,8 @@ def build_rows(records: list[dict[str, Any]], runs: list[AttackRun], num_classes
                     row["queries_max"] = max(r["queries"] for r in mine)
                 if all("start_queries" in r for r in mine):
                     row["start_queries_median"] = statistics.median(r["start_queries"] for r in mine)
+                # right and unmoved: no query fooled it, not even a start (it was never attacked)
+                row["unattacked"] = sum(r["pred"] == r["label"] and r["linf"] == 0 for r in mine)
                 if all("rescored_pred" in r for r in mine):  # scored by the oracle's answers (since 2026-12-05)
                     row["rescore_disagreements"] = sum(r["rescored_pred"] != r["pred"] for r in mine)
                 # records before revision 3 did not name theirs; a run never mixes them (resume refuses)
@@ -460,6 +462,7 @@ def budget_table(rows: list[dict[str, Any]]) -> str:
             f"{display_name(r)} ({r['threat_model']}, {r['budget_norm']}, n = {r['n']}"
             + (f", at most {r['queries_max']} queries per image" if r.get("queries_max") is not None else "")
             + (f", median {r['start_queries_median']:g} of them finding a start" if "start_queries_median" in r else "")
+            + (f"; {r['unattacked']} image(s) found no start and were never attacked" if r.get("unattacked") else "")
             + (
                 f"; scored by the oracle's answers, which a re-run of the defense contradicts on "
                 f"{r['rescore_disagreements']} image(s)"

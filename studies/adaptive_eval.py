@@ -370,6 +370,8 @@ def figures(archive: Path, report: Path, notes: list[str] | None = None) -> None
                 )
                 queries = f"at most {row['queries_max']}" if row.get("queries_max") is not None else "estimated"
                 queries += f" ({HSJ_REVISIONS[_revision(row)]})" if _revision(row) in HSJ_REVISIONS else ""
+                if row.get("unattacked"):
+                    queries += f"; {row['unattacked']} found no start (never attacked)"
                 if row.get("rescore_disagreements") is not None:  # rows before 2026-12-05 were scored by a re-run
                     queries += f"; scored by the oracle's answers, a re-run disagrees on {row['rescore_disagreements']}"
                 md.append(

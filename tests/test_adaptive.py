@@ -422,6 +422,7 @@ def test_evaluate_reports_both_threat_models_curves_worst_case_and_sanity(tiny_v
     assert hsj["queries_max"] == 1 and hsj["revision"] == HopSkipJump.revision and hsj["budget_curve"][0][1] == 0.0
     assert hsj["start_queries_median"] == 1 and "median 1 of them finding a start" in (out / "results.md").read_text()
     assert hsj["rescore_disagreements"] == 0  # scored by the oracle's answers, which the re-run confirms
+    assert hsj["unattacked"] == 0 and "never attacked" not in (out / "results.md").read_text()
     results = json.loads((out / "results.json").read_text())
     worst = {(w["eps"], w["threat_model"]): w for w in results["worst_case"]}
     at8 = [by_id[(n, 8 / 255)]["accuracy"] for n in ("pgd", "bpda_pgd", "random_noise")]
@@ -627,6 +628,7 @@ def test_hopskipjump_is_scored_by_its_oracles_answers_and_counts_where_a_rerun_d
     records = read_records(out / "samples.jsonl")
     assert all(r["pred"] == r["label"] != r["rescored_pred"] for r in records)
     assert hsj["accuracy"] == 1.0 and hsj["rescore_disagreements"] == 4
+    assert hsj["unattacked"] == 4  # right as they are, unmoved: what an image without a start looks like
     assert "which a re-run of the defense contradicts on 4 image(s)" in (out / "results.md").read_text()
 
 
