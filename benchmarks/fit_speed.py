@@ -2,6 +2,7 @@
 
     python benchmarks/fit_speed.py --batch-sizes 1,8,32,128 --rounds 5
     python benchmarks/fit_speed.py --batch-sizes 32 --stitch --rounds 1
+    python benchmarks/fit_speed.py --batch-sizes 32 --stitch --separate --rounds 3
 
 "before" is the engine as it was: Adam over every parameter tensor, glibc's default memory
 handling, convolutions in PyTorch's native per-group loop. "after" is ``dip.engine.DIPFit``:
@@ -22,7 +23,9 @@ import dataclasses
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -166,33 +169,50 @@ class NativeKernelsObserver:
         return getattr(self.rule, name)
 
 
-def stitch_rows(batches: list[int], rounds: int, data_dir: str | None) -> list[dict]:
+def stitch_once(
+    name: str, x: torch.Tensor, classifier: torch.nn.Module, **settings: object
+) -> tuple[float, torch.Tensor]:
+    """One timed dip_stitch purification of ``x`` with the "before" or "after" engine."""
     from dipdefense.defenses.dip_defenses import DIPStitch
+
+    memory_mode(name == "after")
+    dip.engine.DIPFit = BeforeFit if name == "before" else DIPFit  # fit_dip builds its fit by this name
+    try:
+        defense = DIPStitch(dip_batch=len(x), **settings)
+        defense.dip.retain_cpu_memory = False
+        if name == "before":
+            rule = DIPStitch.make_rule
+            defense.make_rule = lambda *a, d=defense: NativeKernelsObserver(rule(d, *a))
+        start = time.perf_counter()
+        result = defense.purify(x, classifier, torch.arange(len(x)))
+        return time.perf_counter() - start, result
+    finally:
+        dip.engine.DIPFit = DIPFit
+
+
+def stitch_rows(batches: list[int], rounds: int, data_dir: str | None, separate: bool = False) -> list[dict]:
+    """``separate``: each timed purification in a fresh process of its own, after an untimed
+    warm-up (a 200-iteration purification of the same images), so neither variant gains from
+    the allocator state an older process has reached (the trend of the 2026-12-04 run)."""
     from dipdefense.nets import load_classifier
 
     classifier = load_classifier(REPO / "checkpoints" / "victim_cifar_resnet20.ckpt")
-    make_rule = DIPStitch.make_rule
     rows = []
     for batch in batches:
         x = images_for(batch, data_dir)
         seconds: dict[str, list[float]] = {"before": [], "after": []}
         results = {}
         for _ in range(rounds):
-            for name, fit_class in (("before", BeforeFit), ("after", DIPFit)):
-                memory_mode(name == "after")
-                dip.engine.DIPFit = fit_class  # fit_dip builds its fit by this name
-                defense = DIPStitch(dip_batch=batch)
-                defense.dip.retain_cpu_memory = False
-                if name == "before":
-                    defense.make_rule = lambda *a, d=defense: NativeKernelsObserver(make_rule(d, *a))
-                start = time.perf_counter()
-                results[name] = defense.purify(x, classifier, torch.arange(batch))
-                seconds[name].append(time.perf_counter() - start)
+            for name in ("before", "after"):
+                if separate:
+                    took, results[name] = stitch_in_own_process(name, batch, data_dir)
+                else:
+                    took, results[name] = stitch_once(name, x, classifier)
+                seconds[name].append(took)
             # each round as it ends: a run stopped early still leaves its rounds
             before, after = seconds["before"][-1], seconds["after"][-1]
             print(f"B = {batch}, round {len(seconds['after'])}: before {before:.1f} s, after {after:.1f} s, "
                   f"ratio {before / after:.2f}", flush=True)  # fmt: skip
-        dip.engine.DIPFit = DIPFit
         ratios = [b / a for b, a in zip(seconds["before"], seconds["after"], strict=True)]
         fit_flops = 3 * forward_flops(DIPFit(x[:1], [0], DIPSettings())) * DIPSettings().iterations  # per image
         rows.append(
@@ -207,6 +227,26 @@ def stitch_rows(batches: list[int], rounds: int, data_dir: str | None) -> list[d
         )
         print(rows[-1], flush=True)
     return rows
+
+
+def stitch_in_own_process(name: str, batch: int, data_dir: str | None) -> tuple[float, torch.Tensor]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.pt"
+        command = [sys.executable, __file__, "--stitch-one", name, "--batch-sizes", str(batch), "--out", str(out)]
+        subprocess.run(command + (["--data-dir", data_dir] if data_dir else []), check=True)
+        done = torch.load(out, weights_only=True)
+    return float(done["seconds"]), done["result"]
+
+
+def stitch_one(name: str, batch: int, data_dir: str | None, out: Path) -> None:
+    """The child of ``--separate``: warm up, then one timed purification, saved to ``out``."""
+    from dipdefense.nets import load_classifier
+
+    classifier = load_classifier(REPO / "checkpoints" / "victim_cifar_resnet20.ckpt")
+    x = images_for(batch, data_dir)
+    stitch_once(name, x, classifier, iterations=200, observe_every=1)  # untimed warm-up
+    seconds, result = stitch_once(name, x, classifier)
+    torch.save({"seconds": seconds, "result": result}, out)
 
 
 def main() -> None:
@@ -224,8 +264,18 @@ def main() -> None:
         help="also time the fast-mode candidates (oneDNN kernels, with and without channels_last; not bit-equal)",
     )
     p.add_argument("--stitch", action="store_true", help="time the full dip_stitch defense, not fit steps")
+    p.add_argument(
+        "--separate",
+        action="store_true",
+        help="with --stitch: each timed purification in a fresh process after a warm-up",
+    )
+    p.add_argument("--stitch-one", choices=("before", "after"), help=argparse.SUPPRESS)  # --separate's child
+    p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--data-dir", default=os.environ.get("DIPDEF_CIFAR10"))
     args = p.parse_args()
+    if args.stitch_one:
+        stitch_one(args.stitch_one, int(args.batch_sizes), args.data_dir, args.out)
+        return
     batches = [int(b) for b in args.batch_sizes.split(",")]
     args.ablate = [v for v in VARIANTS if v not in ("before", "after")] if args.ablate else []
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
@@ -234,7 +284,7 @@ def main() -> None:
             "| B | before images/s | after images/s | speedup | GFLOP/s (fit FLOPs / whole defense time) | bit-equal |"
         )
         print("| --- | --- | --- | --- | --- | --- |")
-        for r in stitch_rows(batches, args.rounds, args.data_dir):
+        for r in stitch_rows(batches, args.rounds, args.data_dir, args.separate):
             ips, gf = r["images_per_s"], r["fit_gflops_effective"]
             print(
                 f"| {r['batch']} | {ips['before']:.3f} | {ips['after']:.3f} | {r['speedup']:.2f}x | "
