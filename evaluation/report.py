@@ -61,8 +61,12 @@ def build_rows(records: list[dict[str, Any]], runs: list[AttackRun], num_classes
                     row["start_queries_median"] = statistics.median(r["start_queries"] for r in mine)
                 # right and unmoved: no query fooled it, not even a start (it was never attacked)
                 row["unattacked"] = sum(r["pred"] == r["label"] and r["linf"] == 0 for r in mine)
-                if all("rescored_pred" in r for r in mine):  # scored by the oracle's answers (since 2026-12-05)
-                    row["rescore_disagreements"] = sum(r["rescored_pred"] != r["pred"] for r in mine)
+                # scored by the oracle's answers (since 2026-12-05) where it was asked the end point
+                # (not where it was clipped to eps), else by the evaluation's re-run
+                oracle_scored = [r for r in mine if "rescored_pred" in r]
+                if oracle_scored:
+                    row["oracle_scored"] = len(oracle_scored)
+                    row["rescore_disagreements"] = sum(r["rescored_pred"] != r["pred"] for r in oracle_scored)
                 # records before revision 3 did not name theirs; a run never mixes them (resume refuses)
                 row["revision"] = max(r.get("attack_revision", 2 if "queries" in r else 1) for r in mine)
             rows.append(row)
@@ -464,8 +468,9 @@ def budget_table(rows: list[dict[str, Any]]) -> str:
             + (f", median {r['start_queries_median']:g} of them finding a start" if "start_queries_median" in r else "")
             + (f"; {r['unattacked']} image(s) found no start and were never attacked" if r.get("unattacked") else "")
             + (
-                f"; scored by the oracle's answers, which a re-run of the defense contradicts on "
-                f"{r['rescore_disagreements']} image(s)"
+                "; scored by the oracle's answers"
+                + (f" on {r['oracle_scored']} (the rest by a re-run)" if r["oracle_scored"] < r["n"] else "")
+                + f", which a re-run of the defense contradicts on {r['rescore_disagreements']} image(s)"
                 if "rescore_disagreements" in r
                 else ""
             )
