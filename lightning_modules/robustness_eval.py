@@ -208,9 +208,8 @@ class RobustnessEvaluation(pl.LightningModule):
         images, labels, indices, clean_pred, adversarial = (
             t[sel] for t in (images, labels, indices, clean_pred, adversarial)
         )
-        history = None if history is None else history[sel.to(history.device)]
-        queries, start_queries, answers = (
-            None if t is None else t[sel.to(t.device)] for t in (queries, start_queries, answers)
+        history, queries, start_queries, answers = (
+            None if t is None else t[sel.to(t.device)] for t in (history, queries, start_queries, answers)
         )
         adv_logits = self._classify(adversarial)
         started = time.perf_counter()
