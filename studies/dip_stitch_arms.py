@@ -70,6 +70,13 @@ ARMS: list[Arm] = [
         "paper fit; victim: ResNet-20 trained without label smoothing (configs/victim_cifar_nols.yaml)",
         "victim_cifar_resnet20_nols.ckpt",
     ),
+    Arm(
+        "victim_resnet56",
+        {},
+        50,
+        "paper fit; victim: ResNet-56, the same recipe at depth 56 (configs/victim_cifar_resnet56.yaml)",
+        "victim_cifar_resnet56.ckpt",
+    ),
 ]
 # The rule at the paper's t0 = 50 iterations, and t0 counted in sampled images (50 x 5 = 250).
 RULE_SETTINGS = [{}, {"t0": 100}, {"t0": 250}]
