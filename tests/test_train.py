@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import train
 from dipdefense.common.config_files import CONFIG_DIR, resolve_config_args
@@ -93,18 +94,26 @@ def test_one_epoch_fit_on_a_tiny_subset_exports_a_loadable_checkpoint(cifar_batc
 
 
 def test_resume_continues_an_interrupted_fit_at_the_next_epoch(cifar_batches_dir, tmp_path, monkeypatch):
-    """A fit interrupted after its first epoch, resumed with --resume: the resumed run trains only
-    the epoch left, on the same one-cycle schedule (total steps and position come from the .ckpt)."""
+    """A fit interrupted in its third epoch, resumed with --resume from the shipped callbacks'
+    last.ckpt: the resumed run trains only the epoch left, on the same one-cycle schedule. The
+    monitored checkpoint improves only in epoch 0 here, and last.ckpt must still hold epoch 1
+    (Lightning 2.6's own save_last writes only when a monitored checkpoint is saved)."""
     from dipdefense.lightning_modules import VictimClassifier
 
     monkeypatch.chdir(tmp_path)
+    callbacks = yaml.safe_load((CONFIG_DIR / "victim_cifar.yaml").read_text())["trainer"]["callbacks"]
+    best = next(c for c in callbacks if c["init_args"].get("monitor"))
+    best["init_args"].update(monitor="step", mode="min")  # never improves after epoch 0
+    overlay = tmp_path / "callbacks.yaml"
+    overlay.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
     common = [
         "--config", "victim_cifar_quick",
+        "--config", str(overlay),
         "--data.data_dir", str(cifar_batches_dir),
         "--data.val_size", "20",
         "--data.batch_size", "16",
         "--data.eval_batch_size", "16",
-        "--trainer.max_epochs", "2",
+        "--trainer.max_epochs", "3",
         "--trainer.limit_train_batches", "4",
         "--trainer.limit_val_batches", "1",
         "--trainer.precision", "32-true",
@@ -112,21 +121,25 @@ def test_resume_continues_an_interrupted_fit_at_the_next_epoch(cifar_batches_dir
         "--test", "false",
     ]  # fmt: skip
 
-    def interrupt_in_second_epoch(self, batch, batch_idx):
-        if self.current_epoch == 1:
-            raise KeyboardInterrupt  # what a killed session leaves: the first epoch's checkpoint
+    def interrupt_in_third_epoch(self, batch, batch_idx):
+        if self.current_epoch == 2:
+            raise KeyboardInterrupt  # what a killed session leaves: the checkpoints of epochs 0-1
 
     with monkeypatch.context() as patch:
-        patch.setattr(VictimClassifier, "on_train_batch_start", interrupt_in_second_epoch, raising=False)
+        patch.setattr(VictimClassifier, "on_train_batch_start", interrupt_in_third_epoch, raising=False)
         with pytest.raises((KeyboardInterrupt, SystemExit)):
             train.main(common)
     runs = tmp_path / "logs" / "victim_cifar_quick" / "csv"
-    (first,) = (runs / "version_0" / "checkpoints").glob("*.ckpt")
-    assert torch.load(first, weights_only=True)["global_step"] == 4
+    saved = {
+        p.name: torch.load(p, weights_only=True)["global_step"]
+        for p in (runs / "version_0" / "checkpoints").glob("*.ckpt")
+    }
+    assert saved == {"best-epoch=00.ckpt": 4, "last.ckpt": 8}
+    first = runs / "version_0" / "checkpoints" / "last.ckpt"
 
     train.main([*common, "--resume", str(first)])
     with open(runs / "version_1" / "metrics.csv", newline="") as metrics:
-        assert {row["epoch"] for row in csv.DictReader(metrics)} == {"1"}
+        assert {row["epoch"] for row in csv.DictReader(metrics) if row["epoch"]} == {"2"}  # (lr rows have none)
 
     with pytest.raises(UserError, match="--resume .*missing.ckpt: no such file"):
         train.main([*common, "--resume", str(tmp_path / "missing.ckpt")])
