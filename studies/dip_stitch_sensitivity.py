@@ -14,6 +14,7 @@ only. Writes studies/dip_stitch_sensitivity.{json,md,png}.
 import argparse
 import dataclasses
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -57,6 +58,12 @@ def pick_images(num: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.
     held_out = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:5000]
     chosen = held_out[torch.randperm(5000, generator=torch.Generator().manual_seed(seed))[:num]]
     return train.images[chosen].float().div(255), train.labels[chosen], chosen
+
+
+def repo_relative(arg: str) -> str:
+    """A path under the repository as the user would type it from its root (for the recorded command)."""
+    prefix = f"{REPO}/"
+    return arg[len(prefix) :] if arg.startswith(prefix) else arg
 
 
 def flat_engine(engine: dict[str, Any]) -> dict[str, Any]:
@@ -287,7 +294,7 @@ def main() -> None:
         "engine": args.engine,
         "pgd_steps": args.pgd_steps,
         "victim": Path(args.victim).name,
-        "command": "python studies/dip_stitch_sensitivity.py " + " ".join(sys.argv[1:]),
+        "command": shlex.join(["python", "studies/dip_stitch_sensitivity.py", *map(repo_relative, sys.argv[1:])]),
         "machine": "2-core CPU",
         "undefended": undefended,
         "trace_stats": {k: label_changes(traces[k], classifier, labels) for k in inputs},
