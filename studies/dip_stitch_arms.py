@@ -144,6 +144,7 @@ def report(results: dict[str, dict[str, Any]]) -> str:
     ):
         lines += ["", f"## Rule at {title}", "", header, "| --- | --- | --- | --- | --- | --- | --- |"]
         lines += [row_for(name, result, change) for name, result in results.items()]
+    lines += ["", "![trace statistics against the targets, t0 = 50 and 100](targets.png)"]
     lines += paired(results)
     lines += [
         "",
@@ -239,6 +240,36 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_targets(results: dict[str, dict[str, Any]], path: Path) -> None:
+    """The three trace statistics the paper's figures need, per arm, at t0 = 50 and 100, beside
+    their targets (the dashed lines): where each arm stands against what is missing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (
+        ("clean", "with_crossing", "clean images with a crossing after t0", TARGETS["clean_with_crossing"]),
+        ("pgd", "with_crossing", "PGD images with a crossing after t0", TARGETS["pgd_with_crossing"]),
+        ("pgd", "accuracy_with_crossing", "PGD accuracy given a crossing", TARGETS["pgd_accuracy_with_crossing"]),
+    )
+    names = list(results)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 0.35 * len(names) + 1.4), sharey=True)
+    for ax, (kind, key, title, target) in zip(axes, panels, strict=True):
+        for offset, (change, label) in zip((-0.18, 0.18), (({}, "t0 = 50"), ({"t0": 100}, "t0 = 100")), strict=True):
+            values = [next(r for r in results[n]["sweep"] if r["change"] == change)[kind][key] or 0.0 for n in names]
+            ax.barh([i + offset for i in range(len(names))], values, height=0.34, label=label)
+        ax.axvline(target, color="black", linestyle="--", linewidth=1)
+        ax.set_xlim(0, 1)
+        ax.set_title(f"{title}\n(target {'<=' if kind == 'clean' else '>='} {target:.0%})", fontsize=9)
+    axes[0].set_yticks(range(len(names)), names, fontsize=8)
+    axes[0].invert_yaxis()
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default="", help=f"comma list of arms; accepted: {', '.join(a.name for a in ARMS)}")
@@ -270,6 +301,7 @@ def main() -> None:
     if not results:
         raise SystemExit(f"no arm has run yet; {out} holds no <arm>.json")
     plot(results, out / "arms.png")
+    plot_targets(results, out / "targets.png")
     atomic_write_text(out / "README.md", report(results))
     print(report(results))
 
