@@ -51,12 +51,21 @@ SWEEP: list[dict[str, Any]] = [
 FIXED_ITERATIONS = (50, 100, 200, 500, 999)
 
 
-def pick_images(num: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``num`` images of the validation part of the training split (VictimClassifier's
-    seed-0 hold-out of 5,000), drawn with ``seed``; returns images, labels, train indices."""
+POOLS = ("held_out", "trained")
+POOL_TEXT = {"held_out": "the victim's held-out validation part", "trained": "the part the victim was trained on"}
+
+
+def pick_images(num: int, seed: int, pool: str = "held_out") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``num`` images of the training split drawn with ``seed``: from its validation part
+    (VictimClassifier's seed-0 hold-out of 5,000, ``pool="held_out"``) or from the 45,000 the
+    shipped victims were trained on (``"trained"``, for the memorised-images comparison of
+    issue 12). Returns images, labels, train indices."""
+    if pool not in POOLS:
+        raise ValueError(f"unknown image pool {pool!r}; accepted: {', '.join(POOLS)}")
     train = CIFAR10DataModule().load_split(train=True)
-    held_out = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:5000]
-    chosen = held_out[torch.randperm(5000, generator=torch.Generator().manual_seed(seed))[:num]]
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    part = order[:5000] if pool == "held_out" else order[5000:]
+    chosen = part[torch.randperm(len(part), generator=torch.Generator().manual_seed(seed))[:num]]
     return train.images[chosen].float().div(255), train.labels[chosen], chosen
 
 
@@ -185,7 +194,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# dip_stitch on training-split images",
         "",
-        f"{result['num_images']} images from the victim's held-out validation part of the CIFAR-10 training split, "
+        f"{result['num_images']} images from {POOL_TEXT[result.get('pool', 'held_out')]} of the CIFAR-10 training split, "
         f"clean and PGD-{result.get('pgd_steps', 50)} eps=8/255; paper 002's CIFAR DIP, T={result['iterations']}"
         + "".join(f", {k} {v}" for k, v in flat_engine(result.get("engine", {})).items())
         + "; "
@@ -240,6 +249,12 @@ def main() -> None:
     p.add_argument("--num-images", type=int, default=64)
     p.add_argument("--iterations", type=int, default=1000)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--pool",
+        choices=POOLS,
+        default="held_out",
+        help="training-split images the victim never saw (held_out, the default) or was trained on (trained)",
+    )
     p.add_argument("--victim", default=str(REPO / "checkpoints" / "victim_cifar_resnet20.ckpt"))
     p.add_argument("--out", default=str(REPO / "studies" / "dip_stitch_sensitivity"))
     p.add_argument(
@@ -268,7 +283,7 @@ def main() -> None:
     started = time.time()
     torch.manual_seed(args.seed)
     classifier = load_classifier(args.victim)
-    clean, labels, indices = pick_images(args.num_images, args.seed)
+    clean, labels, indices = pick_images(args.num_images, args.seed, args.pool)
     adversarial = build_attack("pgd", eps=8 / 255, steps=args.pgd_steps)(classifier, clean, labels)
     inputs = {"clean": clean, "pgd": adversarial}
     seeds = [item_seed(7, i) for i in indices]  # a seed namespace of its own
@@ -278,7 +293,8 @@ def main() -> None:
     attack = {"clean": "", "pgd": f"_pgd{args.pgd_steps}_{Path(args.victim).stem}"}
     traces = {}
     for kind, x in inputs.items():
-        name = f"stitch_traces_n{args.num_images}_s{args.seed}_T{args.iterations}{arm}_{kind}{attack[kind]}.pt"
+        pool = "" if args.pool == "held_out" else f"_{args.pool}"  # held-out names predate the option
+        name = f"stitch_traces_n{args.num_images}_s{args.seed}{pool}_T{args.iterations}{arm}_{kind}{attack[kind]}.pt"
         cache = cache_root() / "studies" / name
         if cache.exists():
             traces[kind] = torch.load(cache, weights_only=True)
@@ -290,6 +306,7 @@ def main() -> None:
         undefended = {k: (classifier(x).argmax(1) == labels).float().mean().item() for k, x in inputs.items()}
     result: dict[str, Any] = {
         "num_images": args.num_images,
+        "pool": args.pool,
         "iterations": args.iterations,
         "engine": args.engine,
         "pgd_steps": args.pgd_steps,
