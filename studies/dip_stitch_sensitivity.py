@@ -62,10 +62,11 @@ def pick_images(num: int, seed: int, pool: str = "held_out") -> tuple[torch.Tens
     issue 12). Returns images, labels, train indices."""
     if pool not in POOLS:
         raise ValueError(f"unknown image pool {pool!r}; accepted: {', '.join(POOLS)}")
-    train = CIFAR10DataModule().load_split(train=True)
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
-    part = order[:5000] if pool == "held_out" else order[5000:]
+    split = CIFAR10DataModule(val_size=5000, seed=0)  # the shipped victims' own split
+    split.setup("fit")
+    part = torch.tensor((split.val_set if pool == "held_out" else split.train_set).indices)
     chosen = part[torch.randperm(len(part), generator=torch.Generator().manual_seed(seed))[:num]]
+    train = split.val_set.dataset
     return train.images[chosen].float().div(255), train.labels[chosen], chosen
 
 
@@ -292,8 +293,8 @@ def main() -> None:
     arm = "".join(f"_{k}{v}" for k, v in sorted(flat_engine(args.engine).items()))
     attack = {"clean": "", "pgd": f"_pgd{args.pgd_steps}_{Path(args.victim).stem}"}
     traces = {}
+    pool = "" if args.pool == "held_out" else f"_{args.pool}"  # held-out names predate the option
     for kind, x in inputs.items():
-        pool = "" if args.pool == "held_out" else f"_{args.pool}"  # held-out names predate the option
         name = f"stitch_traces_n{args.num_images}_s{args.seed}{pool}_T{args.iterations}{arm}_{kind}{attack[kind]}.pt"
         cache = cache_root() / "studies" / name
         if cache.exists():
