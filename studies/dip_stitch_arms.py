@@ -101,8 +101,13 @@ def pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
+def rule_at(result: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
+    """An arm's figures for one rule setting (``{}``: the paper's; ``{"t0": 100}``...)."""
+    return next(r for r in result["sweep"] if r["change"] == change)
+
+
 def row_for(name: str, result: dict[str, Any], change: dict[str, Any]) -> str:
-    rule = next(r for r in result["sweep"] if r["change"] == change)
+    rule = rule_at(result, change)
     c, p = rule["clean"], rule["pgd"]
     return (
         f"| {name} | {c['accuracy']:.1%} / {p['accuracy']:.1%} | {c['ssim']:.3f} / {p['ssim']:.3f} | "
@@ -186,9 +191,9 @@ def paired(results: dict[str, dict[str, Any]]) -> list[str]:
         "| --- | --- | --- | --- |",
     ]
     for change, t0 in (({}, 50), ({"t0": 100}, 100)):
-        base = next(r for r in results["paper"]["sweep"] if r["change"] == change)
+        base = rule_at(results["paper"], change)
         for name, result in results.items():
-            rule = next(r for r in result["sweep"] if r["change"] == change)
+            rule = rule_at(result, change)
             if name == "paper" or "correct" not in rule["clean"] or "correct" not in base["clean"]:
                 continue
             cells = []
@@ -257,7 +262,7 @@ def plot_targets(results: dict[str, dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(12, 0.35 * len(names) + 1.4), sharey=True)
     for ax, (kind, key, title, target) in zip(axes, panels, strict=True):
         for offset, (change, label) in zip((-0.18, 0.18), (({}, "t0 = 50"), ({"t0": 100}, "t0 = 100")), strict=True):
-            values = [next(r for r in results[n]["sweep"] if r["change"] == change)[kind][key] or 0.0 for n in names]
+            values = [rule_at(results[n], change)[kind][key] or 0.0 for n in names]
             ax.barh([i + offset for i in range(len(names))], values, height=0.34, label=label)
         ax.axvline(target, color="black", linestyle="--", linewidth=1)
         ax.set_xlim(0, 1)
