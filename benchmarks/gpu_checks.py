@@ -2,6 +2,7 @@
 against the fit's own largest convolution, and the full dip_stitch defense (issue 14).
 
     python benchmarks/gpu_checks.py --out benchmarks/gpu_checks.json
+    python benchmarks/gpu_checks.py --sections graph --out benchmarks/gpu_graph.json
     python benchmarks/gpu_checks.py --device cpu --batch-sizes 1,8 --steps 5   # a dry run
 
 Syncs: the dip_stitch defense runs under ``torch.cuda.set_sync_debug_mode("warn")`` and every
@@ -11,8 +12,11 @@ iteration shows ~T of them; the engine is meant to sync only at its early-stop c
 Adam) of B stacked networks, TF32 on (PyTorch's default for cuDNN convolutions) and off;
 GFLOP/s effective counts 3x a forward pass's FLOPs (FlopCounterMode over-counts grouped
 backward); the largest convolution (grouped 3x3, 35 -> 32 channels at 32x32, fwd + bwd) is
-timed in the same process for the ratio issue 14 asks for. Nothing here is a test: the CPU run
-is only a dry run of the script.
+timed in the same process for the ratio issue 14 asks for. Graph: the same fit steps eager
+and replayed as one CUDA graph (``DIPSettings.cuda_graph``), how far the two fits drift apart
+in 200 steps (against the batch-invariance drift, the GPU's own noise), and full dip_stitch
+with and without the graph. Nothing here is a test: the CPU run is only a dry run of the
+script (the graph section is CUDA only).
 """
 
 import argparse
@@ -32,9 +36,11 @@ import torch  # noqa: E402
 
 from benchmarks.profile_fit import LARGEST_CONV_FLOPS, forward_flops, images_for  # noqa: E402
 from dipdefense.defenses import build_defense  # noqa: E402
-from dipdefense.dip.engine import DIPFit, DIPSettings, fit_dip  # noqa: E402
+from dipdefense.dip.engine import CUDAGraphStep, DIPFit, DIPSettings, fit_dip  # noqa: E402
 from dipdefense.dip.skip_net import SamePadConv  # noqa: E402
 from dipdefense.nets import load_classifier  # noqa: E402
+
+SECTIONS = ("syncs", "graph", "invariance", "fit", "stitch")
 
 
 def synchronize(device: str) -> None:
@@ -120,12 +126,42 @@ def fit_rate(batch: int, images: torch.Tensor, device: str, steps: int) -> dict:
     }
 
 
-def stitch_rate(batch: int, images: torch.Tensor, victim: torch.nn.Module, device: str, iterations: int) -> dict:
-    defense = build_defense("dip_stitch", iterations=iterations, dip_batch=batch).to(device)
+def graph_rate(batch: int, images: torch.Tensor, device: str, steps: int) -> dict:
+    """Fit steps eager and replayed from one CUDA graph, and how far 200 steps of each drift apart."""
+    eager_fit = DIPFit(images[:batch].to(device), list(range(batch)), DIPSettings())
+    graphed = DIPSettings(cuda_graph=True)
+    graphed_step = CUDAGraphStep(DIPFit(images[:batch].to(device), list(range(batch)), graphed))
+    for _ in range(CUDAGraphStep.warmup + 1):
+        graphed_step()  # warm-up, then record
+    eager_s = timed(eager_fit.step, device, steps)
+    graph_s = timed(graphed_step, device, steps)
+    x = images[:batch].to(device)
+    drift = fit_dip(x, list(range(batch)), DIPSettings(iterations=200, cuda_graph=True)) - fit_dip(
+        x, list(range(batch)), DIPSettings(iterations=200)
+    )
+    return {
+        "batch": batch,
+        "eager_ms_per_step": 1e3 * eager_s,
+        "graph_ms_per_step": 1e3 * graph_s,
+        "speedup": eager_s / graph_s,
+        "max_abs_diff_after_200_steps": float(drift.abs().max()),
+    }
+
+
+def stitch_rate(
+    batch: int, images: torch.Tensor, victim: torch.nn.Module, device: str, iterations: int, cuda_graph: bool = False
+) -> dict:
+    defense = build_defense("dip_stitch", iterations=iterations, dip_batch=batch, cuda_graph=cuda_graph).to(device)
     x = images[:batch].to(device)
     indices = torch.arange(len(x))
     seconds = timed(lambda: defense.purify(x, victim, indices), device, 1)
-    return {"batch": batch, "iterations": iterations, "seconds": seconds, "images_per_s": batch / seconds}
+    return {
+        "batch": batch,
+        "cuda_graph": cuda_graph,
+        "iterations": iterations,
+        "seconds": seconds,
+        "images_per_s": batch / seconds,
+    }
 
 
 def main() -> None:
@@ -137,7 +173,11 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=1000, help="T of the dip_stitch runs")
     p.add_argument("--data-dir", default=os.environ.get("DIPDEF_CIFAR10"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "gpu_checks.json"))
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"any of {', '.join(SECTIONS)}, in that order")
     args = p.parse_args()
+    sections = args.sections.split(",")
+    if unknown := set(sections) - set(SECTIONS):
+        p.error(f"unknown sections {sorted(unknown)}; accepted: {', '.join(SECTIONS)}")
     device = args.device
     batches = [int(b) for b in args.batch_sizes.split(",")]
     stitch_batches = [int(b) for b in args.stitch_batch_sizes.split(",")]
@@ -151,27 +191,40 @@ def main() -> None:
         last = report[list(report)[-1]]
         print(json.dumps(last[-1] if isinstance(last, list) else last), flush=True)
 
-    report["syncs"] = sync_count(images[:8], victim, device, args.iterations)
-    save()
-    report["batch_invariance"] = []
-    for tf32 in (True, False):
-        if device == "cuda":
-            torch.backends.cudnn.allow_tf32 = tf32
-        report["batch_invariance"].append({"tf32": tf32, **batch_invariance(images[:8], device, 200)})
-    save()
-    report["fit"] = []
-    for tf32 in (True, False):
-        if device == "cuda":
-            torch.backends.cudnn.allow_tf32 = tf32
+    if "syncs" in sections:
+        report["syncs"] = sync_count(images[:8], victim, device, args.iterations)
+        save()
+    if "graph" in sections and device == "cuda":
+        report["graph"] = []
         for batch in batches:
-            report["fit"].append({"tf32": tf32, **fit_rate(batch, images, device, args.steps)})
+            report["graph"].append(graph_rate(batch, images, device, args.steps))
             save()
+        for batch in stitch_batches:
+            for cuda_graph in (False, True):
+                report["graph"].append(stitch_rate(batch, images, victim, device, args.iterations, cuda_graph))
+                save()
+    if "invariance" in sections:
+        report["batch_invariance"] = []
+        for tf32 in (True, False):
+            if device == "cuda":
+                torch.backends.cudnn.allow_tf32 = tf32
+            report["batch_invariance"].append({"tf32": tf32, **batch_invariance(images[:8], device, 200)})
+        save()
+    if "fit" in sections:
+        report["fit"] = []
+        for tf32 in (True, False):
+            if device == "cuda":
+                torch.backends.cudnn.allow_tf32 = tf32
+            for batch in batches:
+                report["fit"].append({"tf32": tf32, **fit_rate(batch, images, device, args.steps)})
+                save()
     if device == "cuda":
         torch.backends.cudnn.allow_tf32 = True
-    report["stitch"] = []
-    for batch in stitch_batches:
-        report["stitch"].append(stitch_rate(batch, images, victim, device, args.iterations))
-        save()
+    if "stitch" in sections:
+        report["stitch"] = []
+        for batch in stitch_batches:
+            report["stitch"].append(stitch_rate(batch, images, victim, device, args.iterations))
+            save()
 
 
 if __name__ == "__main__":

@@ -3,6 +3,12 @@ network at several batch sizes, per op category (forward, backward, Adam) and pe
 layer, with the step's effective FLOP rate against its own largest convolution.
 
     python benchmarks/profile_fit.py --batch-sizes 1,8,32 --steps 20
+    python benchmarks/profile_fit.py --batch-sizes 1,8,32 --conv-bound
+
+``--conv-bound`` answers a narrower question: how close could the step come to its largest
+convolution's rate if everything but the convolutions were free? It times every convolution
+layer of the network alone (forward + backward, its own input shape, the engine's kernels)
+and the whole step, interleaved round by round without the profiler.
 
 The reference rate is the grouped 3x3 convolution at 32x32 (35 -> 32 channels per network, the
 largest layer), forward and backward as the engine runs it, timed in the same process at the
@@ -16,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from collections import defaultdict
@@ -210,6 +217,66 @@ def stitch_share(batch: int, data_dir: str | None) -> dict:
     return {"batch": batch, "seconds": total, **spent}
 
 
+def conv_bound(batch: int, rounds: int, steps: int, settings: DIPSettings, data_dir: str | None) -> dict:
+    """Step time against the same network's convolutions timed alone, layer by layer."""
+    fit = DIPFit(images_for(batch, data_dir), list(range(batch)), settings)
+    layers: list[tuple[SamePadConv, tuple[int, ...], bool]] = []
+
+    def record(module: SamePadConv, args: tuple) -> None:
+        # The network's first layer reads z, which needs no gradient unless z is optimised.
+        layers.append((module, tuple(args[0].shape), args[0].requires_grad))
+
+    hooks = [m.register_forward_pre_hook(record) for m in fit.net.modules() if isinstance(m, SamePadConv)]
+    with fit.numerics():
+        step(fit)
+    for h in hooks:
+        h.remove()
+    with fit.numerics():
+        step(fit)  # the probe of each layer shape ran in the first step
+        flops = 3 * forward_flops(fit)
+        inputs = [torch.randn(shape, requires_grad=grad) for _, shape, grad in layers]
+        largest = LargestConv(batch, fit.exact)
+        step_times, conv_times, largest_times = [], [], []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for _ in range(steps):
+                step(fit)
+            step_times.append((time.perf_counter() - start) / steps)
+            start = time.perf_counter()
+            for _ in range(steps):
+                for (module, _, _), x in zip(layers, inputs, strict=True):
+                    out = module(x)
+                    wrt = [p for p in module.parameters()] + ([x] if x.requires_grad else [])
+                    torch.autograd.grad(out, wrt, torch.ones_like(out))
+            conv_times.append((time.perf_counter() - start) / steps)
+            largest_times.append(largest.seconds(steps))
+    step_s, conv_s, largest_s = (statistics.median(v) for v in (step_times, conv_times, largest_times))
+    largest_rate = largest.gflops(largest_s)
+    return {
+        "batch": batch,
+        "conv_layers": len(layers),
+        "step_ms": step_s * 1e3,
+        "convs_alone_ms": conv_s * 1e3,
+        "step_gflops": flops / step_s / 1e9,
+        "convs_alone_gflops": flops / conv_s / 1e9,
+        "largest_conv_gflops": largest_rate,
+    }
+
+
+def conv_bound_report(rows: list[dict]) -> str:
+    lines = [
+        "| B | step ms | convs alone ms | convs' share | step / largest conv | bound: convs alone / largest conv |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['batch']} | {r['step_ms']:.2f} | {r['convs_alone_ms']:.2f} | "
+            f"{100 * r['convs_alone_ms'] / r['step_ms']:.0f}% | {r['step_gflops'] / r['largest_conv_gflops']:.2f} | "
+            f"{r['convs_alone_gflops'] / r['largest_conv_gflops']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def report(rows: list[dict]) -> str:
     lines = []
     for r in rows:
@@ -250,7 +317,20 @@ def main() -> None:
     p.add_argument("--data-dir", default=os.environ.get("DIPDEF_CIFAR10"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "profile_fit.json"))
     p.add_argument("--stitch-share", action="store_true", help="the victim's share of a full dip_stitch run instead")
+    p.add_argument("--conv-bound", action="store_true", help="the step against its convolutions timed alone")
+    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds of --conv-bound (median)")
     args = p.parse_args()
+    machine = (
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
+    if args.conv_bound:
+        rows = [
+            conv_bound(int(b), args.rounds, args.steps, DIPSettings(), args.data_dir)
+            for b in args.batch_sizes.split(",")
+        ]
+        print(machine)
+        print(conv_bound_report(rows))
+        return
     if args.stitch_share:
         for b in args.batch_sizes.split(","):
             r = stitch_share(int(b), args.data_dir)
@@ -265,9 +345,6 @@ def main() -> None:
     rows = [
         profile_batch(int(b), args.steps, args.warmup, settings, args.data_dir) for b in args.batch_sizes.split(",")
     ]
-    machine = (
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    )
     Path(args.out).write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
     print(machine)
     print(report(rows))

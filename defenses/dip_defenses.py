@@ -90,7 +90,8 @@ class DIPPurifier(Purifier):
     output_ema (0, off; the code's exp_weight), pad ("reflection", or "zero" as DIPDefend's
     code pads; the network's padding unless a network given as arguments names its own; written
     into the recorded network only when it is "zero", so runs recorded before the option
-    existed still resume).
+    existed still resume); and cuda_graph (False; on a GPU, replay each fit step as one CUDA
+    graph, ``dip.engine.DIPSettings``; speed only, so not in the recorded parameters).
     """
 
     observe_tail = 0
@@ -118,6 +119,7 @@ class DIPPurifier(Purifier):
         input_jitter: float = 0.0,
         output_ema: float = 0.0,
         pad: str = "reflection",
+        cuda_graph: bool = False,
     ) -> None:
         if isinstance(network, str) and network not in DIP_NETWORKS:
             raise ValueError(
@@ -138,6 +140,7 @@ class DIPPurifier(Purifier):
             init=init,
             input_jitter=input_jitter,
             output_ema=output_ema,
+            cuda_graph=cuda_graph,
         )
         self.dip_batch, self.seed = dip_batch, seed
 
@@ -159,7 +162,7 @@ class DIPPurifier(Purifier):
         engine = {
             k: v
             for k, v in vars(self.dip).items()
-            if k != "retain_cpu_memory"  # speed only, like dip_batch
+            if k not in ("retain_cpu_memory", "cuda_graph")  # speed only, like dip_batch
             and not (k in OFF_WHEN_ZERO and v == 0)
         }
         return {**engine, **self.rule_settings(), "seed": self.seed}
@@ -200,7 +203,7 @@ class DIPStitch(DIPPurifier):
     Arguments: network "cifar", iterations 1000, lr 0.01, noise_scale 1/30, observe_every 5
     (T/200), tau 0.7, t0 50 (iterations), k 15, beta 0.5, grid 100, search "grid" (or
     "bisection" for large victims), dip_batch None (32 on a CPU, 128 on a GPU), seed 0; init
-    "xavier", input_jitter 0, output_ema 0, pad "zero" (``DIPPurifier``).
+    "xavier", input_jitter 0, output_ema 0, pad "zero", cuda_graph False (``DIPPurifier``).
     ImageNet: network "imagenet", iterations 3000, noise_scale 1/100, observe_every 15.
 
     Paper 002 does not name its padding. Zero padding (as DIPDefend's code pads) is the default
@@ -232,6 +235,7 @@ class DIPStitch(DIPPurifier):
         input_jitter: float = 0.0,
         output_ema: float = 0.0,
         pad: str = "zero",
+        cuda_graph: bool = False,
     ) -> None:
         super().__init__(
             network,
@@ -245,6 +249,7 @@ class DIPStitch(DIPPurifier):
             input_jitter=input_jitter,
             output_ema=output_ema,
             pad=pad,
+            cuda_graph=cuda_graph,
         )
         self.rule = StitchSettings(tau=tau, t0=t0, k=k, beta=beta, grid=grid, search=search)
         self.observe_tail = k
@@ -265,7 +270,7 @@ class DIPDefend(DIPPurifier):
     Arguments: network "dipdefend_cifar" (their CIFAR net), iterations 4000, lr 0.01,
     noise_scale 1/10, optimize_input True (they optimise the input too), lam 0.002,
     patch 32, dip_batch None (32 on a CPU, 128 on a GPU), seed 0; init "xavier", input_jitter 0,
-    output_ema 0, pad "reflection" (``DIPPurifier``).
+    output_ema 0, pad "reflection", cuda_graph False (``DIPPurifier``).
     The PSNR curve is read at every iterate.
     """
 
@@ -286,6 +291,7 @@ class DIPDefend(DIPPurifier):
         input_jitter: float = 0.0,
         output_ema: float = 0.0,
         pad: str = "reflection",
+        cuda_graph: bool = False,
     ) -> None:
         super().__init__(
             network,
@@ -300,6 +306,7 @@ class DIPDefend(DIPPurifier):
             input_jitter=input_jitter,
             output_ema=output_ema,
             pad=pad,
+            cuda_graph=cuda_graph,
         )
         self.rule = DIPDefendSettings(lam=lam, patch=patch)
 
@@ -328,7 +335,7 @@ class DeepProtection(DIPPurifier):
     mode; the oracle's cap is 3000 in the paper), lr 0.01, noise_scale 0.1, oracle False,
     top_k 5 (the oracle's top-k), error_split False, check_every 50, dip_batch None (8 on a CPU,
     128 on a GPU), seed 0;
-    init "xavier", input_jitter 0, output_ema 0, pad "reflection" (``DIPPurifier``).
+    init "xavier", input_jitter 0, output_ema 0, pad "reflection", cuda_graph False (``DIPPurifier``).
     """
 
     name = "deep_protection"
@@ -350,6 +357,7 @@ class DeepProtection(DIPPurifier):
         pad: str = "reflection",
         top_k: int = 5,
         error_split: bool = False,
+        cuda_graph: bool = False,
     ) -> None:
         super().__init__(
             network,
@@ -363,6 +371,7 @@ class DeepProtection(DIPPurifier):
             input_jitter=input_jitter,
             output_ema=output_ema,
             pad=pad,
+            cuda_graph=cuda_graph,
         )
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1 (the oracle's top-k; the paper's is 5), got {top_k}")
@@ -412,7 +421,7 @@ class DIPInc(DIPPurifier):
 
     Arguments: network "cifar", iterations 500, lr 0.01, noise_scale 1/30, threshold 0.00125,
     dip_batch None (32 on a CPU, 128 on a GPU), seed 0; init "xavier", input_jitter 0, output_ema 0,
-    pad "reflection" (``DIPPurifier``).
+    pad "reflection", cuda_graph False (``DIPPurifier``).
     """
 
     name = "dip_inc"
@@ -430,6 +439,7 @@ class DIPInc(DIPPurifier):
         input_jitter: float = 0.0,
         output_ema: float = 0.0,
         pad: str = "reflection",
+        cuda_graph: bool = False,
     ) -> None:
         super().__init__(
             network,
@@ -443,6 +453,7 @@ class DIPInc(DIPPurifier):
             input_jitter=input_jitter,
             output_ema=output_ema,
             pad=pad,
+            cuda_graph=cuda_graph,
         )
         self.threshold = threshold
 

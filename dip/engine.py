@@ -48,6 +48,14 @@ class DIPSettings:
     output_ema: w of an exponential moving average of the iterates, xbar(t) = w xbar(t-1) + (1 - w) x(t),
         xbar(0) = x(0) (the official code's ``exp_weight``, 0.99 there). When on, the observer and the
         returned image see xbar(t) and its MSE; the fit itself is unchanged. Default: 0 (off).
+    cuda_graph: on a CUDA device, record one fit step (forward, loss, backward, Adam) as a CUDA graph
+        after ``CUDAGraphStep.warmup`` eager steps and replay it from then on: one launch per step
+        instead of a few hundred small kernels, which is what a GPU step costs below B = 128
+        (benchmarks/RESULTS.md, "On a GPU"). Adam then keeps its step count on the device
+        (``capturable``), which rounds differently from the eager Adam; on a GPU results depend on
+        the batch anyway. Ignored on a CPU. Not with input_jitter (its per-image generators are
+        outside the graph). Not yet run on a GPU: opt in and compare (benchmarks/gpu_checks.py).
+        Default: False.
 
     Why ``exact_cpu``: in float32 a DIP fit is numerically chaotic. Conv biases before
     BatchNorm, and BatchNorm scales followed by another BatchNorm, have a true gradient
@@ -70,6 +78,7 @@ class DIPSettings:
     retain_cpu_memory: bool = True
     input_jitter: float = 0.0
     output_ema: float = 0.0
+    cuda_graph: bool = False
 
     def __post_init__(self) -> None:
         if self.init not in ("xavier", "default"):
@@ -78,6 +87,11 @@ class DIPSettings:
             raise ValueError(f"input_jitter must be >= 0 (a noise sigma; 0 is off), got {self.input_jitter}")
         if not 0 <= self.output_ema < 1:
             raise ValueError(f"output_ema must be in [0, 1) (an EMA weight; 0 is off), got {self.output_ema}")
+        if self.cuda_graph and self.input_jitter:
+            raise ValueError(
+                "cuda_graph cannot replay input_jitter's per-image random draws; turn one of them off "
+                f"(cuda_graph=True, input_jitter={self.input_jitter})"
+            )
         if self.iterations < 1 or self.observe_every < 1:
             raise ValueError(f"iterations ({self.iterations}) and observe_every ({self.observe_every}) must be >= 1")
 
@@ -194,7 +208,8 @@ class DIPFit:
         self.params = self._flatten(settings.optimize_input)
         # Not fused=True: the fused CPU kernel rounds vector bodies and tails differently, so a
         # parameter's update would depend on its tensor's size, i.e. on B (measured: 0.33 apart).
-        self.optimizer = torch.optim.Adam([self.flat], lr=settings.lr)
+        self.graphed = settings.cuda_graph and images.device.type == "cuda"
+        self.optimizer = torch.optim.Adam([self.flat], lr=settings.lr, capturable=self.graphed)
         self.exact = settings.exact_cpu and images.device.type == "cpu"
         self.jitter = settings.input_jitter
         # One stream per image, apart from the seeds' own (networks, noise) and the attacks' (2^62 + seed).
@@ -248,6 +263,49 @@ class DIPFit:
         self.backward(per_image_loss)
         self.optimizer.step()
 
+    def step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Algorithm 1's lines 4-7 for one t: returns x(t) [1, B*C, H, W] and its per-image MSE [B],
+        detached, and leaves theta_{t+1} in the network."""
+        with self.numerics():
+            out, per_image = self.forward()
+            self.update(per_image)
+        return out.detach(), per_image.detach()
+
+
+class CUDAGraphStep:
+    """``DIPFit.step`` recorded once as a CUDA graph and replayed (``DIPSettings.cuda_graph``).
+
+    The first ``warmup`` calls are the fit's first iterations, run eagerly on a side stream so
+    that cuDNN, autograd and Adam's state are set up before recording (torch.cuda.graphs'
+    whole-network recipe; the same stream is used for the capture). Recording launches nothing,
+    so the call that records then replays to run its iteration. A replay overwrites the graph's
+    output tensors in place, so each call returns copies an observer may keep."""
+
+    warmup = 3
+
+    def __init__(self, fit: DIPFit) -> None:
+        if not fit.graphed:
+            raise ValueError("CUDAGraphStep needs a DIPFit on a CUDA device with cuda_graph=True")
+        self.fit, self.eager_steps, self.graph = fit, 0, None
+        self.stream = torch.cuda.Stream(device=fit.flat.device)
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.graph is None:
+            self.stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.stream):
+                if self.eager_steps < self.warmup:
+                    out, per_image = self.fit.step()
+                    self.eager_steps += 1
+                else:
+                    self.graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(self.graph, stream=self.stream):
+                        self.out, self.per_image = self.fit.step()
+            torch.cuda.current_stream().wait_stream(self.stream)
+            if self.graph is None:
+                return out, per_image
+        self.graph.replay()
+        return self.out.clone(), self.per_image.clone()
+
 
 def fit_dip(
     images: torch.Tensor,
@@ -275,19 +333,20 @@ def fit_dip(
     last = settings.iterations - 1
     check_every = stop_check_every or (1 if images.device.type == "cpu" else 25)
     observed, ema, shown = 0, settings.output_ema, None
+    step = CUDAGraphStep(fit) if fit.graphed else fit.step
     for t in range(settings.iterations):
-        with fit.numerics():
-            out, per_image = fit.forward()
+        # Each step updates theta after x(t) is computed; the observer then sees x(t), as Algorithm 1 does.
+        if t < last:
+            out, per_image = step()
+        else:
+            with fit.numerics():
+                out, per_image = (v.detach() for v in fit.forward())
         # With output_ema, what is observed and returned is the average; the fit goes on from x(t).
-        shown = out.detach() if shown is None or not ema else shown * ema + out.detach() * (1 - ema)
+        shown = out if shown is None or not ema else shown * ema + out * (1 - ema)
         if observer is not None and is_observed(t, settings.iterations, settings.observe_every, observe_tail):
-            mse = fit.mse(shown) if ema else per_image.detach()
+            mse = fit.mse(shown) if ema else per_image
             done = observer(t, shown.reshape(b, c, h, w), mse)
             observed += 1
             if done is not None and observed % check_every == 0 and bool(done.all()):
                 break
-        if t == last:
-            break
-        with fit.numerics():
-            fit.update(per_image)
     return shown.reshape(b, c, h, w)
