@@ -27,6 +27,7 @@ import platform
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +42,16 @@ from dipdefense.dip.skip_net import SamePadConv  # noqa: E402
 from dipdefense.nets import load_classifier  # noqa: E402
 
 SECTIONS = ("syncs", "graph", "invariance", "fit", "stitch")
+
+
+def tf32_on_then_off(device: str) -> Iterator[bool]:
+    """cuDNN's TF32 on (PyTorch's default), then off, then back to the default."""
+    for tf32 in (True, False):
+        if device == "cuda":
+            torch.backends.cudnn.allow_tf32 = tf32
+        yield tf32
+    if device == "cuda":
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def synchronize(device: str) -> None:
@@ -205,21 +216,15 @@ def main() -> None:
                 save()
     if "invariance" in sections:
         report["batch_invariance"] = []
-        for tf32 in (True, False):
-            if device == "cuda":
-                torch.backends.cudnn.allow_tf32 = tf32
+        for tf32 in tf32_on_then_off(device):
             report["batch_invariance"].append({"tf32": tf32, **batch_invariance(images[:8], device, 200)})
         save()
     if "fit" in sections:
         report["fit"] = []
-        for tf32 in (True, False):
-            if device == "cuda":
-                torch.backends.cudnn.allow_tf32 = tf32
+        for tf32 in tf32_on_then_off(device):
             for batch in batches:
                 report["fit"].append({"tf32": tf32, **fit_rate(batch, images, device, args.steps)})
                 save()
-    if device == "cuda":
-        torch.backends.cudnn.allow_tf32 = True
     if "stitch" in sections:
         report["stitch"] = []
         for batch in stitch_batches:
