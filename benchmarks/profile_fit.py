@@ -246,7 +246,7 @@ def conv_bound(batch: int, rounds: int, steps: int, settings: DIPSettings, data_
             for _ in range(steps):
                 for (module, _, _), x in zip(layers, inputs, strict=True):
                     out = module(x)
-                    wrt = [p for p in module.parameters()] + ([x] if x.requires_grad else [])
+                    wrt = list(module.parameters()) + ([x] if x.requires_grad else [])
                     torch.autograd.grad(out, wrt, torch.ones_like(out))
             conv_times.append((time.perf_counter() - start) / steps)
             largest_times.append(largest.seconds(steps))
