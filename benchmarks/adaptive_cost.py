@@ -2,6 +2,7 @@
 HopSkipJump queries through a defense, the batched DIP engine against one image at a time.
 
     python benchmarks/adaptive_cost.py --defense dip_stitch --batch-sizes 1,16 --device cpu
+    python benchmarks/adaptive_cost.py --defense "dip_stitch(cuda_graph=true)" --batch-sizes 1,128 --device cuda
 
 A BPDA iteration is one defense forward (a DIP fit) plus one victim backward; ``bpda_pgd``
 with ``steps=1`` runs two iterates (the start with its gradient, then the step's verdict),
@@ -30,6 +31,7 @@ def measure(defense_name: str, batch: int, device: str, forwards: int) -> dict:
     from dipdefense.attacks import build_attack
     from dipdefense.defenses import build_defense
     from dipdefense.defenses.defended import DefendedClassifier
+    from dipdefense.evaluation.attack_specs import parse_call
     from dipdefense.nets import load_classifier
 
     victim = load_classifier(REPO / "checkpoints" / "victim_cifar_resnet20.ckpt", map_location=device)
@@ -41,7 +43,8 @@ def measure(defense_name: str, batch: int, device: str, forwards: int) -> dict:
     else:
         x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
         y = torch.zeros(batch, dtype=torch.long, device=device)
-    defense = build_defense(defense_name).to(device)
+    name, options, _ = parse_call(defense_name, "--defense")  # a defense with options, as evaluate.py takes it
+    defense = build_defense(name, **options).to(device)
     if hasattr(defense, "dip_batch"):
         defense.dip_batch = batch
     defended = DefendedClassifier(victim, defense)
@@ -72,7 +75,7 @@ def measure(defense_name: str, batch: int, device: str, forwards: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--defense", default="dip_stitch")
+    p.add_argument("--defense", default="dip_stitch", help="a name, or NAME(key=value,...) as evaluate.py takes it")
     p.add_argument("--batch-sizes", default="1,16")
     p.add_argument("--device", default="cpu")
     p.add_argument("--forwards", type=int, default=1, help="defense forwards timed per HSJ estimate")
