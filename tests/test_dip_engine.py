@@ -472,3 +472,40 @@ def test_a_cuda_graph_fit_replays_the_eager_fit_without_host_syncs():
         torch.cuda.set_sync_debug_mode("default")
     mses = torch.stack([mse for _, mse in outputs])
     assert (mses[-1] < mses[0]).all() and not torch.equal(outputs[-1][0], outputs[-2][0])
+
+
+def test_the_graph_step_warms_up_records_once_then_only_replays(monkeypatch):
+    """CUDAGraphStep's bookkeeping on a CPU, with torch.cuda's graph API replaced by recorders:
+    ``warmup`` eager steps, one recorded step (which launches nothing, so it is replayed at once),
+    then replays only; every call hands back copies, since a replay overwrites the graph's outputs."""
+    import contextlib
+    import types
+
+    from dipdefense.dip.engine import CUDAGraphStep
+
+    replays, steps = [], []
+    stream = types.SimpleNamespace(wait_stream=lambda other: None)
+
+    class RecordingGraph:
+        def replay(self) -> None:
+            replays.append(len(steps))
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", RecordingGraph)
+    monkeypatch.setattr(torch.cuda, "graph", lambda graph, stream=None: contextlib.nullcontext())
+
+    def step():
+        steps.append(len(steps))
+        return torch.full((1, 3, 2, 2), float(len(steps))), torch.full((1,), float(len(steps)))
+
+    fit = types.SimpleNamespace(graphed=True, flat=torch.zeros(1), step=step)
+    graphed = CUDAGraphStep(fit)
+    calls = [graphed() for _ in range(CUDAGraphStep.warmup + 3)]
+    assert len(steps) == CUDAGraphStep.warmup + 1  # the eager steps and the recorded one, nothing after
+    assert replays == [CUDAGraphStep.warmup + 1] * 3  # the recording call replays, then each later one
+    for out, mse in calls[CUDAGraphStep.warmup :]:
+        assert out is not graphed.out and mse is not graphed.per_image and torch.equal(out, graphed.out)
+    with pytest.raises(ValueError, match="needs a DIPFit on a CUDA device with cuda_graph=True"):
+        CUDAGraphStep(DIPFit(torch.rand(1, 3, 16, 16), [0], DIPSettings(network=SMALL_EVEN.network, cuda_graph=True)))
