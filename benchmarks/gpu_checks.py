@@ -42,6 +42,7 @@ from dipdefense.dip.skip_net import SamePadConv  # noqa: E402
 from dipdefense.nets import load_classifier  # noqa: E402
 
 SECTIONS = ("syncs", "graph", "invariance", "fit", "stitch")
+ZERO_PAD = {"pad": "zero"}  # the CIFAR network as dip_stitch runs it by default
 
 
 def tf32_on_then_off(device: str) -> Iterator[bool]:
@@ -101,23 +102,16 @@ def sync_count(images: torch.Tensor, victim: torch.nn.Module, device: str, itera
 
 def batch_invariance(images: torch.Tensor, device: str, steps: int) -> dict:
     """Image 0 fitted alone and as the first of a batch: max |difference| of x(steps)."""
-    settings = DIPSettings(iterations=steps, network={"pad": "zero"})
+    settings = DIPSettings(iterations=steps, network=ZERO_PAD)
     alone = fit_dip(images[:1].to(device), [0], settings)
     batched = fit_dip(images.to(device), list(range(len(images))), settings)[:1]
     return {"batch": len(images), "steps": steps, "max_abs_diff": float((alone - batched).abs().max())}
 
 
 def fit_rate(batch: int, images: torch.Tensor, device: str, steps: int) -> dict:
-    settings = DIPSettings(network={"pad": "zero"})
-    fit = DIPFit(images[:batch].to(device), list(range(batch)), settings)
+    fit = DIPFit(images[:batch].to(device), list(range(batch)), DIPSettings(network=ZERO_PAD))
     flops = 3 * forward_flops(fit)
-
-    def step() -> None:
-        with fit.numerics():
-            _, per_image = fit.forward()
-            fit.update(per_image)
-
-    seconds = timed(step, device, steps)
+    seconds = timed(fit.step, device, steps)
     conv = SamePadConv(35, 32, 3, pad="zero", groups=batch).to(device)
     x = torch.randn(1, 35 * batch, 32, 32, device=device, requires_grad=True)
 
@@ -139,16 +133,15 @@ def fit_rate(batch: int, images: torch.Tensor, device: str, steps: int) -> dict:
 
 def graph_rate(batch: int, images: torch.Tensor, device: str, steps: int) -> dict:
     """Fit steps eager and replayed from one CUDA graph, and how far 200 steps of each drift apart."""
-    eager_fit = DIPFit(images[:batch].to(device), list(range(batch)), DIPSettings())
-    graphed = DIPSettings(cuda_graph=True)
-    graphed_step = CUDAGraphStep(DIPFit(images[:batch].to(device), list(range(batch)), graphed))
+    x, seeds = images[:batch].to(device), list(range(batch))
+    eager_fit = DIPFit(x, seeds, DIPSettings(network=ZERO_PAD))
+    graphed_step = CUDAGraphStep(DIPFit(x, seeds, DIPSettings(network=ZERO_PAD, cuda_graph=True)))
     for _ in range(CUDAGraphStep.warmup + 1):
         graphed_step()  # warm-up, then record
     eager_s = timed(eager_fit.step, device, steps)
     graph_s = timed(graphed_step, device, steps)
-    x = images[:batch].to(device)
-    drift = fit_dip(x, list(range(batch)), DIPSettings(iterations=200, cuda_graph=True)) - fit_dip(
-        x, list(range(batch)), DIPSettings(iterations=200)
+    drift = fit_dip(x, seeds, DIPSettings(network=ZERO_PAD, iterations=200, cuda_graph=True)) - fit_dip(
+        x, seeds, DIPSettings(network=ZERO_PAD, iterations=200)
     )
     return {
         "batch": batch,
