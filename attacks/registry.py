@@ -49,8 +49,8 @@ def attack_parameters(name: str) -> list[str]:
     return [p for p in signature.parameters if p not in ("self", "eps")]
 
 
-# Counts where 0 means "none" (a seed, EOT draws); every other count must be at least 1.
-_MAY_BE_ZERO = {"seed", "eot"}
+# Counts where 0 means "none" (a seed, EOT draws, resubmitted copies); every other count must be at least 1.
+_MAY_BE_ZERO = {"seed", "eot", "resubmit"}
 
 
 def build_attack(name: str, eps: float | None = None, **params: Any) -> Attack:

@@ -51,14 +51,19 @@ class DefendedClassifier(nn.Module):
         victim: the classifier (takes images in [0, 1]).
         defense: a purifier, a detector (the victim then sees ``x`` and flagged inputs count as
             rejected) or a ``DETECTOR+PURIFIER`` (flagged inputs are purified).
-        bpda: backward through a defense without a gradient of its own: True, the identity
-            (BPDA); False, a gradient request raises. Default: True.
+        bpda: backward through a defense without a gradient of its own: True, by ``gradient``;
+            False, a gradient request raises. Default: True.
+        gradient: that backward, for a DIP defense: "identity" (BPDA, Athalye et al. 2018, Sec.
+            4.1; paper 002 App. A), "exact" (the pathwise gradient through the unrolled fit,
+            ``dip.pathwise``) or "rule" (the selection rule's algebra with a stand-in for each
+            iterate's Jacobian, ``dip.pathwise.rule_aware_vjp``); INC and other defenses
+            without a gradient take only "identity". Default: "identity".
 
     After each forward ``last_rejected`` holds the inputs the defense refused (INC's inversion
     distance at or above eta, a lone detector's flag), or None for defenses that never refuse.
     """
 
-    def __init__(self, victim: nn.Module, defense: Defense, bpda: bool = True) -> None:
+    def __init__(self, victim: nn.Module, defense: Defense, bpda: bool = True, gradient: str = "identity") -> None:
         super().__init__()
         if getattr(defense, "uses_labels", False):
             raise UserError(
@@ -68,6 +73,8 @@ class DefendedClassifier(nn.Module):
         self.victim = victim
         self.defense = defense
         self.bpda = bpda
+        check_backward(defense, gradient)
+        self.backward_mode = gradient
         self.last_rejected: torch.Tensor | None = None
         self._bound: torch.Tensor | None = None
 
@@ -90,8 +97,14 @@ class DefendedClassifier(nn.Module):
 
     @property
     def gradient(self) -> str:
-        """How gradients pass the defense: "full" or "bpda-identity"."""
-        return "full" if self.differentiable else "bpda-identity"
+        """How gradients pass the defense: "full", "bpda-identity", "exact" or "bpda-rule"."""
+        return self.gradient_for(self.backward_mode)
+
+    def gradient_for(self, backward: str) -> str:
+        """What ``gradient`` says when a call asks for ``backward`` (an attack's own choice)."""
+        if self.differentiable:
+            return "full"
+        return {"identity": "bpda-identity", "exact": "exact", "rule": "bpda-rule"}[backward]
 
     @contextmanager
     def bound_to(self, indices: torch.Tensor) -> Iterator["DefendedClassifier"]:
@@ -126,14 +139,19 @@ class DefendedClassifier(nn.Module):
             )
         return self._bound
 
-    def purified(self, images: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
-        """defense(x) with this module's gradient policy (detectors alone: x itself)."""
+    def purified(
+        self, images: torch.Tensor, indices: torch.Tensor | None = None, gradient: str | None = None
+    ) -> torch.Tensor:
+        """defense(x) with this module's gradient policy (detectors alone: x itself); ``gradient``
+        overrides the backward for this call ("identity", "exact", "rule"; an attack's choice)."""
+        if gradient is not None and gradient != self.backward_mode:
+            check_backward(self.defense, gradient)
         # a defense seeds its own draws (a DIP network's init after torch.manual_seed): an
         # attack's per-image draws must not reach into it
         with global_draws():
-            return self._purified(images, indices)
+            return self._purified(images, indices, gradient or self.backward_mode)
 
-    def _purified(self, images: torch.Tensor, indices: torch.Tensor | None) -> torch.Tensor:
+    def _purified(self, images: torch.Tensor, indices: torch.Tensor | None, backward: str) -> torch.Tensor:
         _check_range(images)
         if indices is None:
             indices = self.indices_for(images)
@@ -145,7 +163,7 @@ class DefendedClassifier(nn.Module):
             return images
         detector = self.detector
         if detector is None:
-            out, details = self._through(self.defense, images, indices)
+            out, details = self._through(self.defense, images, indices, backward)
             if details and all("rejected" in d for d in details):
                 self.last_rejected = torch.tensor([bool(d["rejected"]) for d in details], device=images.device)
             return out
@@ -154,7 +172,7 @@ class DefendedClassifier(nn.Module):
         rows = flagged.nonzero().flatten()
         out = images.clone()
         if len(rows):
-            out[rows] = self._through(self.purifier, images[rows], indices[rows])[0]
+            out[rows] = self._through(self.purifier, images[rows], indices[rows], backward)[0]
         return out
 
     def forward(self, images: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
@@ -178,7 +196,7 @@ class DefendedClassifier(nn.Module):
         return torch.relu(distance / eta - 1)
 
     def _through(
-        self, purifier: Purifier, images: torch.Tensor, indices: torch.Tensor
+        self, purifier: Purifier, images: torch.Tensor, indices: torch.Tensor, backward: str = "identity"
     ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
         """purifier(images) with this module's gradient policy, and its per-image details."""
         if not (torch.is_grad_enabled() and images.requires_grad):
@@ -192,6 +210,10 @@ class DefendedClassifier(nn.Module):
                 f"defense {purifier.name!r} has no gradient of its own (bpda=False): use BPDA (bpda_pgd, eot_pgd) "
                 "or a decision-based attack (hopskipjump with threat=adaptive)"
             )
+        if backward == "exact":
+            return purifier.purify_pathwise(images, self.victim, indices)
+        if backward == "rule":
+            return purifier.purify_rule_aware(images, self.victim, indices)
         from dipdefense.attacks.advertorch_compat import BPDAWrapper
 
         details: list[dict[str, Any]] = []
@@ -203,6 +225,30 @@ class DefendedClassifier(nn.Module):
             return purified.images.to(x.dtype)
 
         return BPDAWrapper(forward)(images), details  # identity backward (paper 002 App. A)
+
+
+BACKWARDS = ("identity", "exact", "rule")
+
+
+def check_backward(defense: Defense, gradient: str) -> None:
+    """Refuse a backward this defense cannot give, in one line that says what works."""
+    if gradient not in BACKWARDS:
+        raise UserError(f"unknown gradient {gradient!r}; accepted: {', '.join(BACKWARDS)}")
+    if gradient == "identity":
+        return
+    purifier = defense if isinstance(defense, Purifier) else None
+    purifier = getattr(purifier, "purifier", purifier)
+    if purifier is None or purifier.differentiable:
+        what = "has a gradient of its own" if purifier is not None else "is a detector (the victim sees x itself)"
+        raise UserError(
+            f"gradient={gradient!r} vs defense {defense.name!r}: the defense {what}, so attacks get its full gradient; "
+            f"{gradient!r} is for the DIP defenses (dip_stitch, dipdefend, dip_inc, deep_protection)"
+        )
+    if not hasattr(purifier, "purify_pathwise"):
+        raise UserError(
+            f"gradient={gradient!r} vs defense {defense.name!r}: it has no fit to unroll; what works: "
+            "gradient='identity' (BPDA) or a decision-based attack (hopskipjump with threat=adaptive)"
+        )
 
 
 def _check_range(images: torch.Tensor) -> None:

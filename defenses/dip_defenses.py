@@ -10,7 +10,16 @@ from dipdefense.defenses.base import Purified, Purifier
 from dipdefense.defenses.registry import register_defense
 from dipdefense.dip.dipdefend import DIPDefendRule, DIPDefendSettings
 from dipdefense.dip.early_stopping import MSEEarlyStop, OracleTop5Stop, StaticErrorSplit
-from dipdefense.dip.engine import DIPSettings, check_image_size, fit_dip
+from dipdefense.dip.engine import DIPFit, DIPSettings, check_image_size, fit_dip
+from dipdefense.dip.pathwise import (
+    StateRecorder,
+    UnrolledFit,
+    available_bytes,
+    check_memory,
+    pathwise_vjp,
+    probe_step_bytes,
+)
+from dipdefense.dip.selection import rule_selection
 from dipdefense.dip.stitching import StitchRule, StitchSettings
 
 DIP_NETWORKS: dict[str, dict[str, Any]] = {
@@ -103,6 +112,10 @@ class DIPPurifier(Purifier):
     default_num_samples = 40
     # Dataset indices whose decision traces are kept (``evaluate.py --save-traces``).
     trace_indices: frozenset[int] = frozenset()
+    # The exact (pathwise) gradient: fit steps recomputed at once, and the memory it may use
+    # (None: what the device has free, ``dip.pathwise.available_bytes``).
+    exact_segment = 25
+    exact_memory_bytes: int | None = None
 
     def __init__(
         self,
@@ -184,17 +197,89 @@ class DIPPurifier(Purifier):
         for start in range(0, len(images), batch):
             part = slice(start, start + batch)
             x, y = images[part], None if labels is None else labels[part]
-            rule = self.make_rule(x, classifier, y)
             wanted = [j for j, i in enumerate(indices[part].tolist()) if i in self.trace_indices]
-            if wanted and hasattr(rule, "record_trace"):
-                rule.record_trace()
-            seeds = [item_seed(self.seed, i) for i in indices[part]]
-            last = fit_dip(x, seeds, self.dip, rule, observe_tail=self.observe_tail)
-            out.append((last if rule is None else rule.result()).clamp(0, 1))
+            purified, rule = self._fit_chunk(x, y, classifier, indices[part], trace=bool(wanted))
+            out.append(purified)
             details += self.details(rule, out[-1], classifier, y)
             if wanted and hasattr(rule, "diagnostics"):
                 traces |= {int(indices[part][j]): rule.diagnostics(j) for j in wanted}
         return Purified(torch.cat(out), details, traces)
+
+    def _fit_chunk(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None,
+        classifier: nn.Module,
+        indices: torch.Tensor,
+        trace: bool = False,
+        recorder: StateRecorder | None = None,
+    ) -> tuple[torch.Tensor, Any]:
+        """One DIP batch: the fit with its rule; the output in [0, 1] and the rule."""
+        rule = self.make_rule(x, classifier, y)
+        if trace and hasattr(rule, "record_trace"):
+            rule.record_trace()
+        seeds = [item_seed(self.seed, i) for i in indices]
+        last = fit_dip(x, seeds, self.dip, rule, observe_tail=self.observe_tail, recorder=recorder)
+        return (last if rule is None else rule.result()).clamp(0, 1), rule
+
+    def purify_pathwise(
+        self, images: torch.Tensor, classifier: nn.Module, indices: torch.Tensor
+    ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        """``purify`` whose backward is the exact pathwise gradient through the unrolled fit
+        (``dip.pathwise``), with the rule's discrete choices held fixed; and the details."""
+        if self.uses_labels:
+            raise ValueError(f"{self.name} with its oracle on is given the true labels: it has no attacker's gradient")
+        holder: list[list[dict[str, Any]]] = []
+        return _PathwiseFit.apply(images, self, classifier, indices, holder), holder[0]
+
+    def check_pathwise_memory(self, images: torch.Tensor, indices: torch.Tensor) -> None:
+        """Refuse, before any fit, an exact gradient that would not fit in memory (``dip.pathwise``)."""
+        batch = self.dip_batch_on(images.device)
+        x = images[:batch].detach()
+        probe = DIPFit(x, [item_seed(self.seed, i) for i in indices[:batch]], self.dip)
+        recorder = StateRecorder(self.exact_segment)
+        recorder(0, probe)
+        step_bytes = probe_step_bytes(UnrolledFit(probe, self.dip), recorder.states[0], x)
+        chunks = -(-len(images) // batch)
+        budget = self.exact_memory_bytes or available_bytes(images.device)
+        # every chunk's states live until the backward; one chunk's segment graph at a time
+        check_memory(
+            self.name, len(x), step_bytes, chunks * recorder.nbytes(), self.dip.iterations, self.exact_segment, budget
+        )
+
+
+class _PathwiseFit(torch.autograd.Function):
+    """The DIP defense forward (the true fit, its states kept) and the pathwise backward."""
+
+    @staticmethod
+    def forward(ctx: Any, images: torch.Tensor, purifier: DIPPurifier, classifier, indices, holder) -> torch.Tensor:
+        purifier.check_pathwise_memory(images, indices)
+        batch = purifier.dip_batch_on(images.device)
+        outs, details, ctx.chunks = [], [], []
+        for start in range(0, len(images), batch):
+            part = slice(start, start + batch)
+            x = images[part].detach()
+            recorder = StateRecorder(purifier.exact_segment)
+            out, rule = purifier._fit_chunk(x, None, classifier, indices[part], recorder=recorder)
+            selection = rule_selection(rule, len(x), purifier.dip.iterations - 1)
+            ctx.chunks.append((part, x, recorder, selection, out))
+            outs.append(out)
+            details += purifier.details(rule, out, classifier, None)
+        ctx.purifier = purifier
+        holder.append(details)
+        return torch.cat(outs).to(images.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grads = []
+        with torch.enable_grad():
+            for part, x, recorder, selection, out in ctx.chunks:
+                unrolled = UnrolledFit(recorder.fit, ctx.purifier.dip)
+                grads.append(
+                    pathwise_vjp(unrolled, recorder.states, recorder.segment, selection, x, out, grad_output[part])
+                )
+        ctx.chunks = None  # the states are large: free them with the graph
+        return torch.cat(grads), None, None, None, None
 
 
 class DIPStitch(DIPPurifier):

@@ -314,6 +314,7 @@ def fit_dip(
     observer: Observer | None = None,
     observe_tail: int = 0,
     stop_check_every: int | None = None,
+    recorder: Callable[[int, "DIPFit"], None] | None = None,
 ) -> torch.Tensor:
     """Fit one DIP per image (Algorithm 1, lines 2-8 of paper 002) and return the last
     iterate x(T-1) [B, C, H, W]. ``observer`` sees x(t) for t = 0, k, 2k, ... (k =
@@ -327,7 +328,10 @@ def fit_dip(
     Only the fit runs in its own kernels (``DIPFit.numerics``); the observer runs in the
     caller's, as everything after the fit does (a rule's final search, the evaluation's
     victim). On CPU that is oneDNN by default: 2.5x faster than the native path for the
-    ResNet-20 victim at B = 32, and no less batch-invariant (benchmarks/RESULTS.md)."""
+    ResNet-20 victim at B = 32, and no less batch-invariant (benchmarks/RESULTS.md).
+
+    ``recorder(t, fit)`` is called before iteration t's step (``dip.pathwise.StateRecorder``
+    keeps the states the pathwise gradient recomputes from)."""
     fit = DIPFit(images, seeds, settings)
     b, c, h, w = fit.shape
     last = settings.iterations - 1
@@ -335,6 +339,8 @@ def fit_dip(
     observed, ema, shown = 0, settings.output_ema, None
     step = CUDAGraphStep(fit) if fit.graphed else fit.step
     for t in range(settings.iterations):
+        if recorder is not None:
+            recorder(t, fit)
         # Each step updates theta after x(t) is computed; the observer then sees x(t), as Algorithm 1 does.
         if t < last:
             out, per_image = step()

@@ -73,9 +73,12 @@ class StitchRule:
         # Ring buffers of the last K crossing pairs and their labels; slot crossings % K is next.
         self.pairs = clean_input.new_zeros(b, settings.k, 2, *clean_input.shape[1:])
         self.pair_labels = torch.zeros(b, settings.k, 2, dtype=torch.long, device=device)
+        self.pair_times = torch.zeros(b, settings.k, 2, dtype=torch.long, device=device)  # t, t+1 (selection())
         self.tail: list[torch.Tensor] = []
+        self.tail_times: list[int] = []
         self.crossings = torch.zeros(b, dtype=torch.long, device=device)
         self._boundary: list[torch.Tensor | None] | None = None  # per image, its on-boundary images (result())
+        self._alphas: list[torch.Tensor | None] | None = None  # per image, the alpha of each (Eq. 5)
         # Diagnostics (off unless asked for; they sync): victim confidences per sampled t, crossing t's.
         self.trace: list[tuple[int, torch.Tensor]] | None = None
         self.crossing_times: list[list[int]] = [[] for _ in range(b)]
@@ -96,6 +99,7 @@ class StitchRule:
     @torch.no_grad()
     def __call__(self, t: int, x: torch.Tensor, mse: torch.Tensor) -> None:
         self.tail = [*self.tail[-(self.s.k - 1) :], x] if self.s.k > 1 else [x]
+        self.tail_times = [*self.tail_times[-(self.s.k - 1) :], t] if self.s.k > 1 else [t]
         probs = self._probs(x)
         label, ssim = probs.argmax(1), per_image_ssim(x, self.x0)
         if self.trace is not None:
@@ -106,6 +110,8 @@ class StitchRule:
             slot = (self.crossings % self.s.k).view(-1, 1)
             self._write(self.pairs, slot, torch.stack((x_prev, x), 1), crossed)
             self._write(self.pair_labels, slot, torch.stack((label_prev, label), 1), crossed)
+            times = torch.stack((torch.full_like(label, t_prev), torch.full_like(label, t)), 1)  # no host copy
+            self._write(self.pair_times, slot, times, crossed)
             self.crossings += crossed
             if self.trace is not None:
                 for i in crossed.nonzero().flatten().tolist():
@@ -119,33 +125,38 @@ class StitchRule:
         mask = where.view(-1, 1, *[1] * (ring.dim() - 2))
         ring.scatter_(1, index, torch.where(mask, new.unsqueeze(1), ring.gather(1, index)))
 
-    def _kept_pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _kept_pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every image's kept pairs, oldest first, images one after another: x_a, x_b [P, ...],
-        labels [P, 2]; and the count per image."""
+        labels [P, 2], their times [P, 2]; and the count per image."""
         k, kept = self.s.k, self.kept
         positions = torch.arange(k, device=kept.device)
         order = ((self.crossings - kept).view(-1, 1) + positions) % k  # chronological slots
         valid = positions.view(1, -1) < kept.view(-1, 1)
         pairs = self.pairs.gather(1, order.view(*order.shape, *[1] * (self.pairs.dim() - 2)).expand_as(self.pairs))
         labels = self.pair_labels.gather(1, order.view(*order.shape, 1).expand_as(self.pair_labels))
-        pairs, labels = pairs[valid], labels[valid]
-        return pairs, labels, kept
+        times = self.pair_times.gather(1, order.view(*order.shape, 1).expand_as(self.pair_times))
+        return pairs[valid], labels[valid], times[valid], kept
 
     def _on_boundary_all(self) -> list[torch.Tensor | None]:
         """Eq. 4-5 for every kept pair, in batches of B pairs; per image, its x_db [n, ...] or None."""
         if self._boundary is None:
-            pairs, labels, kept = self._kept_pairs()
+            pairs, labels, _, kept = self._kept_pairs()
             found = [
                 self._on_boundary(
                     pairs[i : i + len(self.x0), 0], pairs[i : i + len(self.x0), 1], *labels[i : i + len(self.x0)].T
                 )
                 for i in range(0, len(pairs), len(self.x0))
             ]
-            x_db = torch.cat(found) if found else pairs[:, 0]
+            x_db = torch.cat([f[0] for f in found]) if found else pairs[:, 0]
+            alphas = torch.cat([f[1] for f in found]) if found else pairs.new_zeros(0)
             self._boundary = [part if len(part) else None for part in x_db.split(kept.tolist())]
+            self._alphas = [part if len(part) else None for part in alphas.split(kept.tolist())]
         return self._boundary
 
-    def _on_boundary(self, x_a: torch.Tensor, x_b: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor) -> torch.Tensor:
+    def _on_boundary(
+        self, x_a: torch.Tensor, x_b: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_db and its alpha (Eq. 4-5) for each pair."""
         if self.s.search == "bisection":
             return self._bisect(x_a, x_b, y_a, y_b)
         return self._grid(x_a, x_b, y_a, y_b)
@@ -154,7 +165,9 @@ class StitchRule:
         probs = self._probs(x)
         return probs.gather(1, y_a[:, None]).squeeze(1) - probs.gather(1, y_b[:, None]).squeeze(1)
 
-    def _bisect(self, x_a: torch.Tensor, x_b: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor) -> torch.Tensor:
+    def _bisect(
+        self, x_a: torch.Tensor, x_b: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 5 by bisection: the gap is > 0 at alpha = 1 (x_a) and < 0 at alpha = 0 (x_b)."""
         lo = torch.zeros(len(x_a), device=x_a.device)
         hi = torch.ones_like(lo)
@@ -162,9 +175,11 @@ class StitchRule:
             mid = (lo + hi) / 2
             positive = self._gap(_mix(x_a, x_b, mid), y_a, y_b) > 0
             hi, lo = torch.where(positive, mid, hi), torch.where(positive, lo, mid)
-        return _mix(x_a, x_b, (lo + hi) / 2)
+        return _mix(x_a, x_b, (lo + hi) / 2), (lo + hi) / 2
 
-    def _grid(self, x_a: torch.Tensor, x_b: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor) -> torch.Tensor:
+    def _grid(
+        self, x_a: torch.Tensor, x_b: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 4-5: grid search of alpha, the N+1 interpolations of all crossings in one batch."""
         n, alphas = len(x_a), torch.linspace(0, 1, self.s.grid + 1, device=x_a.device)
         mix = alphas.view(1, -1, 1, 1, 1) * x_a[:, None] + (1 - alphas.view(1, -1, 1, 1, 1)) * x_b[:, None]
@@ -174,7 +189,7 @@ class StitchRule:
             - probs.gather(2, y_b.view(n, 1, 1).expand(n, len(alphas), 1))
         ).abs()
         best = gap.squeeze(2).argmin(1)
-        return mix[torch.arange(n), best]
+        return mix[torch.arange(n), best], alphas[best]
 
     def diagnostics(self, i: int) -> dict:
         """Image i's decision trace (sampled t, softmax per t), crossing t's and last on-boundary image."""

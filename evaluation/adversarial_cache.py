@@ -161,7 +161,8 @@ def cached_attack_entry(
     "queries" [B], the model calls each image paid (the decision attacks' ``last_queries``), and
     "start_queries" [B], how many of them found its start (HopSkipJump's ``last_start_queries``),
     and "answers" [B], the label its oracle answered on each returned input (``last_answers``;
-    -1 where it never asked that input).
+    -1 where it never asked that input), and "resubmit" [B, R], whether the defended victim was
+    right on each resubmitted copy (``last_resubmit``).
 
     ``prefixes``: attacks that are this one with a smaller query budget (HopSkipJump's
     ``snapshot_budgets``); when this one is computed, their entries are stored from its
@@ -181,6 +182,7 @@ def cached_attack_entry(
             ("queries", "last_queries"),
             ("start_queries", "last_start_queries"),
             ("answers", "last_answers"),
+            ("resubmit", "last_resubmit"),
         )
         for name, kept in kept_by_attack:
             if getattr(attack, kept, None) is not None:

@@ -198,7 +198,7 @@ class RobustnessEvaluation(pl.LightningModule):
         with torch.enable_grad():
             entry = self._adversarial(run, images, labels, indices)  # the chunk: one cache entry
         adversarial, history, queries = entry["images"], entry.get("history"), entry.get("queries")
-        start_queries, answers = entry.get("start_queries"), entry.get("answers")
+        start_queries, answers, resubmit = entry.get("start_queries"), entry.get("answers"), entry.get("resubmit")
         attack_seconds = (time.perf_counter() - started) / len(indices)
         # how the decision attack counted its queries (HopSkipJump's revisions), kept with each record
         revision = getattr(run.build(), "revision", None) if queries is not None else None
@@ -208,8 +208,8 @@ class RobustnessEvaluation(pl.LightningModule):
         images, labels, indices, clean_pred, adversarial = (
             t[sel] for t in (images, labels, indices, clean_pred, adversarial)
         )
-        history, queries, start_queries, answers = (
-            None if t is None else t[sel.to(t.device)] for t in (history, queries, start_queries, answers)
+        history, queries, start_queries, answers, resubmit = (
+            None if t is None else t[sel.to(t.device)] for t in (history, queries, start_queries, answers, resubmit)
         )
         adv_logits = self._classify(adversarial)
         started = time.perf_counter()
@@ -230,7 +230,9 @@ class RobustnessEvaluation(pl.LightningModule):
         pred, adv_pred = logits.argmax(1), adv_logits.argmax(1)
         gradient = None
         if run.threat == ADAPTIVE:  # how the attack's gradient passed the defense, if it took one
-            gradient = self.defended.gradient if run.build().needs_gradient else "none"
+            attack = run.build()
+            label = getattr(attack, "gradient_label", None)
+            gradient = (label(self.defended) if label else self.defended.gradient) if attack.needs_gradient else "none"
         records = []
         for i in range(len(indices)):
             record = {
@@ -252,6 +254,8 @@ class RobustnessEvaluation(pl.LightningModule):
             }
             if gradient is not None:
                 record["gradient"] = gradient
+            if resubmit is not None:  # per resubmitted copy of the final iterate: still right
+                record["resubmit"] = "".join("1" if r else "0" for r in resubmit[i].tolist())
             if history is not None:  # per iterate: was the defended victim still right
                 right = history[i].tolist()
                 record["history"] = "".join("1" if r else "0" for r in right)

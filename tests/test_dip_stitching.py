@@ -67,11 +67,16 @@ def test_bisection_lands_within_one_grid_section_of_the_grid_search():
     keep = y_a != y_b
     x_a, x_b, y_a, y_b = x_a[keep], x_b[keep], y_a[keep], y_b[keep]
     assert len(x_a) >= 3
-    grid = StitchRule(x_a, classifier, StitchSettings(grid=100))._on_boundary(x_a, x_b, y_a, y_b)
-    bisect = StitchRule(x_a, classifier, StitchSettings(grid=100, search="bisection"))._on_boundary(x_a, x_b, y_a, y_b)
+    grid, grid_alpha = StitchRule(x_a, classifier, StitchSettings(grid=100))._on_boundary(x_a, x_b, y_a, y_b)
+    bisect, bisect_alpha = StitchRule(x_a, classifier, StitchSettings(grid=100, search="bisection"))._on_boundary(
+        x_a, x_b, y_a, y_b
+    )
     # Same segment, so alpha differences show as |x_db diff| / |x_a - x_b| (per pixel, taken at the max).
     alpha_diff = ((grid - bisect).flatten(1).abs().amax(1)) / (x_a - x_b).flatten(1).abs().amax(1)
     assert (alpha_diff <= 1 / 100 + 1e-6).all()
+    assert ((grid_alpha - bisect_alpha).abs() <= 1 / 100 + 1e-6).all()  # the alphas each search reports
+    expected = grid_alpha.view(-1, 1, 1, 1) * x_a + (1 - grid_alpha.view(-1, 1, 1, 1)) * x_b
+    assert torch.allclose(grid, expected, atol=1e-6)
     with pytest.raises(ValueError, match="unknown search"):
         StitchSettings(search="golden")
 
@@ -96,7 +101,7 @@ def test_deferred_search_equals_searching_at_each_crossing(search):
             for i in range(5):
                 if labels[step][i] != labels[step - 1][i] and 5 * (step - 1) >= settings.t0:
                     pair = (trace[step - 1][i : i + 1], trace[step][i : i + 1])
-                    x_db = reference._on_boundary(*pair, labels[step - 1][i : i + 1], labels[step][i : i + 1])
+                    x_db = reference._on_boundary(*pair, labels[step - 1][i : i + 1], labels[step][i : i + 1])[0]
                     kept[i] = [*kept[i][-(settings.k - 1) :], x_db[0]]
     assert rule.kept.tolist() == [len(k) for k in kept] and sum(map(len, kept)) >= 5
     fallback = torch.stack(trace[-settings.k :]).mean(0)

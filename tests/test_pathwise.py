@@ -1,0 +1,185 @@
+"""The pathwise (exact) gradient through the unrolled DIP fit.
+
+Known answers: the functional fit retraces ``fit_dip`` bit for bit (so the backward differentiates
+the trajectory the defense took); each rule's linear selection reproduces its output; in float64
+on a short fit the pathwise derivative equals a central finite difference at a small step.
+Error paths: a backward a defense cannot give, a fit that would not fit in memory, options the
+unrolled fit does not model.
+"""
+
+import pytest
+import torch
+
+from dipdefense.common.errors import UserError
+from dipdefense.defenses import build_defense
+from dipdefense.defenses.defended import DefendedClassifier
+from dipdefense.defenses.dip_defenses import DIP_NETWORKS
+from dipdefense.dip.dipdefend import DIPDefendRule, DIPDefendSettings
+from dipdefense.dip.early_stopping import MSEEarlyStop
+from dipdefense.dip.engine import DIPFit, DIPSettings, fit_dip
+from dipdefense.dip.pathwise import FitState, StateRecorder, UnrolledFit, pathwise_vjp, unrolled_forward
+from dipdefense.dip.selection import LinearSelection, rule_selection
+from dipdefense.dip.stitching import StitchRule, StitchSettings
+from tests.test_adaptive import tiny_victim_module
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def images(n: int = 2, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 0.8 + 0.1
+
+
+@pytest.mark.parametrize("optimize_input", [False, True])
+def test_the_functional_fit_retraces_fit_dip_bit_for_bit(optimize_input):
+    x = images()
+    settings = DIPSettings(network=DIP_NETWORKS["cifar"], iterations=16, optimize_input=optimize_input)
+    seen, recorder = {}, StateRecorder(segment=5)
+    fit_dip(x, [3, 4], settings, observer=lambda t, xt, mse: seen.__setitem__(t, xt.clone()), recorder=recorder)
+    assert sorted(recorder.states) == [0, 5, 10, 15]
+    unrolled = UnrolledFit(recorder.fit, settings)
+    state = recorder.states[5]
+    theta, m, v = state.theta, state.exp_avg, state.exp_avg_sq
+    with unrolled.numerics():
+        for t in range(5, 15):
+            out, (theta, m, v) = unrolled.step(theta, m, v, x, t, create_graph=t % 2 == 0)
+            if t in seen:
+                assert torch.equal(out.detach().reshape(x.shape), seen[t]), t
+        assert torch.equal(theta.detach(), recorder.states[15].theta)
+        assert torch.equal(v.detach(), recorder.states[15].exp_avg_sq)
+
+
+def record_all(rule):
+    """Wrap an observer so every iterate it sees is kept."""
+    seen = {}
+
+    def observer(t, x, mse):
+        seen[t] = x.clone()
+        return rule(t, x, mse)
+
+    return observer, seen
+
+
+def assert_selection_reproduces(rule, seen, x0, result, iterations):
+    selection = rule_selection(rule, len(x0), iterations - 1)
+    total = torch.zeros_like(x0)
+    for t in selection.times():
+        total += selection.weight_at(t).view(-1, 1, 1, 1) * seen[t]
+    total += torch.tensor(selection.x0_weight).view(-1, 1, 1, 1) * x0
+    assert torch.allclose(total.clamp(0, 1), result.clamp(0, 1), atol=1e-5)
+    return selection
+
+
+class Flicker(torch.nn.Module):
+    """A classifier whose label turns with the image's mean brightness: crossings along any fit."""
+
+    def forward(self, x):
+        m = 60 * x.mean((1, 2, 3))
+        return 5 * torch.stack([torch.sin(m), torch.cos(m), -torch.sin(m)], 1)
+
+
+def test_stitch_selection_reproduces_the_rules_output_with_and_without_crossings():
+    x0 = images(4, seed=1)
+    victim = Flicker()
+    settings = DIPSettings(network=DIP_NETWORKS["small"], iterations=60, observe_every=2)
+    rule = StitchRule(x0, victim, StitchSettings(t0=0, tau=0.0, k=3))
+    observer, seen = record_all(rule)
+    fit_dip(x0, [0, 1, 2, 3], settings, observer, observe_tail=3)
+    selection = assert_selection_reproduces(rule, seen, x0, rule.result(), 60)
+    crossed = rule.crossings > 0
+    assert crossed.any(), "the test needs an image with crossings"
+    assert [c for c, k in zip(selection.x0_weight, crossed.tolist(), strict=True) if k] == [-0.5] * int(crossed.sum())
+    # with crossings the weights sum to 1 + beta (so y moves with x0 with total weight 1); without, to 1
+    assert selection.total_weight() == pytest.approx([1.0] * 4)
+    if not crossed.all():
+        assert any(set(w) == {57, 58, 59} for w in selection.weights)  # the last K iterates
+
+
+def test_dipdefend_and_mse_stop_selections_are_their_chosen_iterates():
+    x0 = images(2, seed=2)
+    settings = DIPSettings(network=DIP_NETWORKS["small"], iterations=40, observe_every=1)
+    for rule in (DIPDefendRule(x0, DIPDefendSettings(lam=0.2)), MSEEarlyStop(x0, threshold=0.02)):
+        observer, seen = record_all(rule)
+        fit_dip(x0, [5, 6], settings, observer)
+        assert_selection_reproduces(rule, seen, x0, rule.result(), 40)
+
+
+@pytest.mark.parametrize("optimize_input", [False, True])
+def test_the_pathwise_derivative_is_a_finite_difference_in_float64(optimize_input):
+    x0 = images(2, seed=3).double()
+    settings = DIPSettings(network=DIP_NETWORKS["small"], iterations=8, optimize_input=optimize_input)
+    fit = DIPFit(x0.float(), [1, 2], settings)
+    fit.net.double()
+    fit.noise = fit.noise.double()
+    unrolled = UnrolledFit(fit, settings)
+    theta = fit.flat.detach().double()
+    start = FitState(theta, torch.zeros_like(theta), torch.zeros_like(theta))
+    selection = LinearSelection([{7: 0.7, 4: 0.8}, {6: 1.5}], [-0.5, -0.5])
+    y, states = unrolled_forward(unrolled, start, x0, selection, segment=3)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(0), dtype=y.dtype)
+    vjp = pathwise_vjp(unrolled, states, 3, selection, x0, y, g)
+    direction = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1), dtype=x0.dtype)
+    h = 1e-7
+    plus, _ = unrolled_forward(unrolled, start, x0 + h * direction, selection, 3)
+    minus, _ = unrolled_forward(unrolled, start, x0 - h * direction, selection, 3)
+    finite_difference = ((g * plus).sum() - (g * minus).sum()) / (2 * h)
+    assert (vjp * direction).sum().item() == pytest.approx(finite_difference.item(), rel=1e-3)
+    # segment length is bookkeeping only
+    _, every_step = unrolled_forward(unrolled, start, x0, selection, segment=1)
+    assert torch.allclose(pathwise_vjp(unrolled, every_step, 1, selection, x0, y, g), vjp, rtol=1e-9)
+
+
+def small_stitch(**kwargs):
+    return build_defense("dip_stitch", network="small", iterations=30, t0=0, tau=0.0, k=3, observe_every=2, **kwargs)
+
+
+def test_defended_classifier_with_the_exact_gradient():
+    victim, x = tiny_victim_module(), images(2, seed=4)
+    defense = small_stitch()
+    exact = DefendedClassifier(victim, defense, gradient="exact")
+    assert exact.gradient == "exact"
+    identity = DefendedClassifier(victim, defense)
+    indices = torch.tensor([10, 11])
+    with torch.no_grad():
+        reference = identity(x, indices)
+    xg = x.clone().requires_grad_(True)
+    logits = exact(xg, indices)
+    assert torch.equal(logits.detach(), reference)  # the forward is the defense's own
+    logits.sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all() and xg.grad.abs().sum() > 0
+    # an attack may ask for it per call on a defended model built for BPDA
+    xi = x.clone().requires_grad_(True)
+    identity.purified(xi, indices, gradient="exact").sum().backward()
+    assert torch.isfinite(xi.grad).all()
+    assert identity.gradient_for("exact") == "exact" and identity.gradient == "bpda-identity"
+
+
+def test_a_backward_a_defense_cannot_give_is_refused_in_one_line():
+    victim = tiny_victim_module()
+    with pytest.raises(UserError, match="accepted: identity, exact, rule"):
+        DefendedClassifier(victim, small_stitch(), gradient="pathwise")
+    with pytest.raises(UserError, match="'autoencoder'.*has a gradient of its own"):
+        DefendedClassifier(victim, build_defense("autoencoder"), gradient="exact")
+    with pytest.raises(UserError, match="'none'.*has a gradient of its own"):
+        DefendedClassifier(victim, build_defense("none"), gradient="rule")
+
+
+def test_an_exact_gradient_that_would_not_fit_says_which_segment_would():
+    victim, x = tiny_victim_module(), images(2, seed=5)
+    defense = small_stitch()
+    defense.exact_memory_bytes = 1 << 20  # 1 MB
+    xg = x.clone().requires_grad_(True)
+    with pytest.raises(MemoryError, match=r"needs about .* GB with exact_segment=25 .*(exact_segment=\d+|dip_batch)"):
+        DefendedClassifier(victim, defense, gradient="exact")(xg, torch.tensor([0, 1]))
+
+
+def test_options_the_unrolled_fit_does_not_model_are_refused():
+    settings = DIPSettings(network=DIP_NETWORKS["small"], iterations=4, input_jitter=0.01)
+    fit = DIPFit(images(1), [0], settings)
+    with pytest.raises(ValueError, match="input_jitter and output_ema are not supported"):
+        UnrolledFit(fit, settings)
