@@ -76,6 +76,7 @@ class DefendedClassifier(nn.Module):
         check_backward(defense, gradient)
         self.backward_mode = gradient
         self.last_rejected: torch.Tensor | None = None
+        self.last_details: list[dict[str, Any]] = []  # the purifier's per-image details, last call
         self._bound: torch.Tensor | None = None
 
     @property
@@ -156,7 +157,7 @@ class DefendedClassifier(nn.Module):
         if indices is None:
             indices = self.indices_for(images)
         indices = indices.to(images.device)
-        self.last_rejected = None
+        self.last_rejected, self.last_details = None, []
         if isinstance(self.defense, Detector):
             with torch.no_grad():
                 self.last_rejected = self.defense.score(images) >= self.defense.threshold
@@ -164,6 +165,7 @@ class DefendedClassifier(nn.Module):
         detector = self.detector
         if detector is None:
             out, details = self._through(self.defense, images, indices, backward)
+            self.last_details = details
             if details and all("rejected" in d for d in details):
                 self.last_rejected = torch.tensor([bool(d["rejected"]) for d in details], device=images.device)
             return out

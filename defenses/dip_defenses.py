@@ -19,6 +19,7 @@ from dipdefense.dip.pathwise import (
     pathwise_vjp,
     probe_step_bytes,
 )
+from dipdefense.dip.rule_aware import RuleAwareBackward, rule_aware_coefficients
 from dipdefense.dip.selection import rule_selection
 from dipdefense.dip.stitching import StitchRule, StitchSettings
 
@@ -231,6 +232,25 @@ class DIPPurifier(Purifier):
             raise ValueError(f"{self.name} with its oracle on is given the true labels: it has no attacker's gradient")
         holder: list[list[dict[str, Any]]] = []
         return _PathwiseFit.apply(images, self, classifier, indices, holder), holder[0]
+
+    def purify_rule_aware(
+        self, images: torch.Tensor, classifier: nn.Module, indices: torch.Tensor
+    ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        """``purify`` whose backward is the rule's algebra with each iterate's Jacobian replaced by
+        the measured transfer s(t) I (``dip.rule_aware``): one fit, like BPDA; and the details."""
+        batch = self.dip_batch_on(images.device)
+        outs, coefficients, details = [], [], []
+        for start in range(0, len(images), batch):
+            part = slice(start, start + batch)
+            with torch.no_grad():
+                out, rule = self._fit_chunk(images[part].detach(), None, classifier, indices[part])
+            outs.append(out)
+            coefficients += rule_aware_coefficients(rule_selection(rule, len(out), self.dip.iterations - 1))
+            details += self.details(rule, out, classifier, None)
+        k = torch.tensor(coefficients, device=images.device)
+        for d, k_i in zip(details, coefficients, strict=True):
+            d["rule_coefficient"] = k_i
+        return RuleAwareBackward.apply(images, torch.cat(outs), k), details
 
     def check_pathwise_memory(self, images: torch.Tensor, indices: torch.Tensor) -> None:
         """Refuse, before any fit, an exact gradient that would not fit in memory (``dip.pathwise``)."""

@@ -120,6 +120,9 @@ PLANS: dict[str, list[tuple]] = {
         # dip_stitch's default since issue 12 (zero padding), through the same attacks as its
         # paper_literal row; named by its setting, so a later default cannot change what it resumes.
         ("dip_stitch_zero_pad", "dip_stitch(pad=zero)", GRADIENT, "8", 32),
+        # Issue 39: the same BPDA-PGD, then each image it did not break resubmitted as 4 copies of its
+        # last iterate with uniform +-1/255 noise (the shattered fit draws a fresh output for each).
+        ("dip_stitch_resubmit", "dip_stitch(pad=zero)", "clean,bpda_pgd(resubmit=4)", "8", 32),
     ],
     "gpu": [
         (name, defense, f"{GRADIENT},eot_pgd,{HSJ}", "2,4,8", 1000)

@@ -18,6 +18,7 @@ from dipdefense.dip.dipdefend import DIPDefendRule, DIPDefendSettings
 from dipdefense.dip.early_stopping import MSEEarlyStop
 from dipdefense.dip.engine import DIPFit, DIPSettings, fit_dip
 from dipdefense.dip.pathwise import FitState, StateRecorder, UnrolledFit, pathwise_vjp, unrolled_forward
+from dipdefense.dip.rule_aware import DIP_STITCH_TRANSFER, rule_aware_coefficients, transfer_at
 from dipdefense.dip.selection import LinearSelection, rule_selection
 from dipdefense.dip.stitching import StitchRule, StitchSettings
 from tests.test_adaptive import tiny_victim_module
@@ -183,3 +184,28 @@ def test_options_the_unrolled_fit_does_not_model_are_refused():
     fit = DIPFit(images(1), [0], settings)
     with pytest.raises(ValueError, match="input_jitter and output_ema are not supported"):
         UnrolledFit(fit, settings)
+
+
+def test_rule_aware_coefficients_follow_the_rules_algebra():
+    assert transfer_at(0) == 0.0 and transfer_at(75) == pytest.approx((0.105 + 0.212) / 2)
+    assert transfer_at(5000) == DIP_STITCH_TRANSFER[-1][1]
+    # dip_stitch with one crossing pair at t = 100, 105 (alpha 0.5): (1 + beta) s - beta < 0
+    crossing = LinearSelection([{100: 0.75, 105: 0.75}], [-0.5])
+    (k,) = rule_aware_coefficients(crossing)
+    assert k == pytest.approx(0.75 * transfer_at(100) + 0.75 * transfer_at(105) - 0.5) and k < 0
+    # with s = 1 everywhere the rule's algebra is the identity
+    assert rule_aware_coefficients(crossing, curve=((0, 1.0), (1000, 1.0))) == pytest.approx([1.0])
+
+
+def test_defended_classifier_with_the_rule_aware_backward():
+    victim, x = Flicker(), images(3, seed=6)
+    defended = DefendedClassifier(victim, small_stitch(), gradient="rule")
+    assert defended.gradient == "bpda-rule"
+    xg = x.clone().requires_grad_(True)
+    purified = defended.purified(xg, torch.tensor([0, 1, 2]))
+    g = torch.randn(purified.shape, generator=torch.Generator().manual_seed(0))
+    (purified * g).sum().backward()
+    k = torch.tensor([d["rule_coefficient"] for d in defended.last_details])
+    inside = (purified > 0) & (purified < 1)
+    expected = k.view(-1, 1, 1, 1) * g * inside
+    assert torch.allclose(xg.grad, expected)
