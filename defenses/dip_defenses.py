@@ -69,7 +69,14 @@ DIP_NETWORKS: dict[str, dict[str, Any]] = {
         "activation": "Swish",
     },
 }
-DIP_NETWORKS["medium"] = DIP_NETWORKS["cifar"]  # the middle of small/medium/large is paper 002's CIFAR net
+DIP_NETWORKS["medium"] = DIP_NETWORKS["cifar"]
+# Paper 002's CIFAR net without conv biases: every one but the last feeds a BatchNorm, which
+# cancels it, so its true gradient is zero and Adam moves it on round-off (issue 39, item 4).
+# The last conv (before the sigmoid) loses its bias too.
+DIP_NETWORKS["cifar_nobias"] = {
+    **DIP_NETWORKS["cifar"],
+    "need_bias": False,
+}  # the middle of small/medium/large is paper 002's CIFAR net
 # Paper 001's network with 4 scales, for 32x32 images: five halvings leave CIFAR-10 at 1x1,
 # where BatchNorm cannot normalise (paper 001 works at 224 px).
 DIP_NETWORKS["deep_protection_cifar"] = {
@@ -83,6 +90,7 @@ DIP_NETWORKS["deep_protection_small"] = {**DIP_NETWORKS["cifar"], "input_channel
 # Engine options added after runs were recorded: left out of a run's manifest while off, so
 # those runs (whose run.json lacks them) still resume.
 OFF_WHEN_ZERO = ("input_jitter", "output_ema")
+ENGINE_DEFAULTS = {"adam_eps": 1e-8}  # likewise left out while at their default
 PADDINGS = ("reflection", "zero")  # dip.skip_net's; reflection is the default of every network above
 
 
@@ -100,8 +108,10 @@ class DIPPurifier(Purifier):
     output_ema (0, off; the code's exp_weight), pad ("reflection", or "zero" as DIPDefend's
     code pads; the network's padding unless a network given as arguments names its own; written
     into the recorded network only when it is "zero", so runs recorded before the option
-    existed still resume); and cuda_graph (False; on a GPU, replay each fit step as one CUDA
-    graph, ``dip.engine.DIPSettings``; speed only, so not in the recorded parameters).
+    existed still resume); cuda_graph (False; on a GPU, replay each fit step as one CUDA
+    graph, ``dip.engine.DIPSettings``; speed only, so not in the recorded parameters); and
+    adam_eps (1e-8, torch's; raised, Adam no longer turns round-off gradients into full steps:
+    issue 39's shattering study).
     """
 
     observe_tail = 0
@@ -134,6 +144,7 @@ class DIPPurifier(Purifier):
         output_ema: float = 0.0,
         pad: str = "reflection",
         cuda_graph: bool = False,
+        adam_eps: float = 1e-8,
     ) -> None:
         if isinstance(network, str) and network not in DIP_NETWORKS:
             raise ValueError(
@@ -155,6 +166,7 @@ class DIPPurifier(Purifier):
             input_jitter=input_jitter,
             output_ema=output_ema,
             cuda_graph=cuda_graph,
+            adam_eps=adam_eps,
         )
         self.dip_batch, self.seed = dip_batch, seed
 
@@ -178,6 +190,7 @@ class DIPPurifier(Purifier):
             for k, v in vars(self.dip).items()
             if k not in ("retain_cpu_memory", "cuda_graph")  # speed only, like dip_batch
             and not (k in OFF_WHEN_ZERO and v == 0)
+            and not (k in ENGINE_DEFAULTS and v == ENGINE_DEFAULTS[k])
         }
         return {**engine, **self.rule_settings(), "seed": self.seed}
 
@@ -308,7 +321,7 @@ class DIPStitch(DIPPurifier):
     Arguments: network "cifar", iterations 1000, lr 0.01, noise_scale 1/30, observe_every 5
     (T/200), tau 0.7, t0 50 (iterations), k 15, beta 0.5, grid 100, search "grid" (or
     "bisection" for large victims), dip_batch None (32 on a CPU, 128 on a GPU), seed 0; init
-    "xavier", input_jitter 0, output_ema 0, pad "zero", cuda_graph False (``DIPPurifier``).
+    "xavier", input_jitter 0, output_ema 0, pad "zero", cuda_graph False, adam_eps 1e-8 (``DIPPurifier``).
     ImageNet: network "imagenet", iterations 3000, noise_scale 1/100, observe_every 15.
 
     Paper 002 does not name its padding. Zero padding (as DIPDefend's code pads) is the default
@@ -341,6 +354,7 @@ class DIPStitch(DIPPurifier):
         output_ema: float = 0.0,
         pad: str = "zero",
         cuda_graph: bool = False,
+        adam_eps: float = 1e-8,
     ) -> None:
         super().__init__(
             network,
@@ -355,6 +369,7 @@ class DIPStitch(DIPPurifier):
             output_ema=output_ema,
             pad=pad,
             cuda_graph=cuda_graph,
+            adam_eps=adam_eps,
         )
         self.rule = StitchSettings(tau=tau, t0=t0, k=k, beta=beta, grid=grid, search=search)
         self.observe_tail = k
@@ -375,7 +390,7 @@ class DIPDefend(DIPPurifier):
     Arguments: network "dipdefend_cifar" (their CIFAR net), iterations 4000, lr 0.01,
     noise_scale 1/10, optimize_input True (they optimise the input too), lam 0.002,
     patch 32, dip_batch None (32 on a CPU, 128 on a GPU), seed 0; init "xavier", input_jitter 0,
-    output_ema 0, pad "reflection", cuda_graph False (``DIPPurifier``).
+    output_ema 0, pad "reflection", cuda_graph False, adam_eps 1e-8 (``DIPPurifier``).
     The PSNR curve is read at every iterate.
     """
 
@@ -397,6 +412,7 @@ class DIPDefend(DIPPurifier):
         output_ema: float = 0.0,
         pad: str = "reflection",
         cuda_graph: bool = False,
+        adam_eps: float = 1e-8,
     ) -> None:
         super().__init__(
             network,
@@ -412,6 +428,7 @@ class DIPDefend(DIPPurifier):
             output_ema=output_ema,
             pad=pad,
             cuda_graph=cuda_graph,
+            adam_eps=adam_eps,
         )
         self.rule = DIPDefendSettings(lam=lam, patch=patch)
 
@@ -440,7 +457,7 @@ class DeepProtection(DIPPurifier):
     mode; the oracle's cap is 3000 in the paper), lr 0.01, noise_scale 0.1, oracle False,
     top_k 5 (the oracle's top-k), error_split False, check_every 50, dip_batch None (8 on a CPU,
     128 on a GPU), seed 0;
-    init "xavier", input_jitter 0, output_ema 0, pad "reflection", cuda_graph False (``DIPPurifier``).
+    init "xavier", input_jitter 0, output_ema 0, pad "reflection", cuda_graph False, adam_eps 1e-8 (``DIPPurifier``).
     """
 
     name = "deep_protection"
@@ -463,6 +480,7 @@ class DeepProtection(DIPPurifier):
         top_k: int = 5,
         error_split: bool = False,
         cuda_graph: bool = False,
+        adam_eps: float = 1e-8,
     ) -> None:
         super().__init__(
             network,
@@ -477,6 +495,7 @@ class DeepProtection(DIPPurifier):
             output_ema=output_ema,
             pad=pad,
             cuda_graph=cuda_graph,
+            adam_eps=adam_eps,
         )
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1 (the oracle's top-k; the paper's is 5), got {top_k}")
@@ -526,7 +545,7 @@ class DIPInc(DIPPurifier):
 
     Arguments: network "cifar", iterations 500, lr 0.01, noise_scale 1/30, threshold 0.00125,
     dip_batch None (32 on a CPU, 128 on a GPU), seed 0; init "xavier", input_jitter 0, output_ema 0,
-    pad "reflection", cuda_graph False (``DIPPurifier``).
+    pad "reflection", cuda_graph False, adam_eps 1e-8 (``DIPPurifier``).
     """
 
     name = "dip_inc"
@@ -545,6 +564,7 @@ class DIPInc(DIPPurifier):
         output_ema: float = 0.0,
         pad: str = "reflection",
         cuda_graph: bool = False,
+        adam_eps: float = 1e-8,
     ) -> None:
         super().__init__(
             network,
@@ -559,6 +579,7 @@ class DIPInc(DIPPurifier):
             output_ema=output_ema,
             pad=pad,
             cuda_graph=cuda_graph,
+            adam_eps=adam_eps,
         )
         self.threshold = threshold
 

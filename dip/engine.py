@@ -56,6 +56,9 @@ class DIPSettings:
         the batch anyway. Ignored on a CPU. Not with input_jitter (its per-image generators are
         outside the graph). Not yet run on a GPU: opt in and compare (benchmarks/gpu_checks.py).
         Default: False.
+    adam_eps: Adam's epsilon. Its update g / (sqrt(v) + eps) has slope lr / eps around g = 0, so
+        a parameter with a round-off-sized gradient steps by about +-lr; a larger eps damps those
+        steps (issue 39's study of where the fit's shattering comes from). Default: 1e-8 (torch's).
 
     Why ``exact_cpu``: in float32 a DIP fit is numerically chaotic. Conv biases before
     BatchNorm, and BatchNorm scales followed by another BatchNorm, have a true gradient
@@ -79,6 +82,7 @@ class DIPSettings:
     input_jitter: float = 0.0
     output_ema: float = 0.0
     cuda_graph: bool = False
+    adam_eps: float = 1e-8
 
     def __post_init__(self) -> None:
         if self.init not in ("xavier", "default"):
@@ -92,6 +96,8 @@ class DIPSettings:
                 "cuda_graph cannot replay input_jitter's per-image random draws; turn one of them off "
                 f"(cuda_graph=True, input_jitter={self.input_jitter})"
             )
+        if not self.adam_eps > 0:
+            raise ValueError(f"adam_eps must be > 0, got {self.adam_eps}")
         if self.iterations < 1 or self.observe_every < 1:
             raise ValueError(f"iterations ({self.iterations}) and observe_every ({self.observe_every}) must be >= 1")
 
@@ -209,7 +215,7 @@ class DIPFit:
         # Not fused=True: the fused CPU kernel rounds vector bodies and tails differently, so a
         # parameter's update would depend on its tensor's size, i.e. on B (measured: 0.33 apart).
         self.graphed = settings.cuda_graph and images.device.type == "cuda"
-        self.optimizer = torch.optim.Adam([self.flat], lr=settings.lr, capturable=self.graphed)
+        self.optimizer = torch.optim.Adam([self.flat], lr=settings.lr, eps=settings.adam_eps, capturable=self.graphed)
         self.exact = settings.exact_cpu and images.device.type == "cpu"
         self.jitter = settings.input_jitter
         # One stream per image, apart from the seeds' own (networks, noise) and the attacks' (2^62 + seed).

@@ -35,7 +35,7 @@ from dipdefense.dip.engine import DIPFit, DIPSettings
 from dipdefense.dip.selection import LinearSelection
 from dipdefense.dip.skip_net import SamePadConv
 
-ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which DIPFit uses
+ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, which DIPFit uses
 
 
 @dataclass
@@ -81,7 +81,13 @@ def _safe_sqrt(v: torch.Tensor) -> torch.Tensor:
 
 
 def adam_update(
-    theta: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, grad: torch.Tensor, step: int, lr: float
+    theta: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    grad: torch.Tensor,
+    step: int,
+    lr: float,
+    eps: float = 1e-8,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One Adam step (Kingma & Ba 2015, Algorithm 1), out of place and differentiable, with the
     operations and rounding of torch.optim.Adam's single-tensor path (torch 2.x)."""
@@ -90,7 +96,7 @@ def adam_update(
     exp_avg_sq = (exp_avg_sq * beta2).addcmul(grad, grad, value=1 - beta2)
     bias_correction1 = 1 - beta1 ** float(step)
     bias_correction2_sqrt = (1 - beta2 ** float(step)) ** 0.5
-    denom = (_safe_sqrt(exp_avg_sq) / bias_correction2_sqrt) + ADAM_EPS
+    denom = (_safe_sqrt(exp_avg_sq) / bias_correction2_sqrt) + eps
     return theta.addcdiv(exp_avg, denom, value=-(lr / bias_correction1)), exp_avg, exp_avg_sq
 
 
@@ -120,7 +126,7 @@ class UnrolledFit:
                 "the pathwise gradient recomputes the fit with the eager Adam; a cuda_graph fit rounds differently "
                 "(capturable Adam): run the defense with cuda_graph=false"
             )
-        self.fit, self.lr = fit, settings.lr
+        self.fit, self.lr, self.eps = fit, settings.lr, settings.adam_eps
         self.names = [name for name, _ in fit.net.named_parameters()]
         self.shapes = [p.shape for _, p in fit.net.named_parameters()]
         self.optimize_input = settings.optimize_input
@@ -165,7 +171,7 @@ class UnrolledFit:
         grad = torch.cat([g.reshape(-1) for g in grads])
         if not create_graph:
             out, theta = out.detach(), theta.detach()
-        return out, adam_update(theta, m, v, grad, t + 1, self.lr)
+        return out, adam_update(theta, m, v, grad, t + 1, self.lr, self.eps)
 
 
 def unrolled_forward(

@@ -36,10 +36,12 @@ def images(n: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 0.8 + 0.1
 
 
-@pytest.mark.parametrize("optimize_input", [False, True])
-def test_the_functional_fit_retraces_fit_dip_bit_for_bit(optimize_input):
+@pytest.mark.parametrize(("optimize_input", "adam_eps"), [(False, 1e-8), (True, 1e-8), (False, 1e-4)])
+def test_the_functional_fit_retraces_fit_dip_bit_for_bit(optimize_input, adam_eps):
     x = images()
-    settings = DIPSettings(network=DIP_NETWORKS["cifar"], iterations=16, optimize_input=optimize_input)
+    settings = DIPSettings(
+        network=DIP_NETWORKS["cifar"], iterations=16, optimize_input=optimize_input, adam_eps=adam_eps
+    )
     seen, recorder = {}, StateRecorder(segment=5)
     fit_dip(x, [3, 4], settings, observer=lambda t, xt, mse: seen.__setitem__(t, xt.clone()), recorder=recorder)
     assert sorted(recorder.states) == [0, 5, 10, 15]
@@ -209,3 +211,13 @@ def test_defended_classifier_with_the_rule_aware_backward():
     inside = (purified > 0) & (purified < 1)
     expected = k.view(-1, 1, 1, 1) * g * inside
     assert torch.allclose(xg.grad, expected)
+
+
+def test_adam_eps_is_an_engine_option_recorded_only_when_changed():
+    assert "adam_eps" not in build_defense("dip_stitch").params()
+    assert build_defense("dip_stitch", adam_eps=1e-4).params()["adam_eps"] == 1e-4
+    fit = DIPFit(images(1), [0], DIPSettings(network=DIP_NETWORKS["small"], adam_eps=1e-4))
+    assert fit.optimizer.param_groups[0]["eps"] == 1e-4
+    with pytest.raises(ValueError, match="adam_eps must be > 0"):
+        DIPSettings(adam_eps=0.0)
+    assert "need_bias" in DIP_NETWORKS["cifar_nobias"] and not DIP_NETWORKS["cifar_nobias"]["need_bias"]
