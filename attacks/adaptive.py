@@ -76,9 +76,10 @@ class BPDAPGD(Attack):
     the loss also pays ``evasion_weight`` times the cost of being caught
     (``DefendedClassifier.evasion_penalty``), and a refused input counts as not fooled.
 
-    Against a shattered defense (a DIP fit, DESIGN.md "Threat models"): ``backward`` "exact" or
-    "rule" differentiates through the fit, "nes" estimates the gradient of the Gaussian-smoothed
-    loss from forward passes alone (Ilyas et al. 2018, antithetic NES; SPSA, Uesato et al. 2018,
+    Against a shattered defense (a DIP fit, DESIGN.md "Threat models"): ``backward`` "exact"
+    differentiates through the unrolled fit (``dip.pathwise``), "rule" takes the selection
+    rule's algebra with a measured stand-in for each iterate's Jacobian (``dip.rule_aware``),
+    "nes" estimates the gradient of the Gaussian-smoothed loss from forward passes alone (Ilyas et al. 2018, antithetic NES; SPSA, Uesato et al. 2018,
     is the alternative); ``noise`` makes the EOT draws add small input noise, and with
     ``seed_draws=False`` they all use the evaluation's own seed (the attacker knows it);
     ``resubmit`` resubmits the final iterate of every image still defended, as noisy copies or

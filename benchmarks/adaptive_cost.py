@@ -3,6 +3,7 @@ HopSkipJump queries through a defense, the batched DIP engine against one image 
 
     python benchmarks/adaptive_cost.py --defense dip_stitch --batch-sizes 1,16 --device cpu
     python benchmarks/adaptive_cost.py --defense "dip_stitch(cuda_graph=true)" --batch-sizes 1,128 --device cuda
+    python benchmarks/adaptive_cost.py --attack "bpda_pgd(backward=exact)" --batch-sizes 1,8   # issue 39's estimators
 
 A BPDA iteration is one defense forward (a DIP fit) plus one victim backward; ``bpda_pgd``
 with ``steps=1`` runs two iterates (the start with its gradient, then the step's verdict),
@@ -25,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def measure(defense_name: str, batch: int, device: str, forwards: int) -> dict:
+def measure(defense_name: str, batch: int, device: str, forwards: int, attack_spec: str = "bpda_pgd") -> dict:
     import torch
 
     from dipdefense.attacks import build_attack
@@ -60,12 +61,14 @@ def measure(defense_name: str, batch: int, device: str, forwards: int) -> dict:
         return time.perf_counter() - start
 
     with defended.bound_to(indices):
-        attack = build_attack("bpda_pgd", eps=8 / 255, steps=1)
+        attack_name, attack_options, _ = parse_call(attack_spec, "--attack")
+        attack = build_attack(attack_name, eps=8 / 255, **{**(attack_options or {}), "steps": 1})
         bpda = timed(lambda: attack(defended, x, y)) / 2
         with torch.no_grad():
             query = sum(timed(lambda: defended(x)) for _ in range(forwards)) / forwards
     return {
         "defense": defense_name,
+        "attack": attack_spec,
         "batch": batch,
         "device": device,
         "s_per_image_per_bpda_iteration": bpda / batch,
@@ -79,16 +82,19 @@ def main() -> None:
     p.add_argument("--batch-sizes", default="1,16")
     p.add_argument("--device", default="cpu")
     p.add_argument("--forwards", type=int, default=1, help="defense forwards timed per HSJ estimate")
+    p.add_argument(
+        "--attack", default="bpda_pgd", help="the gradient attack timed, with options: 'bpda_pgd(backward=exact)'"
+    )
     p.add_argument("--out", default=str(REPO / "benchmarks" / "adaptive_cost.json"))
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
-        print(json.dumps(measure(args.defense, int(args.one), args.device, args.forwards)))
+        print(json.dumps(measure(args.defense, int(args.one), args.device, args.forwards, args.attack)))
         return
     rows = []
     for batch in [int(b) for b in args.batch_sizes.split(",")]:
         cmd = [sys.executable, __file__, "--defense", args.defense, "--device", args.device]
-        cmd += ["--forwards", str(args.forwards), "--one", str(batch)]
+        cmd += ["--forwards", str(args.forwards), "--attack", args.attack, "--one", str(batch)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
@@ -99,7 +105,11 @@ def main() -> None:
     machine = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
     meta = {"machine": machine, "cores": os.cpu_count(), "torch": torch.__version__}
     previous = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {"runs": []}
-    previous["runs"] = [r for r in previous["runs"] if r["defense"] != args.defense or r["device"] != args.device]
+    previous["runs"] = [
+        r
+        for r in previous["runs"]
+        if (r["defense"], r["device"], r.get("attack", "bpda_pgd")) != (args.defense, args.device, args.attack)
+    ]
     previous["runs"] += rows
     previous["meta"] = meta
     atomic_write_text(Path(args.out), json.dumps(previous, indent=2) + "\n")

@@ -33,6 +33,12 @@ sys.path.insert(0, str(REPO))
 
 HSJ = ",".join(f"hopskipjump(queries={q},constraint=linf,threat=adaptive)" for q in (200, 1000, 2500))
 GRADIENT = "clean,pgd,bpda_pgd,random_noise"
+# Issue 39's attacks for a shattered defense: the rule-aware BPDA, identity BPDA then 4 resubmitted
+# copies, EOT over 1/255 input noise with the seed known, NES (8 pairs), the pathwise gradient.
+SHATTERED = (
+    "bpda_pgd(backward=rule),bpda_pgd(resubmit=4),eot_pgd(noise=0.0039,seed_draws=false),"
+    "bpda_pgd(backward=nes,steps=5),bpda_pgd(backward=exact,steps=5)"
+)
 # Paper 004's INC on Fashion-MNIST (its config: the VAE, eta calibrated, 500-image batches),
 # eps in [0, 1] units (paper 004's FGSM budgets halved, as in evaluate_inc_fmnist.yaml).
 # The unbounded check (Carlini et al. 2019: an attack that does not reach ~0% at eps 255 is broken) starts from the
@@ -123,11 +129,20 @@ PLANS: dict[str, list[tuple]] = {
         # Issue 39: the same BPDA-PGD, then each image it did not break resubmitted as 4 copies of its
         # last iterate with uniform +-1/255 noise (the shattered fit draws a fresh output for each).
         ("dip_stitch_resubmit", "dip_stitch(pad=zero)", "clean,bpda_pgd(resubmit=4)", "8", 32),
+        # The rule-aware backward (dip.rule_aware) at the identity's cost, on the same 32 images.
+        ("dip_stitch_rule", "dip_stitch(pad=zero)", "clean,bpda_pgd(backward=rule)", "8", 32),
+        # The pathwise gradient through the unrolled fit: a fit and its backward per step.
+        ("dip_stitch_exact", "dip_stitch(pad=zero)", "clean,bpda_pgd(backward=exact,steps=5)", "8", 8),
     ],
     "gpu": [
         (name, defense, f"{GRADIENT},eot_pgd,{HSJ}", "2,4,8", 1000)
         for name, defense in GPU_DEFENSES
         if name != "glow_gate"
+    ]
+    + [
+        (f"{name}_shattered", defense, f"clean,{SHATTERED}", "8", 128)
+        for name, defense in GPU_DEFENSES
+        if name not in ("none", "autoencoder", "glow_gate")
     ]
     + [("glow_gate", "glow_gate", GRADIENT, "2,4,8", 1000)]
     + [(f"{name}_unbounded", defense, UNBOUNDED, "255", 100) for name, defense in GPU_DEFENSES]
