@@ -180,7 +180,7 @@ def unrolled_forward(
     """y = clamp(sum_t w_t x(t) + c x0, 0, 1) by the functional fit from ``start`` (theta_0), with
     the states ``pathwise_vjp`` needs: the same function the defense computes, in any dtype
     (float64 for finite-difference checks)."""
-    states, total = {}, None
+    states, total, wanted = {}, None, selection.times()
     theta, m, v = start.theta, start.exp_avg, start.exp_avg_sq
     with unrolled.numerics():
         for t in range(selection.last + 1):
@@ -190,7 +190,7 @@ def unrolled_forward(
                 out = unrolled.output(theta.detach())[0].detach()
             else:
                 out, (theta, m, v) = unrolled.step(theta, m, v, x0, t, create_graph=False)
-            if t in selection.times():
+            if t in wanted:
                 w = selection.weight_at(t, x0.device, x0.dtype).view(-1, 1, 1, 1)
                 term = w * out.reshape(x0.shape)
                 total = term if total is None else total + term
@@ -217,7 +217,10 @@ def pathwise_vjp(
     c = torch.tensor(selection.x0_weight, device=device, dtype=dtype).view(-1, 1, 1, 1)
     grad_x0 = (c * passed).to(dtype)
     last = selection.last
-    wanted = selection.times()
+    wanted = sorted(selection.times())
+    # every weight copied to the device at once, before the loop: no host sync inside it
+    stacked = torch.tensor([[w.get(t, 0.0) for w in selection.weights] for t in wanted], dtype=dtype).to(device)
+    weights = dict(zip(wanted, stacked.view(len(wanted), -1, 1, 1, 1), strict=True))
     adjoint: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     with unrolled.numerics():
         for start in reversed(range(0, last + 1, segment)):
@@ -234,10 +237,9 @@ def pathwise_vjp(
                     out, _ = unrolled.output(theta)
                 else:
                     out, (theta, m, v) = unrolled.step(theta, m, v, target, t, create_graph=True)
-                if t in wanted:
-                    w = selection.weight_at(t, device, dtype).view(-1, 1, 1, 1)
+                if t in weights:
                     outputs.append(out)
-                    adjoints.append((w * passed).reshape(out.shape).to(dtype))
+                    adjoints.append((weights[t] * passed).reshape(out.shape).to(dtype))
             if adjoint is not None:
                 outputs += [theta, m, v]
                 adjoints += list(adjoint)

@@ -79,17 +79,23 @@ def iterate_figures(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Attacks that judge every iterate (bpda_pgd, eot_pgd, random_noise): after iterate k, the
     share of images no iterate up to k has broken (``any_iterate_curve``: the attack keeps the
     first that fools) and the share right at iterate k itself (``iterate_curve``; its last
-    value is ``last_iterate_accuracy``). None for other attacks."""
+    value is ``last_iterate_accuracy``). None for other attacks. With resubmission (records
+    carry ``resubmit``, one verdict per copy): ``accuracy_before_resubmission`` (the attack's own
+    any-iterate figure; the row's accuracy is after it) and ``resubmit_copies``."""
     if not records or not all(r.get("history") for r in records):
         return {"any_iterate_curve": None, "iterate_curve": None, "last_iterate_accuracy": None}
     right = torch.tensor([[c == "1" for c in r["history"]] for r in records])
     any_curve = right.cummin(dim=1).values.float().mean(0)
     curve = right.float().mean(0)
-    return {
+    figures = {
         "any_iterate_curve": any_curve.tolist(),
         "iterate_curve": curve.tolist(),
         "last_iterate_accuracy": float(curve[-1]),
     }
+    if all(r.get("resubmit") for r in records):
+        figures["accuracy_before_resubmission"] = float(any_curve[-1])
+        figures["resubmit_copies"] = len(records[0]["resubmit"])
+    return figures
 
 
 def budget_curve(records: list[dict[str, Any]], norm: str, budgets: list[float]) -> list[tuple[float, float]]:

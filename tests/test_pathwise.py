@@ -221,3 +221,16 @@ def test_adam_eps_is_an_engine_option_recorded_only_when_changed():
     with pytest.raises(ValueError, match="adam_eps must be > 0"):
         DIPSettings(adam_eps=0.0)
     assert "need_bias" in DIP_NETWORKS["cifar_nobias"] and not DIP_NETWORKS["cifar_nobias"]["need_bias"]
+
+
+def test_iterate_figures_give_the_accuracy_before_resubmission():
+    from dipdefense.evaluation.metrics import iterate_figures
+
+    records = [
+        {"history": "111", "resubmit": "1101"},  # survived PGD, broken by a resubmitted copy
+        {"history": "110", "resubmit": "0000"},  # broken by PGD (not resubmitted)
+        {"history": "111", "resubmit": "1111"},
+    ]
+    figures = iterate_figures(records)
+    assert figures["accuracy_before_resubmission"] == pytest.approx(2 / 3) and figures["resubmit_copies"] == 4
+    assert "resubmit_copies" not in iterate_figures([{"history": "11"}])
