@@ -129,8 +129,9 @@ PLANS: dict[str, list[tuple]] = {
         # Issue 39: the same BPDA-PGD, then each image it did not break resubmitted as 4 copies of its
         # last iterate with uniform +-1/255 noise (the shattered fit draws a fresh output for each).
         ("dip_stitch_resubmit", "dip_stitch(pad=zero)", "clean,bpda_pgd(resubmit=4)", "8", 32),
-        # The rule-aware backward (dip.rule_aware) at the identity's cost, on the same 32 images.
-        ("dip_stitch_rule", "dip_stitch(pad=zero)", "clean,bpda_pgd(backward=rule)", "8", 32),
+        # The rule-aware backward (dip.rule_aware) at the identity's cost, on the same 32 images, then
+        # the same resubmission of what it leaves.
+        ("dip_stitch_rule", "dip_stitch(pad=zero)", "clean,bpda_pgd(backward=rule,resubmit=4)", "8", 32),
         # The pathwise gradient through the unrolled fit: a fit and its backward per step.
         ("dip_stitch_exact", "dip_stitch(pad=zero)", "clean,bpda_pgd(backward=exact,steps=5)", "8", 8),
     ],
