@@ -106,6 +106,8 @@ def main() -> None:
             stepped = (x + eps / 4 * g.sign()).clamp(0, 1)
             change = per_image_loss(defended, stepped, y, idx) - base
             rows[key] = {
+                "norm": g.flatten(1).norm(dim=1).tolist(),
+                "zero_share": (g == 0).flatten(1).float().mean(1).tolist(),
                 "cosine_to_reference": cosine(g, reference).tolist(),
                 "loss_change": change.tolist(),
                 "seconds_per_image": seconds.get(key),
@@ -114,6 +116,7 @@ def main() -> None:
             cosine(grads["identity"], grads["exact"]).tolist() if "exact" in grads else None
         )
         result["reference_halves_cosine"] = cosine(halves[0], halves[1]).tolist()
+        result["base_loss"] = base.tolist()
     result["rows"] = rows
     print(f"reference halves' cosine: mean {sum(result['reference_halves_cosine']) / len(x):.3f}")
     print("| estimator | cosine to reference (mean) | loss change after one step (mean) | s/image |")
