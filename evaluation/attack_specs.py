@@ -167,6 +167,14 @@ def check_against_defense(runs: list[AttackRun], defense: Any) -> None:
                 f"attack {run.id} vs defense {defense.name!r}: {run.name} searches a generator's latent space and "
                 "needs a defense that projects onto one (inc); what works here: bpda_pgd, eot_pgd, random_noise"
             )
+        backward = getattr(run.build(), "backward", "identity")
+        if backward in ("exact", "rule"):  # a DIP fit to unroll, or its rule's algebra
+            from dipdefense.defenses.defended import check_backward
+
+            try:
+                check_backward(defense, backward)
+            except UserError as err:
+                raise UserError(f"attack {run.id}: {err}") from None
         if attack.needs_gradient and not attack.uses_bpda and not differentiable:
             raise UserError(
                 f"attack {run.id} vs defense {defense.name!r}: {run.name} backpropagates through the defense, which "

@@ -23,6 +23,16 @@ from dipdefense.datamodules.cifar10 import CIFAR10_CLASSES  # noqa: E402
 SHARED_CIFAR = Path(os.environ.get("DIPDEF_CIFAR10") or REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests (small tensors: threads only cost; and DIP fits
+    are compared bit for bit, which the thread count can change)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own cache and no data-location variables, unless it sets them."""

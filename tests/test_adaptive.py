@@ -33,13 +33,7 @@ from dipdefense.evaluation.report import worst_case_rows
 from dipdefense.evaluation.sample_log import read_records
 from tests.conftest import TINY_VICTIM_CONFIG
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_victim_module() -> nn.Module:

@@ -17,13 +17,7 @@ from dipdefense.attacks.base import AttackError
 from dipdefense.defenses import Purifier
 from dipdefense.defenses.defended import DefendedClassifier, draw_indices
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class Recorder(Purifier):

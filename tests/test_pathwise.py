@@ -23,13 +23,7 @@ from dipdefense.dip.selection import LinearSelection, rule_selection
 from dipdefense.dip.stitching import StitchRule, StitchSettings
 from tests.test_adaptive import tiny_victim_module
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def images(n: int = 2, seed: int = 0) -> torch.Tensor:
@@ -234,3 +228,13 @@ def test_iterate_figures_give_the_accuracy_before_resubmission():
     figures = iterate_figures(records)
     assert figures["accuracy_before_resubmission"] == pytest.approx(2 / 3) and figures["resubmit_copies"] == 4
     assert "resubmit_copies" not in iterate_figures([{"history": "11"}])
+
+
+def test_evaluate_refuses_an_exact_backward_through_a_defense_without_a_fit_before_it_starts():
+    from dipdefense.evaluation.attack_specs import check_against_defense, expand_attacks
+
+    runs = expand_attacks("clean,bpda_pgd(backward=exact)", [8 / 255])
+    with pytest.raises(UserError, match=r"bpda_pgd\(backward=exact\)@8/255: gradient='exact' vs defense 'autoencoder'"):
+        check_against_defense(runs, build_defense("autoencoder"))
+    check_against_defense(runs, small_stitch())  # a DIP defense takes it
+    check_against_defense(expand_attacks("bpda_pgd(backward=rule)", [8 / 255]), build_defense("dip_inc"))
