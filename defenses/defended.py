@@ -5,6 +5,8 @@ The backward pass is the defense's own gradient where it has one (``none``, the 
 the Glow detector of a gated defense) and BPDA where it has none (Athalye et al. 2018, Sec.
 4.1): the DIP defenses and INC are replaced by the identity in the backward pass, as paper 002
 App. A did with advertorch's ``BPDAWrapper`` (used here through ``attacks.advertorch_compat``).
+A DIP defense also takes ``gradient="exact"`` (through the unrolled fit, ``dip.pathwise``) and
+``gradient="rule"`` (its rule's algebra, ``dip.rule_aware``).
 
 Seed policy. A seeded defense (DIP, INC) draws its randomness from each image's dataset index.
 ``bound_to(indices)`` gives the indices of the batch an attack works on; every call of that
@@ -56,7 +58,7 @@ class DefendedClassifier(nn.Module):
         gradient: that backward, for a DIP defense: "identity" (BPDA, Athalye et al. 2018, Sec.
             4.1; paper 002 App. A), "exact" (the pathwise gradient through the unrolled fit,
             ``dip.pathwise``) or "rule" (the selection rule's algebra with a stand-in for each
-            iterate's Jacobian, ``dip.pathwise.rule_aware_vjp``); INC and other defenses
+            iterate's Jacobian, ``dip.rule_aware``); INC and other defenses
             without a gradient take only "identity". Default: "identity".
 
     After each forward ``last_rejected`` holds the inputs the defense refused (INC's inversion
