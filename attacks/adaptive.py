@@ -400,7 +400,7 @@ class BPDAPGD(Attack):
             clean = images[rows].unsqueeze(1)
             candidates = (clean + (adv[rows].unsqueeze(1) + u[rows] - clean).clamp(-self.eps, self.eps)).clamp(0, 1)
             batch = candidates.transpose(0, 1).reshape(-1, *shape)
-            if getattr(defended, "_bound", None) is None:
+            if not defended.is_bound:
                 idx = defended.indices_for(batch)  # each copy by its own bytes, as defended(copy) will seed it
             else:  # bound: the image's dataset index (as bound_to(indices.repeat(R)) would give)
                 idx = defended.indices_for(adv)[rows.cpu()].repeat(copies)

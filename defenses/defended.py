@@ -109,6 +109,11 @@ class DefendedClassifier(nn.Module):
             return "full"
         return {"identity": "bpda-identity", "exact": "exact", "rule": "bpda-rule"}[backward]
 
+    @property
+    def is_bound(self) -> bool:
+        """Whether queries are seeded by a binding (``bound_to``) rather than by their bytes."""
+        return self._bound is not None
+
     @contextmanager
     def bound_to(self, indices: torch.Tensor) -> Iterator["DefendedClassifier"]:
         """Within the block, seed batches by these dataset indices, row for row."""

@@ -69,14 +69,11 @@ DIP_NETWORKS: dict[str, dict[str, Any]] = {
         "activation": "Swish",
     },
 }
-DIP_NETWORKS["medium"] = DIP_NETWORKS["cifar"]
+DIP_NETWORKS["medium"] = DIP_NETWORKS["cifar"]  # the middle of small/medium/large is paper 002's CIFAR net
 # Paper 002's CIFAR net without conv biases: every one but the last feeds a BatchNorm, which
 # cancels it, so its true gradient is zero and Adam moves it on round-off (issue 39, item 4).
 # The last conv (before the sigmoid) loses its bias too.
-DIP_NETWORKS["cifar_nobias"] = {
-    **DIP_NETWORKS["cifar"],
-    "need_bias": False,
-}  # the middle of small/medium/large is paper 002's CIFAR net
+DIP_NETWORKS["cifar_nobias"] = {**DIP_NETWORKS["cifar"], "need_bias": False}
 # Paper 001's network with 4 scales, for 32x32 images: five halvings leave CIFAR-10 at 1x1,
 # where BatchNorm cannot normalise (paper 001 works at 224 px).
 DIP_NETWORKS["deep_protection_cifar"] = {

@@ -95,8 +95,9 @@ def main() -> None:
             print(f"{key}: {seconds[key]:.1f} s per image", flush=True)
         halves, started = [], time.perf_counter()
         for _ in range(2):
-            attack = build_attack("bpda_pgd", eps=eps, backward="nes", nes_samples=args.reference_pairs // 2)
-            attack.nes_sigma = sigma
+            attack = build_attack(
+                "bpda_pgd", eps=eps, backward="nes", nes_samples=args.reference_pairs // 2, nes_sigma=sigma
+            )
             halves.append(attack._nes_gradient(defended, x, y, idx))
         reference = (halves[0] + halves[1]) / 2
         seconds["reference"] = (time.perf_counter() - started) / len(x)

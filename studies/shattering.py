@@ -16,6 +16,7 @@ B. the defense: the central finite difference of the victim's loss through dip_s
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -54,8 +55,7 @@ def fit_divergence(defense, image: torch.Tensor, index: int, h: float = 1e-5) ->
         if t in TIMES:
             seen[t] = (x[1] - x[0]).norm().item()
 
-    settings = defense.dip
-    settings.observe_every = 1
+    settings = dataclasses.replace(defense.dip, observe_every=1)  # every t of TIMES observed
     fit_dip(torch.stack([image, moved]), [seed, seed], settings, observer)
     return seen
 
