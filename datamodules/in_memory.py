@@ -10,7 +10,9 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from dipdefense.datamodules.augment import random_crop_flip
+from dipdefense.datamodules.augment import PADDING_MODES, alternating_flip_mask, random_crop_flip
+
+FLIP_MODES = ("random", "alternating")
 
 
 class UInt8ImageDataset(Dataset):
@@ -30,6 +32,20 @@ class UInt8ImageDataset(Dataset):
         return self.images[index].float().div_(255), int(self.labels[index])
 
 
+class _Indexed(Dataset):
+    """(image, label, index): the training batches of an alternating flip carry each image's index
+    to ``on_after_batch_transfer``, which drops it."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        return (*self.dataset[index], index)
+
+
 class InMemoryImageDataModule(pl.LightningDataModule):
     """Base class: subclasses implement ``load_split(train: bool) -> UInt8ImageDataset``.
 
@@ -42,6 +58,9 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         augment: random crop + flip on training batches. Default: True.
         crop_padding: padding of the random crop. Default: 4.
         flip: horizontal flips. Default: True.
+        crop_padding_mode: "zeros" or "reflect" (airbench's translations). Default: "zeros".
+        flip_mode: "random" (each image, each epoch) or "alternating" (Jordan 2024 Sec. 3.6: a fixed
+            half mirrored in even epochs, the other half in odd ones). Default: "random".
     """
 
     num_classes = 10
@@ -57,8 +76,14 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         augment: bool = True,
         crop_padding: int = 4,
         flip: bool = True,
+        crop_padding_mode: str = "zeros",
+        flip_mode: str = "random",
     ) -> None:
         super().__init__()
+        if crop_padding_mode not in PADDING_MODES:
+            raise ValueError(f"crop_padding_mode={crop_padding_mode!r}; accepted: {', '.join(PADDING_MODES)}")
+        if flip_mode not in FLIP_MODES:
+            raise ValueError(f"flip_mode={flip_mode!r}; accepted: {', '.join(FLIP_MODES)}")
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.val_size = val_size
@@ -67,6 +92,8 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         self.augment = augment
         self.crop_padding = crop_padding
         self.flip = flip
+        self.crop_padding_mode = crop_padding_mode
+        self.flip_mode = flip_mode
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: UInt8ImageDataset | None = None
@@ -102,7 +129,8 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, train=True)
+        alternating = self.augment and self.flip and self.flip_mode == "alternating"
+        return self._loader(_Indexed(self.train_set) if alternating else self.train_set, train=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, train=False)
@@ -115,6 +143,9 @@ class InMemoryImageDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int):
         if self.augment and self.trainer is not None and self.trainer.training:
-            images, labels = batch
-            batch = (random_crop_flip(images, self.crop_padding, self.flip), labels)
+            images, labels, *index = batch
+            flip = self.flip
+            if index:
+                flip = alternating_flip_mask(index[0], self.trainer.current_epoch, len(self.train_set), self.seed)
+            batch = (random_crop_flip(images, self.crop_padding, flip, padding_mode=self.crop_padding_mode), labels)
         return batch

@@ -25,6 +25,8 @@ class VictimClassifier(pl.LightningModule):
         mean: per-channel mean or a data set name. Default: "cifar10".
         std: per-channel std (when ``mean`` is numbers). Default: None.
         pretrained: torchvision ImageNet weights (ImageNet architectures). Default: False.
+        arch_options: the architecture's own arguments (``nets.build_classifier``), kept in the
+            exported checkpoint, e.g. ``{tta_level: 2}`` for airbench94. Default: None.
         optimizer: "sgd" (Nesterov momentum) or "adamw". Default: "sgd".
         lr: peak learning rate. Default: 0.1.
         momentum: SGD momentum. Default: 0.9.
@@ -48,6 +50,7 @@ class VictimClassifier(pl.LightningModule):
         mean: Sequence[float] | str = "cifar10",
         std: Sequence[float] | None = None,
         pretrained: bool = False,
+        arch_options: dict[str, Any] | None = None,
         optimizer: str = "sgd",
         lr: float = 0.1,
         momentum: float = 0.9,
@@ -64,7 +67,7 @@ class VictimClassifier(pl.LightningModule):
         if scheduler not in ("onecycle", "cosine", "none"):
             raise ValueError(f"unknown scheduler {scheduler!r}; accepted: onecycle, cosine, none")
         self.save_hyperparameters()
-        self.model = build_classifier(arch, num_classes, in_channels, image_size, mean, std, pretrained)
+        self.model = build_classifier(arch, num_classes, in_channels, image_size, mean, std, pretrained, arch_options)
         if init_checkpoint:
             source = load_classifier(init_checkpoint)
             load_state_dict_strict(self.model, source.state_dict(), init_checkpoint, f"architecture {arch!r}")
@@ -129,7 +132,10 @@ class VictimClassifier(pl.LightningModule):
         """Builder arguments that ``nets.load_classifier`` needs to rebuild the network."""
         hp = self.hparams
         keys = ("arch", "num_classes", "in_channels", "image_size", "mean", "std")
-        return {k: (list(hp[k]) if isinstance(hp[k], tuple) else hp[k]) for k in keys}
+        config = {k: (list(hp[k]) if isinstance(hp[k], tuple) else hp[k]) for k in keys}
+        if hp.get("arch_options"):
+            config["arch_options"] = dict(hp.arch_options)
+        return config
 
     def exported_state_dict(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict()

@@ -22,14 +22,27 @@ def _offline_classifier(**config) -> nn.Module:
 _offline_classifier.__signature__ = inspect.signature(build_classifier)
 
 
-def load_classifier(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+def load_classifier(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", arch_options: dict | None = None
+) -> nn.Module:
     """Build the classifier described by a victim checkpoint and load its weights.
 
     Accepts train.py's exported files and Lightning ``.ckpt`` files of
     :class:`lightning_modules.VictimClassifier`. Pretrained ImageNet weights are never
-    fetched here: the checkpoint's own weights are loaded.
+    fetched here: the checkpoint's own weights are loaded. ``arch_options`` replace the
+    checkpoint's own (e.g. ``{"tta_level": 0}`` for an airbench94 victim without its test-time
+    augmentation); an architecture that does not take one refuses it.
     """
-    return load_network(path, "victim", _offline_classifier, map_location, lightning_prefix="model.")
+    if not arch_options:
+        return load_network(path, "victim", _offline_classifier, map_location, lightning_prefix="model.")
+
+    def with_options(**config) -> nn.Module:
+        return _offline_classifier(**{**config, "arch_options": {**(config.get("arch_options") or {}), **arch_options}})
+
+    with_options.__signature__ = _offline_classifier.__signature__
+    model = load_network(path, "victim", with_options, map_location, lightning_prefix="model.")
+    model.checkpoint_config["arch_options"] = {**model.checkpoint_config.get("arch_options", {}), **arch_options}
+    return model
 
 
 def load_network(

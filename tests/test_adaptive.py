@@ -141,6 +141,23 @@ def test_seed_policy_bound_indices_hashes_and_draws():
         assert torch.equal(halved(x[:3]), victim(x[:3] / 2))
 
 
+def test_apgd_through_a_seeded_defense_restarts_on_the_unbroken_rows_with_their_own_seeds():
+    """torchattacks' APGD attacks the subset a first forward left right; bound to a seeded
+    defense, each query must carry those images' indices (issue 39: APGD through DIP)."""
+    victim, defense = MeanThreshold(), SeededNoise(scale=0.01)
+    defended = DefendedClassifier(victim, defense)
+    x = torch.stack([torch.full((3, 8, 8), v) for v in (0.2, 0.52, 0.8, 0.49)])  # 0.2 is wrongly labelled
+    y = torch.tensor([1, 1, 1, 0])
+    attack = build_attack("apgd", eps=8 / 255, steps=4, n_restarts=2)
+    assert type(attack).uses_bpda
+    with defended.bound_to(torch.tensor([20, 21, 22, 23])):
+        adversarial = attack(defended, x, y)
+    assert defense.calls[0] == [20, 21, 22, 23]  # the first forward: the whole batch
+    assert {tuple(c) for c in defense.calls[1:]} <= {(21, 22, 23), (22,)}  # restarts: the rows still right
+    assert (adversarial - x).abs().max() <= 8 / 255 + 1e-6
+    assert defended(adversarial).argmax(1).tolist()[1] == 0 and defended(adversarial).argmax(1).tolist()[3] == 1
+
+
 def test_eot_averages_other_draws_and_judges_with_the_evaluations_own():
     victim, defense = tiny_victim_module(), SeededNoise()
     defended = DefendedClassifier(victim, defense)

@@ -14,6 +14,7 @@ SMALL = [
     ("resnet50_cifar", 3, 32),
     ("vgg16", 3, 32),
     ("vit_small", 3, 32),
+    ("airbench94", 3, 32),
     ("small_cnn", 1, 28),
 ]
 IMAGENET = ["resnet18", "resnet50", "resnet101", "resnet152", "vit_b_16"]

@@ -15,6 +15,7 @@ from tests.conftest import REPO
 
 SHIPPED_CONFIGS = [
     "victim_cifar",
+    "victim_cifar_fast",
     "victim_cifar_nols",
     "victim_cifar_resnet56",
     "victim_cifar_resnet50",
