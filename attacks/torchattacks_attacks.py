@@ -194,10 +194,14 @@ class APGD(_LinfTorchattack):
         n_restarts (int): random restarts. Default: 1.
         eot_iter (int): gradients averaged per step (EOT, for randomised models). Default: 1.
         seed (int): seed of its random starts. Default: 0.
+
+    Through a seeded defense (a DIP fit seeded per image) each restart queries the images no
+    restart has broken yet, under those images' own seeds (``restart_on_the_unbroken``).
     """
 
     name = "apgd"
     _class = "APGD"
+    uses_bpda = True  # through a DIP defense its gradient is the defended model's BPDA (Croce et al. 2022)
 
     def __init__(
         self, eps: float, steps: int = 100, loss: str = "ce", n_restarts: int = 1, eot_iter: int = 1, seed: int = 0
@@ -208,6 +212,36 @@ class APGD(_LinfTorchattack):
 
     def _kwargs(self) -> dict[str, Any]:
         return {"norm": "Linf", **super()._kwargs()}
+
+    def _run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if not getattr(model, "is_bound", False):
+            return super()._run(model, images, labels)
+        import torchattacks
+
+        attack = torchattacks.APGD(model, **self._kwargs())
+        attack.set_device(images.device)
+        return restart_on_the_unbroken(attack, model, images, labels)
+
+
+def restart_on_the_unbroken(attack: Any, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """torchattacks.APGD's restart loop (each restart attacks the images no restart has broken yet)
+    with the defended model's binding narrowed to those rows, so that a seeded defense (a DIP fit
+    seeded per image) knows which images a restart's queries are; torchattacks would query the
+    subset under the whole batch's binding, which the defended model refuses."""
+    adversarial = images.clone()
+    with torch.no_grad():
+        correct = attack.get_logits(images).argmax(1) == labels
+    torch.manual_seed(attack.seed)  # as torchattacks seeds its restarts
+    for _ in range(attack.n_restarts):
+        rows = correct.nonzero().flatten()
+        if rows.numel() == 0:
+            break
+        with model.restricted_to(rows):
+            _, still_correct, _, attacked = attack.attack_single_run(images[rows], labels[rows])
+        broken = ~still_correct.bool()
+        correct[rows[broken]] = False
+        adversarial[rows[broken]] = attacked[broken]
+    return adversarial
 
 
 class Square(_LinfTorchattack):
