@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import copy
 import errno
+import hashlib
 import importlib
 import inspect
 import json
@@ -25,12 +26,13 @@ import yaml
 from dipdefense.common.atomic_files import atomic_write_text
 from dipdefense.common.checkpoint_io import resolve_repo_path
 from dipdefense.common.config_files import resolve_config
-from dipdefense.common.errors import UserError, run_main
+from dipdefense.common.errors import CheckpointError, UserError, run_main
 
 DEFAULTS: dict[str, Any] = {
     "data": {"class_path": "dipdefense.datamodules.CIFAR10DataModule", "init_args": {}},
     "victim": "checkpoints/victim_cifar_resnet20.ckpt",
     "attack_victim": None,  # None: attack the victim itself; a checkpoint: transfer attacks crafted on it
+    "victim_options": {},  # the victim architecture's own options over its checkpoint's, e.g. {tta_level: 0}
     "defense": "none",
     "defense_params": {},
     "attacks": "clean,pgd",
@@ -59,7 +61,7 @@ DEFAULTS: dict[str, Any] = {
 # Options that hold a mapping: a config file or ``--KEY.SUB.SUB VALUE`` sets one entry and keeps
 # the others (``--attack_params.pgd.steps 10``, ``--defense_params.dip_stitch.t0 100``,
 # ``--data.data_dir DIR``, which is short for ``--data.init_args.data_dir DIR`` as in train.py).
-NESTED = ("data", "defense_params", "attack_params")
+NESTED = ("data", "defense_params", "attack_params", "victim_options")
 
 
 def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
@@ -99,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "batch_size", type=int, help="images per chunk: one attack batch, one defense batch (default: 100)")
     _flag(p, "out", help="output folder (default: runs/<defense>)")
     _flag(p, "victim", help="victim checkpoint (default: checkpoints/victim_cifar_resnet20.ckpt)")
+    _flag(
+        p,
+        "victim_options",
+        help="the victim architecture's options over its checkpoint's, as a mapping or one entry at a time: "
+        "--victim_options.tta_level 0 (airbench94 without its test-time augmentation)",
+    )
     _flag(
         p,
         "attack_victim",
@@ -231,6 +239,11 @@ def check_option_types(o: dict[str, Any]) -> None:
         and isinstance(data.get("init_args", {}), dict),
         "a mapping {class_path: dipdefense.datamodules.NAME, init_args: {...}}",
     )
+    require(
+        "victim_options",
+        isinstance(o["victim_options"], dict) and all(isinstance(k, str) for k in o["victim_options"]),
+        "a mapping of the victim architecture's options, e.g. {tta_level: 0}",
+    )
     for key in ("defense_params", "attack_params"):
         value = o[key]
         require(
@@ -310,7 +323,12 @@ def load_victim_and_data(o: dict[str, Any]):
     from dipdefense.nets import load_classifier
 
     victim_path = resolve_repo_path(o["victim"])
-    classifier = load_classifier(victim_path)
+    try:
+        classifier = load_classifier(victim_path, arch_options=o["victim_options"] or None)
+    except CheckpointError as err:
+        if not o["victim_options"]:
+            raise
+        raise UserError(f"--victim_options {o['victim_options']}: {err}") from None
     dm = build_datamodule(o["data"])
     dm.setup("test")  # the test split only: prepare_data would also decode the training split
     dataset = dm.test_dataloader().dataset
@@ -336,6 +354,11 @@ def load_attack_victim(path: str, victim) -> tuple[Any, Path]:
         if mine is not None and theirs is not None and mine != theirs:
             raise UserError(f"--attack-victim {attack_path} has {key}={mine}, the victim {theirs}: they must match")
     return model, attack_path
+
+
+def options_sha256(file_hash: str, options: dict[str, Any]) -> str:
+    """The identity of a checkpoint loaded with options: its hash and the options, hashed."""
+    return hashlib.sha256((file_hash + json.dumps(options, sort_keys=True)).encode()).hexdigest()
 
 
 class Terminated(Exception):
@@ -426,6 +449,8 @@ def build(o: dict[str, Any], argv: list[str]) -> SimpleNamespace:
     victim_hash = file_sha256(victim_path)
     manifest = {
         "victim_sha256": victim_hash,
+        # Only when set, so that the manifests of runs without options stay as they were and resume.
+        **({"victim_options": o["victim_options"]} if o["victim_options"] else {}),
         "dataset": dataset_name,
         "defense": o["defense"],
         "defense_params": defense.params(),
@@ -443,6 +468,8 @@ def build(o: dict[str, Any], argv: list[str]) -> SimpleNamespace:
     }
     if attack_hash:  # only then, so run.json of plain runs stays as before and they resume
         manifest["attack_victim_sha256"] = attack_hash
+    if o["victim_options"]:  # another function of the same weights: its adversarial images are its own
+        victim_hash = options_sha256(victim_hash, o["victim_options"])
     check_out_dir(out, manifest)
     return SimpleNamespace(
         defense=defense, runs=runs, trainer=trainer, classifier=classifier, victim_path=victim_path,
@@ -504,7 +531,8 @@ def write_report(o: dict[str, Any], plan: SimpleNamespace) -> list[dict[str, Any
     header = {
         "defense": o["defense"],
         "victim": str(o["victim"]),
-        "victim_sha256": plan.victim_hash,
+        "victim_sha256": plan.manifest["victim_sha256"],
+        **({"victim_options": o["victim_options"]} if o["victim_options"] else {}),
         "dataset": plan.dataset_name,
         "num_samples": len(plan.indices),
         **({"complete_images": len(complete)} if len(complete) < len(plan.indices) else {}),

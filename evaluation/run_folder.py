@@ -47,6 +47,11 @@ def inherited_attack_rng(out: Path) -> str:
     return str(previous.get("attack_rng") or LEGACY_KEYS["attack_rng"](previous))
 
 
+# Manifest keys written only when set, so that plain runs' manifests stay as they were: a run
+# that had one differs from a run without it.
+ONLY_WHEN_SET = ("attack_victim_sha256", "victim_options")
+
+
 def check_out_dir(out: Path, manifest: dict[str, Any]) -> None:
     """Refuse an ``out`` that holds another run's records; nothing is written here."""
     existing = out / "run.json"
@@ -62,6 +67,7 @@ def check_out_dir(out: Path, manifest: dict[str, Any]) -> None:
                 recorded = read(previous)
                 previous[key] = manifest[key] if recorded is None else recorded
         differing = [k for k in manifest if k != "command" and previous.get(k) != manifest[k]]
+        differing += [k for k in ONLY_WHEN_SET if k in previous and k not in manifest]
         if differing:
             raise UserError(
                 f"--out {out} holds another run's records ({', '.join(differing)} differ); "

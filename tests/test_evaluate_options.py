@@ -370,3 +370,28 @@ def test_a_run_begun_before_per_image_draws_resumes_with_per_chunk_draws(tiny_vi
     samples.write_text("\n".join(kept) + "\n")  # the pgd records still to do
     assert evaluate.main(args)[-1]["n"] == 8
     assert json.loads((out / "run.json").read_text())["attack_rng"] == "per-chunk"
+
+
+def test_victim_options_change_the_victims_function_its_manifest_and_its_cache(cifar_batches_dir, tmp_path):
+    """airbench94's test-time augmentation is an option of the exported model (issue 40): a run
+    without it records the option, keys its adversarial cache apart and refuses to resume the other."""
+    config = {"arch": "airbench94", "num_classes": 10, "in_channels": 3, "image_size": 32, "mean": "cifar10",
+              "std": None, "arch_options": {"widths": [8, 16, 16], "tta_level": 2}}  # fmt: skip
+    victim = tmp_path / "airbench.ckpt"
+    torch.manual_seed(0)
+    save_checkpoint(victim, "victim", config, build_classifier(**config).state_dict())
+    out = tmp_path / "no_tta"
+    args = _args(victim, cifar_batches_dir, out, "--attacks", "clean,fgsm", "--num-samples", "4")
+    evaluate.main([*args, "--victim_options.tta_level", "0"])
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["victim_options"] == {"tta_level": 0}
+    assert json.loads((out / "results.json").read_text())["victim_options"] == {"tta_level": 0}
+    cache = Path(os.environ["DIPDEF_CACHE"]) / "adversarial"
+    first = set(cache.rglob("*.pt"))
+    evaluate.main(_args(victim, cifar_batches_dir, tmp_path / "tta", "--attacks", "clean,fgsm", "--num-samples", "4"))
+    assert len(set(cache.rglob("*.pt")) - first) == 1  # the augmented victim's FGSM images are its own
+    with pytest.raises(UserError, match=r"holds another run's records \(victim_options differ\)"):
+        evaluate.main(args)
+    with pytest.raises(UserError, match=r"--victim_options \{'tta_level': 2\}: .*takes no option tta_level"):
+        evaluate.main([*_args(REPO / "checkpoints" / "victim_cifar_resnet20.ckpt", cifar_batches_dir, tmp_path / "r"),
+                       "--victim_options.tta_level", "2"])  # fmt: skip
