@@ -34,10 +34,12 @@ sys.path.insert(0, str(REPO))
 HSJ = ",".join(f"hopskipjump(queries={q},constraint=linf,threat=adaptive)" for q in (200, 1000, 2500))
 GRADIENT = "clean,pgd,bpda_pgd,random_noise"
 # Issue 39's attacks for a shattered defense: the rule-aware BPDA, identity BPDA then 4 resubmitted
-# copies, EOT over 1/255 input noise with the seed known, NES (8 pairs), the pathwise gradient.
+# copies, EOT over 1/255 input noise with the seed known, NES (8 pairs), the pathwise gradient,
+# APGD-CE and APGD-DLR (100 steps, BPDA's identity).
 SHATTERED = (
     "bpda_pgd(backward=rule),bpda_pgd(resubmit=4),eot_pgd(noise=0.0039,seed_draws=false),"
-    "bpda_pgd(backward=nes,steps=5),bpda_pgd(backward=exact,steps=5)"
+    "bpda_pgd(backward=nes,steps=5),bpda_pgd(backward=exact,steps=5),"
+    "apgd(threat=adaptive),apgd(loss=dlr,threat=adaptive)"
 )
 # Paper 004's INC on Fashion-MNIST (its config: the VAE, eta calibrated, 500-image batches),
 # eps in [0, 1] units (paper 004's FGSM budgets halved, as in evaluate_inc_fmnist.yaml).
@@ -134,6 +136,9 @@ PLANS: dict[str, list[tuple]] = {
         ("dip_stitch_rule", "dip_stitch(pad=zero)", "clean,bpda_pgd(backward=rule,resubmit=4)", "8", 32),
         # The pathwise gradient through the unrolled fit: a fit and its backward per step.
         ("dip_stitch_exact", "dip_stitch(pad=zero)", "clean,bpda_pgd(backward=exact,steps=5)", "8", 8),
+        # APGD-CE (Croce & Hein 2020; Croce et al. 2022 through test-time defenses) with BPDA's
+        # identity, at BPDA-PGD-15's cost, on the 16 images of dip_stitch_rule16.
+        ("dip_stitch_apgd", "dip_stitch(pad=zero)", "clean,apgd(steps=15,threat=adaptive)", "8", 16),
     ],
     "gpu": [
         (name, defense, f"{GRADIENT},eot_pgd,{HSJ}", "2,4,8", 1000)

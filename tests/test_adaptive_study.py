@@ -186,6 +186,12 @@ def test_each_plan_has_its_own_folders_and_the_cpu_report_says_dip_stitch_is_pap
     # Every CPU-plan dip_stitch run keeps the reflection padding it was recorded with, except the
     # runs that measure the zero-padded default beside them (issue 12's, and issue 39's attacks).
     stitch = {entry[0]: entry[1] for entry in adaptive_eval.PLANS["cpu"] if "dip_stitch" in entry[1]}
-    for name in ("dip_stitch_zero_pad", "dip_stitch_resubmit", "dip_stitch_rule", "dip_stitch_exact"):
+    for name in (
+        "dip_stitch_zero_pad",
+        "dip_stitch_resubmit",
+        "dip_stitch_rule",
+        "dip_stitch_exact",
+        "dip_stitch_apgd",
+    ):
         assert stitch.pop(name) == "dip_stitch(pad=zero)"
     assert stitch and all("preset=paper_literal" in defense for defense in stitch.values())
