@@ -24,14 +24,20 @@ from typing import Any
 import yaml
 
 from dipdefense.common.atomic_files import atomic_write_text
-from dipdefense.common.checkpoint_io import resolve_repo_path
 from dipdefense.common.config_files import resolve_config
 from dipdefense.common.errors import CheckpointError, UserError, run_main
 
 DEFAULTS: dict[str, Any] = {
     "data": {"class_path": "dipdefense.datamodules.CIFAR10DataModule", "init_args": {}},
+    # A victim spec (nets.victims): a project checkpoint, module:function, file.py:function,
+    # timm:NAME, torchvision:NAME or robustbench:[THREAT/]NAME.
     "victim": "checkpoints/victim_cifar_resnet20.ckpt",
-    "attack_victim": None,  # None: attack the victim itself; a checkpoint: transfer attacks crafted on it
+    "victim_weights": None,  # a state dict for the callable, timm and torchvision kinds
+    "victim_normalize": None,  # a data set name or [mean, std]: normalisation put in front of the victim
+    "victim_dir": None,  # RobustBench's model directory (None: $DIPDEF_ROBUSTBENCH, else ~/.cache/dipdefense/robustbench)
+    "attack_victim": None,  # None: attack the victim itself; a spec: transfer attacks crafted on that model
+    "attack_victim_weights": None,
+    "attack_victim_normalize": None,
     "victim_options": {},  # the victim architecture's own options over its checkpoint's, e.g. {tta_level: 0}
     "defense": "none",
     "defense_params": {},
@@ -70,6 +76,16 @@ def _flag(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
     parser.add_argument(*flags, dest=name, **kwargs)
 
 
+def _normalize_arg(text: str) -> str | list[list[float]]:
+    """A data set name, or 'MEAN,MEAN,MEAN/STD,STD,STD'."""
+    if "/" not in text:
+        return text
+    try:
+        return [[float(v) for v in part.split(",")] for part in text.split("/")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a data set name or MEAN,MEAN,MEAN/STD,STD,STD") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _flag(p, "config", help="YAML with any of the options below (bare names resolve against configs/)")
@@ -100,7 +116,27 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "accelerator", help="auto, cpu, gpu (default: auto)")
     _flag(p, "batch_size", type=int, help="images per chunk: one attack batch, one defense batch (default: 100)")
     _flag(p, "out", help="output folder (default: runs/<defense>)")
-    _flag(p, "victim", help="victim checkpoint (default: checkpoints/victim_cifar_resnet20.ckpt)")
+    _flag(
+        p,
+        "victim",
+        help="the victim: a project checkpoint (default: checkpoints/victim_cifar_resnet20.ckpt), "
+        "module.path:function or path/to/file.py:function (returns an nn.Module on [0, 1] images), "
+        "timm:NAME or torchvision:NAME (with --victim-weights), robustbench:NAME or robustbench:L2/NAME",
+    )
+    _flag(
+        p,
+        "victim_weights",
+        help="a state dict file (or a dict holding one under state_dict / model) for the callable, timm and "
+        "torchvision kinds, loaded with weights_only and strictly",
+    )
+    _flag(
+        p,
+        "victim_normalize",
+        type=_normalize_arg,
+        help="normalisation put in front of the victim: a data set name (cifar10, imagenet, ...) or "
+        "'MEAN,MEAN,MEAN/STD,STD,STD' (default: none; project checkpoints normalise themselves)",
+    )
+    _flag(p, "victim_dir", help="RobustBench's model directory (default: $DIPDEF_ROBUSTBENCH, else ~/.cache/...)")
     _flag(
         p,
         "victim_options",
@@ -110,9 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(
         p,
         "attack_victim",
-        help="craft the attacks on this classifier checkpoint instead of the victim (a transfer attack, "
+        help="craft the attacks on this classifier (a victim spec) instead of the victim (a transfer attack, "
         "e.g. paper 004's attacks on the unprotected classifier against INC with a robust one)",
     )
+    _flag(p, "attack_victim_weights", help="--victim-weights for --attack-victim")
+    _flag(p, "attack_victim_normalize", type=_normalize_arg, help="--victim-normalize for --attack-victim")
     _flag(p, "save_traces", type=int, help="DIP defenses: decision-trace plots for the first K images (default: 0)")
     _flag(p, "data_dir", help="the data module's data_dir (short for --data.init_args.data_dir)")
     _flag(
@@ -208,7 +246,7 @@ def check_option_types(o: dict[str, Any]) -> None:
 
     for key in ("victim", "defense", "threat_model", "accelerator"):
         require(key, isinstance(o[key], str) and bool(o[key]), "a non-empty string")
-    for key in ("attack_victim", "out", "cache_dir"):
+    for key in ("attack_victim", "out", "cache_dir", "victim_weights", "victim_dir", "attack_victim_weights"):
         require(key, o[key] is None or (isinstance(o[key], str) and bool(o[key])), "a path or null")
     for key, least in (("seed", 0), ("num_examples", 0), ("save_traces", 0), ("batch_size", 1), ("devices", 1)):
         require(key, is_int(o[key], least), f"an integer >= {least}")
@@ -239,6 +277,15 @@ def check_option_types(o: dict[str, Any]) -> None:
         and isinstance(data.get("init_args", {}), dict),
         "a mapping {class_path: dipdefense.datamodules.NAME, init_args: {...}}",
     )
+    for key in ("victim_normalize", "attack_victim_normalize"):
+        value = o[key]
+        require(
+            key,
+            value is None
+            or isinstance(value, str)
+            or (isinstance(value, list) and len(value) == 2 and all(isinstance(v, list) for v in value)),
+            "a data set name or [mean list, std list]",
+        )
     require(
         "victim_options",
         isinstance(o["victim_options"], dict) and all(isinstance(k, str) for k in o["victim_options"]),
@@ -319,41 +366,76 @@ def build_datamodule(spec: dict[str, Any]):
 
 
 def load_victim_and_data(o: dict[str, Any]):
-    """The victim, the data module and its test set, checked against each other."""
-    from dipdefense.nets import load_classifier
+    """The victim (any kind of ``nets.victims``), the data module and its test set, checked
+    against each other: the victim runs on the data's images and gives one logit per class."""
+    from dipdefense.nets.victims import victim_kind
 
-    victim_path = resolve_repo_path(o["victim"])
-    try:
-        classifier = load_classifier(victim_path, arch_options=o["victim_options"] or None)
-    except CheckpointError as err:
-        if not o["victim_options"]:
-            raise
-        raise UserError(f"--victim_options {o['victim_options']}: {err}") from None
     dm = build_datamodule(o["data"])
     dm.setup("test")  # the test split only: prepare_data would also decode the training split
     dataset = dm.test_dataloader().dataset
-    victim_classes = classifier.checkpoint_config.get("num_classes")
     data_classes = getattr(dm, "num_classes", None) or len(getattr(dataset, "classes", []) or []) or None
-    if victim_classes and data_classes and victim_classes != data_classes:
-        raise UserError(f"victim {victim_path} has {victim_classes} classes but the data set has {data_classes}")
-    in_channels = classifier.checkpoint_config.get("in_channels")
     sample_shape = tuple(dataset[0][0].shape)
+    classifier = _load_checked(
+        o["victim"], o["victim_weights"], o["victim_normalize"], o, data_classes, sample_shape, "victim"
+    )
+    num_classes = data_classes or classifier.checkpoint_config.get("num_classes") or 10
+    if victim_kind(o["victim"]) != "checkpoint":
+        num_classes = data_classes or 10
+    return classifier, dm, dataset, num_classes
+
+
+def _load_checked(spec, weights, normalize, o, data_classes, sample_shape, role: str):
+    """A victim spec loaded and its input contract checked; ``role`` names the option in errors."""
+    from dipdefense.nets.victims import check_input_contract, load_victim
+
+    options = o["victim_options"] if role == "victim" else None
+    try:
+        model = load_victim(
+            spec, weights, normalize, data_classes or 10, sample_shape[0], o["victim_dir"], o["download"], options
+        )
+    except CheckpointError as err:
+        if role == "victim" and o["victim_options"]:
+            raise UserError(f"--victim_options {o['victim_options']}: {err}") from None
+        raise
+    config = getattr(model, "checkpoint_config", {})
+    name = f"--{role.replace('_', '-')} {spec}"
+    victim_classes, in_channels = config.get("num_classes"), config.get("in_channels")
+    if victim_classes and data_classes and victim_classes != data_classes:
+        raise UserError(f"{name} has {victim_classes} classes but the data set has {data_classes}")
     if in_channels and sample_shape[0] != in_channels:
-        raise UserError(f"victim {victim_path} takes {in_channels}-channel images; the data set's are {sample_shape}")
-    return classifier, victim_path, dm, dataset, data_classes or victim_classes or 10
+        raise UserError(f"{name} takes {in_channels}-channel images; the data set's are {sample_shape}")
+    check_input_contract(model, sample_shape, data_classes or victim_classes or 10, name)
+    if getattr(model, "was_training", False):
+        print(f"{name} was in training mode; it is evaluated in eval mode", file=sys.stderr)
+    return model
 
 
-def load_attack_victim(path: str, victim) -> tuple[Any, Path]:
-    """The classifier transfer attacks are crafted on; it must take the victim's inputs."""
-    from dipdefense.nets import load_classifier
+def first_chunk_accuracy(plan: SimpleNamespace, batch_size: int) -> str:
+    """The plan's line on the bare victim's accuracy over the first chunk of the sample (up to 100
+    images): a model wired wrongly (normalisation, weights, class order) shows at once."""
+    import torch
 
-    attack_path = resolve_repo_path(path)
-    model = load_classifier(attack_path)
-    for key in ("num_classes", "in_channels", "image_size"):
-        mine, theirs = model.checkpoint_config.get(key), victim.checkpoint_config.get(key)
-        if mine is not None and theirs is not None and mine != theirs:
-            raise UserError(f"--attack-victim {attack_path} has {key}={mine}, the victim {theirs}: they must match")
-    return model, attack_path
+    rows = plan.indices[: min(batch_size, 100)]
+    images = torch.stack([plan.dataset[i][0] for i in rows])
+    labels = torch.tensor([int(plan.dataset[i][1]) for i in rows])
+    device = next((q.device for q in plan.classifier.parameters()), torch.device("cpu"))
+    with torch.no_grad():
+        right = (plan.classifier(images.to(device)).argmax(1).cpu() == labels).float().mean().item()
+    line = f"victim {plan.victim_name}: {100 * right:.1f}% right on the first {len(rows)} images, undefended"
+    chance = 1 / plan.num_classes
+    if right <= 1.5 * chance:
+        line += (
+            f": about chance ({100 * chance:.0f}% on {plan.num_classes} classes); is it wired right "
+            "(its normalisation, weights, class order)?"
+        )
+    return line
+
+
+def _display_name(spec: str) -> str:
+    """A checkpoint's file name, another kind's spec."""
+    from dipdefense.nets.victims import victim_kind
+
+    return Path(spec).name if victim_kind(spec) == "checkpoint" else spec
 
 
 def options_sha256(file_hash: str, options: dict[str, Any]) -> str:
@@ -410,7 +492,6 @@ def sample_sha256(dataset: Any, indices: list[int]) -> str:
 def build(o: dict[str, Any], argv: list[str]) -> SimpleNamespace:
     """Everything the run needs, every input checked; nothing is written here."""
     from dipdefense.defenses import build_defense
-    from dipdefense.evaluation.adversarial_cache import file_sha256
     from dipdefense.evaluation.attack_specs import check_against_defense, expand_attacks, parse_eps
     from dipdefense.evaluation.chunks import sample_indices
     from dipdefense.evaluation.run_folder import check_out_dir, inherited_attack_rng
@@ -428,11 +509,15 @@ def build(o: dict[str, Any], argv: list[str]) -> SimpleNamespace:
     runs = expand_attacks(o["attacks"], parse_eps(o["eps"]), o["attack_params"], o["threat_model"])
     check_against_defense(runs, defense)
     trainer = build_trainer(o)
-    classifier, victim_path, dm, dataset, num_classes = load_victim_and_data(o)
+    classifier, dm, dataset, num_classes = load_victim_and_data(o)
     attack_model, attack_hash = None, None
     if o["attack_victim"]:
-        attack_model, attack_path = load_attack_victim(o["attack_victim"], classifier)
-        attack_hash = file_sha256(attack_path)
+        shape, data_classes = tuple(dataset[0][0].shape), getattr(dm, "num_classes", None)
+        attack_model = _load_checked(
+            o["attack_victim"], o["attack_victim_weights"], o["attack_victim_normalize"], o, data_classes, shape,
+            "attack_victim",
+        )  # fmt: skip
+        attack_hash = attack_model.victim_source.sha256
     try:
         defense.check_images(tuple(dataset[0][0].shape))
     except ValueError as err:
@@ -446,9 +531,11 @@ def build(o: dict[str, Any], argv: list[str]) -> SimpleNamespace:
         defense.trace_indices = frozenset(indices[: o["save_traces"]])
     out = Path(o["out"] or f"runs/{o['defense']}")
     dataset_name = type(dm).__name__.removesuffix("DataModule")
-    victim_hash = file_sha256(victim_path)
+    source = classifier.victim_source
+    victim_hash = source.sha256  # a checkpoint's file hash, as before; another kind's loaded weights
     manifest = {
         "victim_sha256": victim_hash,
+        **({"victim_source": source.manifest()} if source.kind != "checkpoint" else {}),
         # Only when set, so that the manifests of runs without options stay as they were and resume.
         **({"victim_options": o["victim_options"]} if o["victim_options"] else {}),
         "dataset": dataset_name,
@@ -472,7 +559,7 @@ def build(o: dict[str, Any], argv: list[str]) -> SimpleNamespace:
         victim_hash = options_sha256(victim_hash, o["victim_options"])
     check_out_dir(out, manifest)
     return SimpleNamespace(
-        defense=defense, runs=runs, trainer=trainer, classifier=classifier, victim_path=victim_path,
+        defense=defense, runs=runs, trainer=trainer, classifier=classifier, victim_name=_display_name(o["victim"]),
         victim_hash=victim_hash, dataset=dataset, dataset_name=dataset_name, num_classes=num_classes,
         attack_model=attack_model, attack_hash=attack_hash, indices=indices, out=out, manifest=manifest,
     )  # fmt: skip
@@ -547,7 +634,7 @@ def write_report(o: dict[str, Any], plan: SimpleNamespace) -> list[dict[str, Any
     detection = report.detection_rows(records, runs)
     worst_case = report.worst_case_rows(records, runs)
     report.write_results(out, header, rows, detection, worst_case)
-    title = f"{plan.dataset_name}, {plan.victim_path.stem}, defense {o['defense']}"
+    title = f"{plan.dataset_name}, {Path(plan.victim_name).stem}, defense {o['defense']}"
     report.plot_accuracy_vs_eps(out, rows, title)
     report.plot_iteration_curves(out, rows, title)
     report.plot_budget_curves(out, rows, title)
@@ -555,7 +642,7 @@ def write_report(o: dict[str, Any], plan: SimpleNamespace) -> list[dict[str, Any
     report.plot_examples(out, out / "examples", [r.id for r in runs], classes)
     cache = getattr(plan, "cache", None)  # absent with --report_only
     print(
-        f"\n{plan.dataset_name} / {plan.victim_path.name} / defense {o['defense']} ({len(plan.indices)} images"
+        f"\n{plan.dataset_name} / {plan.victim_name} / defense {o['defense']} ({len(plan.indices)} images"
         + (f", cache {cache.hits} hits, {cache.misses} misses)" if cache else ")")
     )
     if len(complete) < len(plan.indices):
@@ -584,6 +671,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         return []
     plan = build(o, argv)
     out = plan.out
+    if not o["report_only"] and rank_zero_only.rank == 0:
+        print(first_chunk_accuracy(plan, o["batch_size"]), file=sys.stderr)
     if o["report_only"] and not (out / "run.json").is_file():
         raise UserError(f"--report_only: {out} holds no run yet; run the same command without it first")
     lock = OutputLock(out) if rank_zero_only.rank == 0 else contextlib.nullcontext()

@@ -49,7 +49,7 @@ def inherited_attack_rng(out: Path) -> str:
 
 # Manifest keys written only when set, so that plain runs' manifests stay as they were: a run
 # that had one differs from a run without it.
-ONLY_WHEN_SET = ("attack_victim_sha256", "victim_options")
+ONLY_WHEN_SET = ("attack_victim_sha256", "victim_options", "victim_source")
 
 
 def check_out_dir(out: Path, manifest: dict[str, Any]) -> None:

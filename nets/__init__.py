@@ -9,9 +9,11 @@ from dipdefense.nets.loading import (
     load_vae,
 )
 from dipdefense.nets.registry import ARCHITECTURES, build_classifier
+from dipdefense.nets.victims import VICTIM_KINDS, load_victim
 
 __all__ = [
     "ARCHITECTURES",
+    "VICTIM_KINDS",
     "build_classifier",
     "load_autoencoder",
     "load_classifier",
@@ -19,4 +21,5 @@ __all__ = [
     "load_glow_detector",
     "load_network",
     "load_vae",
+    "load_victim",
 ]

@@ -262,7 +262,7 @@ def test_evaluate_inc_with_transfer_attacks_reports_rejection(tiny_vae, fmnist_v
 
 
 def test_attack_victim_must_match_the_victim(tiny_victim, fmnist_victim, idx_dir, tmp_path):
-    with pytest.raises(UserError, match="--attack-victim .* has in_channels=3, the victim 1: they must match"):
+    with pytest.raises(UserError, match=r"--attack-victim .* takes 3-channel images; the data set's are \(1, 28, 28\)"):
         evaluate.main(
             ["--victim", str(fmnist_victim), "--attack-victim", str(tiny_victim), "--data-dir", str(idx_dir)]
             + ["--config", "evaluate_fmnist.yaml", "--out", str(tmp_path / "x")]
