@@ -368,8 +368,6 @@ def build_datamodule(spec: dict[str, Any]):
 def load_victim_and_data(o: dict[str, Any]):
     """The victim (any kind of ``nets.victims``), the data module and its test set, checked
     against each other: the victim runs on the data's images and gives one logit per class."""
-    from dipdefense.nets.victims import victim_kind
-
     dm = build_datamodule(o["data"])
     dm.setup("test")  # the test split only: prepare_data would also decode the training split
     dataset = dm.test_dataloader().dataset
@@ -378,9 +376,7 @@ def load_victim_and_data(o: dict[str, Any]):
     classifier = _load_checked(
         o["victim"], o["victim_weights"], o["victim_normalize"], o, data_classes, sample_shape, "victim"
     )
-    num_classes = data_classes or classifier.checkpoint_config.get("num_classes") or 10
-    if victim_kind(o["victim"]) != "checkpoint":
-        num_classes = data_classes or 10
+    num_classes = data_classes or getattr(classifier, "checkpoint_config", {}).get("num_classes") or 10
     return classifier, dm, dataset, num_classes
 
 

@@ -278,6 +278,9 @@ def load_victim(
             model = _library_model(kind, target, num_classes)
         if weights is not None:
             _load_weights(model, weights, f"victim {spec}")
+    # Said only of a model the user built (timm and torchvision models are built here); read before
+    # a fresh Sequential, in training mode, wraps it.
+    was_training = model.training and kind in ("callable", "robustbench")
     if stats is not None:
         model = nn.Sequential(Normalize(*stats), model)
     model = model.to(map_location)
@@ -285,7 +288,7 @@ def load_victim(
     model.victim_source = VictimSource(
         spec, kind, str(weights) if weights is not None else None, weights_hash, stats, state_sha256(model)
     )
-    model.was_training = model.training
+    model.was_training = was_training
     return model.eval()
 
 
