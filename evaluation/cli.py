@@ -61,6 +61,9 @@ DEFAULTS: dict[str, Any] = {
     # Write results from the records already in --out and stop: interim figures of a long or
     # killed run, over the images every attack has finished.
     "report_only": False,
+    # Lightning's start-up lines (accelerators found, a logging-service tip) and its pytree
+    # deprecation warning: shown only when asked for.
+    "verbose": False,
 }
 
 
@@ -168,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="write results/plots from the records already in --out (the same command's run) and stop, over the "
         "images every attack has finished: interim figures of a stopped or killed run",
     )
+    _flag(
+        p,
+        "verbose",
+        action="store_true",
+        default=None,
+        help="show Lightning's start-up lines and its dependency warnings (default: only the project's output)",
+    )
     p.epilog = (
         "Mappings are set one entry at a time, keeping the other defaults: --attack_params.pgd.steps 10, "
         "--defense_params.dip_stitch.t0 100, --data.data_dir DIR, --data.class_path MNISTDataModule."
@@ -252,7 +262,7 @@ def check_option_types(o: dict[str, Any]) -> None:
         require(key, is_int(o[key], least), f"an integer >= {least}")
     for key, least in (("num_samples", 0), ("num_nodes", 1)):
         require(key, o[key] is None or is_int(o[key], least), f"an integer >= {least}, or null for the default")
-    for key in ("download", "report_only"):
+    for key in ("download", "report_only", "verbose"):
         require(key, isinstance(o[key], bool), "true or false")
     attacks = o["attacks"]
     require(
@@ -404,6 +414,20 @@ def _load_checked(spec, weights, normalize, o, data_classes, sample_shape, role:
     if getattr(model, "was_training", False):
         print(f"{name} was in training mode; it is evaluated in eval mode", file=sys.stderr)
     return model
+
+
+def quiet_lightning(quiet: bool = True) -> None:
+    """Lightning's start-up chatter off (``--verbose`` keeps it): its INFO lines on the accelerators
+    it found and a logging-service tip, and the FutureWarning its own pytree helper triggers in
+    recent torch (Lightning's code, nothing a user can act on). Warnings about the user's inputs
+    stay."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)
+    if quiet:
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def first_chunk_accuracy(plan: SimpleNamespace, batch_size: int) -> str:
@@ -662,12 +686,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     argv = sys.argv[1:] if argv is None else argv
     o = load_options(argv)
+    quiet_lightning(not o["verbose"])
     if o.pop("print_config"):
         print(yaml.safe_dump(o, sort_keys=False), end="")
         return []
     plan = build(o, argv)
     out = plan.out
     if not o["report_only"] and rank_zero_only.rank == 0:
+        attacks = ", ".join(f"{r.id} ({r.threat})" if r.name != "clean" else r.id for r in plan.runs)
+        print(
+            f"plan: defense {o['defense']} on {len(plan.indices)} images; {attacks}; results in {out}/", file=sys.stderr
+        )
         print(first_chunk_accuracy(plan, o["batch_size"]), file=sys.stderr)
     if o["report_only"] and not (out / "run.json").is_file():
         raise UserError(f"--report_only: {out} holds no run yet; run the same command without it first")

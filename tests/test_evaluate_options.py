@@ -3,6 +3,7 @@ a second writer, SIGTERM, files a killed run left, a full disk, damaged data."""
 
 import errno
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -395,3 +396,19 @@ def test_victim_options_change_the_victims_function_its_manifest_and_its_cache(c
     with pytest.raises(UserError, match=r"--victim_options \{'tta_level': 2\}: .*takes no option tta_level"):
         evaluate.main([*_args(REPO / "checkpoints" / "victim_cifar_resnet20.ckpt", cifar_batches_dir, tmp_path / "r"),
                        "--victim_options.tta_level", "2"])  # fmt: skip
+
+
+def test_the_run_starts_with_its_plan_and_lightnings_chatter_only_with_verbose(
+    tiny_victim, cifar_batches_dir, tmp_path, capfd
+):
+    evaluate.main(
+        _args(tiny_victim, cifar_batches_dir, tmp_path / "quiet", "--attacks", "clean,fgsm", "--num-samples", "4")
+    )
+    err = capfd.readouterr().err
+    assert "plan: defense none on 4 images; clean, fgsm@8/255 (oblivious); results in " in err
+    assert "victim tiny_victim.ckpt: " in err and "right on the first 4 images, undefended" in err
+    assert "GPU available" not in err and "litlogger" not in err
+    chatter = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    assert chatter.level == logging.WARNING
+    evaluate.main([*_args(tiny_victim, cifar_batches_dir, tmp_path / "loud", "--attacks", "clean"), "--verbose"])
+    assert chatter.level == logging.INFO  # Lightning's own stderr handler then prints it
