@@ -67,6 +67,12 @@ def test_library_architectures_with_the_users_weights_run_and_are_recorded(
         assert torch.allclose(loaded(x), model.eval()((x - loaded[0].mean) / loaded[0].std), atol=1e-5)
     err = capsys.readouterr().err
     assert f"victim {spec}: " in err and "training mode" not in err  # the plan's first-chunk accuracy line
+    # Other weights are another victim: its run folder refuses them, as it refuses another checkpoint.
+    other = tmp_path / "other.pt"
+    torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in loaded[1].state_dict().items()}, other)
+    with pytest.raises(UserError, match=r"holds another run's records \(victim_sha256, victim_source differ\)"):
+        _run(cifar_batches_dir, out, "--victim", spec, "--victim-weights", str(other), "--victim-normalize", "cifar10",
+             "--attacks", "clean,fgsm")  # fmt: skip
 
 
 def test_a_callable_wrapping_the_shipped_checkpoint_gives_its_records(cifar_batches_dir, tmp_path, capsys):
