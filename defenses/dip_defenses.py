@@ -378,7 +378,10 @@ class DIPStitch(DIPPurifier):
         return StitchRule(images, classifier, self.rule)
 
     def details(self, rule, images, classifier, labels):
-        return [{"crossings": int(c)} for c in rule.crossings]
+        at = {f"label_t{t}": v.tolist() for t, v in rule.labels_at.items()}  # the victim's label on x(t)
+        return [
+            {"crossings": int(c), **{k: v[i] for k, v in at.items()}} for i, c in enumerate(rule.crossings.tolist())
+        ]
 
 
 class DIPDefend(DIPPurifier):

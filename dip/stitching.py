@@ -49,6 +49,11 @@ class StitchSettings:
             raise ValueError(f"unknown search {self.search!r}; accepted: grid, bisection")
 
 
+# Iterations at which the victim's label on x(t) is kept per image (issue 12's steadiness figure:
+# how often the victim is still right on the blurry early iterates of a clean image).
+STEADINESS_ITERATIONS = (50, 100, 200)
+
+
 def _mix(x_a: torch.Tensor, x_b: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """Eq. 4: alpha x(t) + (1 - alpha) x(t+1), one alpha per image."""
     a = alpha.view(-1, *[1] * (x_a.dim() - 1))
@@ -82,6 +87,7 @@ class StitchRule:
         # Diagnostics (off unless asked for; they sync): victim confidences per sampled t, crossing t's.
         self.trace: list[tuple[int, torch.Tensor]] | None = None
         self.crossing_times: list[list[int]] = [[] for _ in range(b)]
+        self.labels_at: dict[int, torch.Tensor] = {}  # the victim's label on x(t), t in STEADINESS_ITERATIONS
 
     def record_trace(self) -> "StitchRule":
         self.trace = []
@@ -102,6 +108,8 @@ class StitchRule:
         self.tail_times = [*self.tail_times[-(self.s.k - 1) :], t] if self.s.k > 1 else [t]
         probs = self._probs(x)
         label, ssim = probs.argmax(1), per_image_ssim(x, self.x0)
+        if t in STEADINESS_ITERATIONS:
+            self.labels_at[t] = label
         if self.trace is not None:
             self.trace.append((t, probs.cpu()))
         if self.prev is not None:

@@ -175,3 +175,18 @@ def test_dip_defenses_build_and_run_with_their_details():
     assert {d["error_type"] for d in details} <= {"correct", "overfit", "underfit"}
     with pytest.raises(ValueError, match="unknown DIP network 'huge'"):
         build_defense("dip_stitch", network="huge")
+
+
+def test_dip_stitch_details_carry_the_victims_label_on_the_early_iterates():
+    """Issue 12's steadiness figure from any run: the victim's label on x(50), x(100), x(200),
+    the same as the label the rule read at those t (its recorded trace)."""
+    images, indices = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)), torch.tensor([4, 9])
+    torch.manual_seed(0)
+    classifier = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 10)).eval()
+    defense = build_defense("dip_stitch", iterations=120, t0=10)
+    details = defense.purify_detailed(images, classifier, indices).details
+    assert [sorted(d) for d in details] == [["crossings", "label_t100", "label_t50"]] * 2  # T = 120: no x(200)
+    _, rule = defense._fit_chunk(images, None, classifier, indices, trace=True)  # the same fit, traced
+    trace = dict(rule.trace)
+    for i, d in enumerate(details):
+        assert d["label_t50"] == int(trace[50][i].argmax()) and d["label_t100"] == int(trace[100][i].argmax())
