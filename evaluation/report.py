@@ -583,8 +583,9 @@ def plot_accuracy_vs_eps(out: Path, rows: list[dict[str, Any]], title: str) -> P
 
 
 def plot_examples(out: Path, examples_dir: Path, run_ids: list[str], class_names: list[str] | None) -> Path | None:
-    """One block per attack run: rows clean / adversarial / defended, each image titled with
-    the victim's prediction (green: correct, red: wrong)."""
+    """One block per attack run: rows clean (titled with the true label) / the victim's input,
+    attacked or, for the clean run, not / defended, titled with the victim's prediction on it
+    (green: correct, red: wrong)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -613,7 +614,10 @@ def plot_examples(out: Path, examples_dir: Path, run_ids: list[str], class_names
                 ok = int(preds[col]) == int(e["labels"][col])
                 ax.set_title(name(int(preds[col])), fontsize=7, color="green" if ok else "red")
                 if col == 0:
-                    ax.set_ylabel(f"{rid}\n{what}" if row == 0 else what, fontsize=7)
+                    # What each row is: the true label's image; the victim's input (the clean run's is
+                    # not attacked); the defended image and the defended victim's answer.
+                    label = ("clean (true label)", "not attacked" if rid == "clean" else "attacked", "defended")[row]
+                    ax.set_ylabel(f"{rid}\n{label}" if row == 0 else label, fontsize=7)
     fig.tight_layout()
     path = out / "examples.png"
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
