@@ -5,7 +5,7 @@ tests and Wilson intervals.
     python studies/shattered_summary.py runs/adaptive/dip_stitch_resubmit runs/adaptive/dip_stitch_rule16
 
 Each argument is an evaluate.py run folder (or its samples.jsonl[.gz]); from each, the records
-of its iterate-judging attack (bpda_pgd / eot_pgd) are read. "before" is the attack's any-iterate
+of its iterate-judging attack (bpda_pgd / eot_pgd), or of APGD, are read. "before" is the attack's any-iterate
 verdict (its ``history``), "after" the defended victim's verdict on what it returned (after
 resubmission where the run resubmitted).
 """
@@ -28,7 +28,12 @@ def records_of(path: Path) -> dict[int, dict]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt") as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    return {r["index"]: r for r in rows if r.get("history") and r["attack_name"] in ("bpda_pgd", "eot_pgd")}
+    iterate_judging = ("bpda_pgd", "eot_pgd")
+    return {
+        r["index"]: r
+        for r in rows
+        if (r["attack_name"] in iterate_judging and r.get("history")) or r["attack_name"] == "apgd"
+    }
 
 
 def main() -> None:
@@ -45,7 +50,13 @@ def main() -> None:
     print("| run | attack | gradient | right before resubmission | right after (95% CI) |")
     print("| --- | --- | --- | --- | --- |")
     for name, records in runs.items():
-        before = {i: "0" not in records[i]["history"] for i in common}
+        # APGD keeps no per-iterate verdicts: its own is the one on what it returned.
+        before = {
+            i: "0" not in records[i]["history"]
+            if "history" in records[i]
+            else records[i]["pred"] == records[i]["label"]
+            for i in common
+        }
         after = {i: records[i]["pred"] == records[i]["label"] for i in common}
         verdicts[name] = after
         lo, hi = wilson_interval(sum(after.values()), n)
