@@ -10,6 +10,7 @@ arbitrary unpickling. Lightning's own ``.ckpt`` files (from ModelCheckpoint) are
 same way; their ``hyper_parameters`` stand in for ``config``.
 """
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -110,3 +111,12 @@ def resolve_repo_path(path: str | os.PathLike) -> Path:
         return given
     shipped = asset_dir(given.parts[0]).joinpath(*given.parts[1:])
     return shipped if shipped.exists() else given
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes: what identifies a checkpoint or weights file in run manifests."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -27,14 +27,6 @@ PER_IMAGE, PER_CHUNK = "per-image", "per-chunk"
 ATTACK_RNGS = (PER_IMAGE, PER_CHUNK)
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class AdversarialCache:
     """Arguments:
     root: folder of the cache (``$DIPDEF_CACHE/adversarial`` by default in evaluate.py).

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dipdefense.common.checkpoint_io import load_state_dict_strict, resolve_repo_path
+from dipdefense.common.checkpoint_io import file_sha256, load_state_dict_strict, resolve_repo_path
 from dipdefense.common.errors import CheckpointError, UserError
 from dipdefense.nets.normalize import DATASET_STATS, Normalize
 
@@ -101,14 +101,6 @@ def state_sha256(model: nn.Module) -> str:
     for name, value in model.state_dict().items():
         digest.update(f"{name}:{tuple(value.shape)}:{value.dtype}".encode())
         digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
     return digest.hexdigest()
 
 

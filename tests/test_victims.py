@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 import evaluate
+from dipdefense.common.checkpoint_io import file_sha256
 from dipdefense.common.errors import CheckpointError, UserError
 from dipdefense.evaluation.sample_log import read_records
 from dipdefense.nets import load_victim
-from dipdefense.nets.victims import VICTIM_KINDS, file_sha256, state_sha256, victim_kind
+from dipdefense.nets.victims import VICTIM_KINDS, state_sha256, victim_kind
 from tests.conftest import REPO
 
 RESNET20 = REPO / "checkpoints" / "victim_cifar_resnet20.ckpt"
