@@ -21,10 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dipdefense.common.atomic_files import atomic_write_text  # noqa: E402
-
-# What paper 002's figures imply for the traces (issue 12; studies/dip_stitch_gap.md).
-TARGETS = {"clean_with_crossing": 0.15, "pgd_with_crossing": 0.90, "pgd_accuracy_with_crossing": 0.85}
-STEADINESS = (50, 100, 200)
+from dipdefense.dip.stitching import STEADINESS_ITERATIONS as STEADINESS  # noqa: E402
 
 
 def read_run(folder: Path) -> dict[tuple[int, str], dict[str, Any]]:
