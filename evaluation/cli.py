@@ -577,7 +577,9 @@ def build(o: dict[str, Any], argv: list[str]) -> SimpleNamespace:
         manifest["attack_victim_sha256"] = attack_hash
     if o["victim_options"]:  # another function of the same weights: its adversarial images are its own
         victim_hash = options_sha256(victim_hash, o["victim_options"])
-    check_out_dir(out, manifest)
+    grown_from = check_out_dir(out, manifest, lambda n: sample_sha256(dataset, indices[:n]))
+    if grown_from is not None:
+        print(f"{out}: growing the run from {grown_from} to {len(indices)} images", file=sys.stderr)
     return SimpleNamespace(
         defense=defense, runs=runs, trainer=trainer, classifier=classifier, victim_name=_display_name(o["victim"]),
         victim_hash=victim_hash, dataset=dataset, dataset_name=dataset_name, num_classes=num_classes,

@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from dipdefense.common.errors import UserError
@@ -52,8 +53,17 @@ def inherited_attack_rng(out: Path) -> str:
 ONLY_WHEN_SET = ("attack_victim_sha256", "victim_options", "victim_source")
 
 
-def check_out_dir(out: Path, manifest: dict[str, Any]) -> None:
-    """Refuse an ``out`` that holds another run's records; nothing is written here."""
+def check_out_dir(
+    out: Path, manifest: dict[str, Any], prefix_sha256: Callable[[int], str] | None = None
+) -> int | None:
+    """Refuse an ``out`` that holds another run's records; nothing is written here.
+
+    A run may grow: more images of the same seed extend its sample (the draw is a prefix of one
+    seeded permutation), so ``--num-samples 100`` on a finished 32-image run attacks the 68 new
+    images and keeps the 32 records. Allowed when only the sample differs, the old sample is the
+    new one's prefix (``prefix_sha256(n)`` hashes the first n images) and it ends on a chunk
+    boundary, so every chunk is the one a fresh run would have. Returns the old sample size
+    when the run grows, else None."""
     existing = out / "run.json"
     if existing.is_file():
         try:
@@ -68,6 +78,10 @@ def check_out_dir(out: Path, manifest: dict[str, Any]) -> None:
                 previous[key] = manifest[key] if recorded is None else recorded
         differing = [k for k in manifest if k != "command" and previous.get(k) != manifest[k]]
         differing += [k for k in ONLY_WHEN_SET if k in previous and k not in manifest]
+        if set(differing) == {"num_samples", "sample_sha256"} and prefix_sha256 is not None:
+            grown_from = _grown_from(previous, manifest, prefix_sha256)
+            if grown_from is not None:
+                return grown_from
         if differing:
             raise UserError(
                 f"--out {out} holds another run's records ({', '.join(differing)} differ); "
@@ -75,6 +89,24 @@ def check_out_dir(out: Path, manifest: dict[str, Any]) -> None:
             )
     elif (out / "samples.jsonl").is_file():
         raise UserError(f"--out {out} holds samples.jsonl without run.json; choose another --out or delete that folder")
+    return None
+
+
+def _grown_from(previous: dict[str, Any], manifest: dict[str, Any], prefix_sha256: Callable[[int], str]) -> int | None:
+    """The old sample size if ``manifest`` extends the run in ``previous`` (see check_out_dir);
+    a shrink or another draw is None (refused as another run); a grow off a chunk boundary is
+    refused here, saying which sizes would do."""
+    old, new, chunk = previous.get("num_samples"), manifest["num_samples"], manifest["batch_size"]
+    if not isinstance(old, int) or not 0 < old < new or previous.get("sample_sha256") is None:
+        return None
+    if prefix_sha256(old) != previous["sample_sha256"]:
+        return None
+    if old % chunk:
+        raise UserError(
+            f"--num_samples {new}: this run's {old} images end mid-chunk (--batch_size {chunk}), so its last "
+            f"chunk would differ from a fresh run's; it grows only from a multiple of {chunk} images"
+        )
+    return old
 
 
 class OutputLock:

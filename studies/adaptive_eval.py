@@ -127,7 +127,9 @@ PLANS: dict[str, list[tuple]] = {
         ("dipdefend_hsj200", "dipdefend", "clean,hopskipjump(queries=200,constraint=linf,threat=adaptive)", "8", 5),
         # dip_stitch's default since issue 12 (zero padding), through the same attacks as its
         # paper_literal row; named by its setting, so a later default cannot change what it resumes.
-        ("dip_stitch_zero_pad", "dip_stitch(pad=zero)", GRADIENT, "8", 32),
+        # Grown from 32 to 100 images (issue 39); about 20 min per chunk of 8 here, so it takes
+        # sessions: it resumes chunk by chunk.
+        ("dip_stitch_zero_pad", "dip_stitch(pad=zero)", GRADIENT, "8", 100),
         # Issue 39: the same BPDA-PGD, then each image it did not break resubmitted as 4 copies of its
         # last iterate with uniform +-1/255 noise (the shattered fit draws a fresh output for each).
         ("dip_stitch_resubmit", "dip_stitch(pad=zero)", "clean,bpda_pgd(resubmit=4)", "8", 32),

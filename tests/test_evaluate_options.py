@@ -288,6 +288,43 @@ def test_a_resume_with_another_chunk_size_or_other_images_is_refused(tiny_victim
         evaluate.main([*_args(tiny_victim, other, out), "--attacks", "clean", "--num-samples", "8"])
 
 
+def test_a_run_grows_to_more_images_as_a_fresh_run_would_and_only_on_a_chunk_boundary(
+    tiny_victim, cifar_batches_dir, tmp_path
+):
+    """32 images now, 100 next session: the old images keep their records (a poisoned record
+    proves none is redone), the new ones get what a fresh run of that size gives them."""
+    from dipdefense.evaluation.sample_log import read_run_records
+
+    grown, fresh = tmp_path / "grown", tmp_path / "fresh"
+    attacks = ("--attacks", "clean,pgd(steps=2)")
+    evaluate.main(_args(tiny_victim, cifar_batches_dir, grown, *attacks, "--num-samples", "8"))
+    log = grown / "samples.jsonl"
+    first = [json.loads(line) for line in log.read_text().splitlines()]
+    marked = [{**r, "note": "kept"} for r in first]
+    log.write_text("".join(json.dumps(r) + "\n" for r in marked))
+    rows = evaluate.main(_args(tiny_victim, cifar_batches_dir, grown, *attacks, "--num-samples", "12"))
+    assert rows[0]["n"] == 12 and json.loads((grown / "run.json").read_text())["num_samples"] == 12
+    evaluate.main(_args(tiny_victim, cifar_batches_dir, fresh, *attacks, "--num-samples", "12"))
+
+    def by_key(out):
+        return {(r["index"], r["attack"]): r for r in read_run_records(out)}
+
+    grown_records, fresh_records = by_key(grown), by_key(fresh)
+    assert grown_records.keys() == fresh_records.keys() and len(grown_records) == 24
+    assert sum(r.get("note") == "kept" for r in grown_records.values()) == 16
+    for key, record in fresh_records.items():
+        assert grown_records[key]["pred"] == record["pred"], key
+    with pytest.raises(UserError, match=r"\(num_samples, sample_sha256 differ\)"):  # no shrinking
+        evaluate.main(_args(tiny_victim, cifar_batches_dir, grown, *attacks, "--num-samples", "8"))
+    odd = tmp_path / "odd"
+    evaluate.main(_args(tiny_victim, cifar_batches_dir, odd, *attacks, "--num-samples", "6"))
+    with pytest.raises(UserError, match=r"this run's 6 images end mid-chunk .* a multiple of 4 images"):
+        evaluate.main(_args(tiny_victim, cifar_batches_dir, odd, *attacks, "--num-samples", "12"))
+    other_seed = (*attacks, "--num-samples", "12", "--seed", "1")
+    with pytest.raises(UserError, match=r"holds another run's records"):
+        evaluate.main(_args(tiny_victim, cifar_batches_dir, fresh, *other_seed))
+
+
 def test_a_run_json_from_before_the_chunk_size_was_recorded_still_resumes(tiny_victim, cifar_batches_dir, tmp_path):
     out = tmp_path / "old"
     args = _args(tiny_victim, cifar_batches_dir, out, "--attacks", "clean", "--num-samples", "8")
