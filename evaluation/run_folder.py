@@ -5,8 +5,8 @@ import errno
 import fcntl
 import json
 import os
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from dipdefense.common.errors import UserError
@@ -53,9 +53,7 @@ def inherited_attack_rng(out: Path) -> str:
 ONLY_WHEN_SET = ("attack_victim_sha256", "victim_options", "victim_source")
 
 
-def check_out_dir(
-    out: Path, manifest: dict[str, Any], prefix_sha256: Callable[[int], str] | None = None
-) -> int | None:
+def check_out_dir(out: Path, manifest: dict[str, Any], prefix_sha256: Callable[[int], str] | None = None) -> int | None:
     """Refuse an ``out`` that holds another run's records; nothing is written here.
 
     A run may grow: more images of the same seed extend its sample (the draw is a prefix of one
