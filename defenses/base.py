@@ -40,6 +40,11 @@ class Defense:
         """Raise ValueError when the defense cannot take images of this (C, H, W) shape, so an
         evaluation stops before it starts (e.g. a DIP network too deep for 32x32 images)."""
 
+    def device_notes(self, device_type: str) -> list[str]:
+        """Lines for the run's log (and run.json) on what an option does or does not do on
+        this device ("cpu" or "cuda"); none by default."""
+        return []
+
     def to(self, device: torch.device | str) -> "Defense":
         return self
 

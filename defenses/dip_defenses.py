@@ -87,7 +87,7 @@ DIP_NETWORKS["deep_protection_small"] = {**DIP_NETWORKS["cifar"], "input_channel
 # Engine options added after runs were recorded: left out of a run's manifest while off, so
 # those runs (whose run.json lacks them) still resume.
 OFF_WHEN_ZERO = ("input_jitter", "output_ema")
-ENGINE_DEFAULTS = {"adam_eps": 1e-8}  # likewise left out while at their default
+ENGINE_DEFAULTS = {"adam_eps": 1e-8, "compile": False, "fast": False}  # likewise left out while at their default
 PADDINGS = ("reflection", "zero")  # dip.skip_net's; reflection is the default of every network above
 
 
@@ -106,9 +106,10 @@ class DIPPurifier(Purifier):
     code pads; the network's padding unless a network given as arguments names its own; written
     into the recorded network only when it is "zero", so runs recorded before the option
     existed still resume); cuda_graph (False; on a GPU, replay each fit step as one CUDA
-    graph, ``dip.engine.DIPSettings``; speed only, so not in the recorded parameters); and
+    graph, ``dip.engine.DIPSettings``; speed only, so not in the recorded parameters);
     adam_eps (1e-8, torch's; raised, Adam no longer turns round-off gradients into full steps:
-    issue 39's shattering study).
+    issue 39's shattering study); compile (False; the fit step through torch.compile) and fast
+    (False; oneDNN / bfloat16 numerics), both faster and not bit-equal, so recorded when on.
     """
 
     observe_tail = 0
@@ -142,6 +143,8 @@ class DIPPurifier(Purifier):
         pad: str = "reflection",
         cuda_graph: bool = False,
         adam_eps: float = 1e-8,
+        compile: bool = False,
+        fast: bool = False,
     ) -> None:
         if isinstance(network, str) and network not in DIP_NETWORKS:
             raise ValueError(
@@ -164,11 +167,35 @@ class DIPPurifier(Purifier):
             output_ema=output_ema,
             cuda_graph=cuda_graph,
             adam_eps=adam_eps,
+            compile=compile,
+            fast=fast,
         )
         self.dip_batch, self.seed = dip_batch, seed
 
     def rule_settings(self) -> dict[str, Any]:
         return {}
+
+    def device_notes(self, device_type: str) -> list[str]:
+        """What the speed options do on this device, said once in the run's log and kept in
+        run.json, so that an option that does nothing here is never silently different."""
+        notes, d = [], self.dip
+        if d.cuda_graph and device_type != "cuda":
+            notes.append(
+                f"{self.name}: cuda_graph=true has no effect on a {device_type.upper()}; the fit steps run eagerly"
+            )
+        if d.fast:
+            what = (
+                "bfloat16 autocast, channels-last, fused Adam"
+                if device_type == "cuda"
+                else "oneDNN convolutions and channels-last (no bfloat16 on a CPU)"
+            )
+            notes.append(f"{self.name}: fast=true: {what}; an image's result depends on its batch")
+        if d.compile:
+            notes.append(
+                f"{self.name}: compile=true: each new chunk shape compiles first (a minute or more on a CPU); "
+                "results are not bit-equal to the eager fit's"
+            )
+        return notes
 
     def dip_batch_on(self, device: torch.device) -> int:
         """Images fitted at once: ``dip_batch``, or when it is None the device's default. A GPU
@@ -263,7 +290,13 @@ class DIPPurifier(Purifier):
         return RuleAwareBackward.apply(images, torch.cat(outs), k), details
 
     def check_pathwise_memory(self, images: torch.Tensor, indices: torch.Tensor) -> None:
-        """Refuse, before any fit, an exact gradient that would not fit in memory (``dip.pathwise``)."""
+        """Refuse, before any fit, an exact gradient that would not fit in memory (``dip.pathwise``)
+        or that would differentiate another fit than the one run (compile, fast)."""
+        if self.dip.compile or self.dip.fast:
+            raise ValueError(
+                f"{self.name}: the exact gradient replays the eager fit in exact numerics, not the "
+                f"{'compiled' if self.dip.compile else 'fast'} one; run it with compile=false and fast=false"
+            )
         batch = self.dip_batch_on(images.device)
         x = images[:batch].detach()
         probe = DIPFit(x, [item_seed(self.seed, i) for i in indices[:batch]], self.dip)
@@ -318,7 +351,7 @@ class DIPStitch(DIPPurifier):
     Arguments: network "cifar", iterations 1000, lr 0.01, noise_scale 1/30, observe_every 5
     (T/200), tau 0.7, t0 50 (iterations), k 15, beta 0.5, grid 100, search "grid" (or
     "bisection" for large victims), dip_batch None (32 on a CPU, 128 on a GPU), seed 0; init
-    "xavier", input_jitter 0, output_ema 0, pad "zero", cuda_graph False, adam_eps 1e-8 (``DIPPurifier``).
+    "xavier", input_jitter 0, output_ema 0, pad "zero", cuda_graph False, adam_eps 1e-8, compile False, fast False (``DIPPurifier``).
     ImageNet: network "imagenet", iterations 3000, noise_scale 1/100, observe_every 15.
 
     Paper 002 does not name its padding. Zero padding (as DIPDefend's code pads) is the default
@@ -352,6 +385,8 @@ class DIPStitch(DIPPurifier):
         pad: str = "zero",
         cuda_graph: bool = False,
         adam_eps: float = 1e-8,
+        compile: bool = False,
+        fast: bool = False,
     ) -> None:
         super().__init__(
             network,
@@ -367,6 +402,8 @@ class DIPStitch(DIPPurifier):
             pad=pad,
             cuda_graph=cuda_graph,
             adam_eps=adam_eps,
+            compile=compile,
+            fast=fast,
         )
         self.rule = StitchSettings(tau=tau, t0=t0, k=k, beta=beta, grid=grid, search=search)
         self.observe_tail = k
@@ -390,7 +427,7 @@ class DIPDefend(DIPPurifier):
     Arguments: network "dipdefend_cifar" (their CIFAR net), iterations 4000, lr 0.01,
     noise_scale 1/10, optimize_input True (they optimise the input too), lam 0.002,
     patch 32, dip_batch None (32 on a CPU, 128 on a GPU), seed 0; init "xavier", input_jitter 0,
-    output_ema 0, pad "reflection", cuda_graph False, adam_eps 1e-8 (``DIPPurifier``).
+    output_ema 0, pad "reflection", cuda_graph False, adam_eps 1e-8, compile False, fast False (``DIPPurifier``).
     The PSNR curve is read at every iterate.
     """
 
@@ -413,6 +450,8 @@ class DIPDefend(DIPPurifier):
         pad: str = "reflection",
         cuda_graph: bool = False,
         adam_eps: float = 1e-8,
+        compile: bool = False,
+        fast: bool = False,
     ) -> None:
         super().__init__(
             network,
@@ -429,6 +468,8 @@ class DIPDefend(DIPPurifier):
             pad=pad,
             cuda_graph=cuda_graph,
             adam_eps=adam_eps,
+            compile=compile,
+            fast=fast,
         )
         self.rule = DIPDefendSettings(lam=lam, patch=patch)
 
@@ -457,7 +498,7 @@ class DeepProtection(DIPPurifier):
     mode; the oracle's cap is 3000 in the paper), lr 0.01, noise_scale 0.1, oracle False,
     top_k 5 (the oracle's top-k), error_split False, check_every 50, dip_batch None (8 on a CPU,
     128 on a GPU), seed 0;
-    init "xavier", input_jitter 0, output_ema 0, pad "reflection", cuda_graph False, adam_eps 1e-8 (``DIPPurifier``).
+    init "xavier", input_jitter 0, output_ema 0, pad "reflection", cuda_graph False, adam_eps 1e-8, compile False, fast False (``DIPPurifier``).
     """
 
     name = "deep_protection"
@@ -481,6 +522,8 @@ class DeepProtection(DIPPurifier):
         error_split: bool = False,
         cuda_graph: bool = False,
         adam_eps: float = 1e-8,
+        compile: bool = False,
+        fast: bool = False,
     ) -> None:
         super().__init__(
             network,
@@ -496,6 +539,8 @@ class DeepProtection(DIPPurifier):
             pad=pad,
             cuda_graph=cuda_graph,
             adam_eps=adam_eps,
+            compile=compile,
+            fast=fast,
         )
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1 (the oracle's top-k; the paper's is 5), got {top_k}")
@@ -545,7 +590,7 @@ class DIPInc(DIPPurifier):
 
     Arguments: network "cifar", iterations 500, lr 0.01, noise_scale 1/30, threshold 0.00125,
     dip_batch None (32 on a CPU, 128 on a GPU), seed 0; init "xavier", input_jitter 0, output_ema 0,
-    pad "reflection", cuda_graph False, adam_eps 1e-8 (``DIPPurifier``).
+    pad "reflection", cuda_graph False, adam_eps 1e-8, compile False, fast False (``DIPPurifier``).
     """
 
     name = "dip_inc"
@@ -565,6 +610,8 @@ class DIPInc(DIPPurifier):
         pad: str = "reflection",
         cuda_graph: bool = False,
         adam_eps: float = 1e-8,
+        compile: bool = False,
+        fast: bool = False,
     ) -> None:
         super().__init__(
             network,
@@ -580,6 +627,8 @@ class DIPInc(DIPPurifier):
             pad=pad,
             cuda_graph=cuda_graph,
             adam_eps=adam_eps,
+            compile=compile,
+            fast=fast,
         )
         self.threshold = threshold
 

@@ -31,6 +31,9 @@ class DetectorGatedPurifier(Purifier):
         self.detector.check_images(shape)
         self.purifier.check_images(shape)
 
+    def device_notes(self, device_type: str) -> list[str]:
+        return self.detector.device_notes(device_type) + self.purifier.device_notes(device_type)
+
     def to(self, device: torch.device | str) -> "DetectorGatedPurifier":
         self.detector, self.purifier = self.detector.to(device), self.purifier.to(device)
         return self

@@ -56,6 +56,17 @@ class DIPSettings:
         the batch anyway. Ignored on a CPU. Not with input_jitter (its per-image generators are
         outside the graph). Not yet run on a GPU: opt in and compare (benchmarks/gpu_checks.py).
         Default: False.
+    compile: run each fit step through ``torch.compile`` (``dip.compiled_step``): the forward,
+        the loss and its backward as one compiled graph, Adam as another, compiled once per
+        process for each network and batch shape (a minute or more on a CPU) and reused by
+        every later fit. On a CPU the grouped convolutions are written as im2col and a batched
+        GEMM for the compiler to fuse. Not bit-equal to the eager step (the compiler reorders
+        element-wise arithmetic), so it is recorded in a run's parameters. Not with cuda_graph.
+        Default: False.
+    fast: the fast numerics, where results depend on the batch and the device: on a CPU
+        oneDNN's convolutions (``exact_cpu`` off) and channels-last activations; on a GPU also
+        bfloat16 autocast for the network (float32 weights, loss and Adam) and the fused Adam
+        kernel (cuDNN's convolutions use TF32 in either mode, PyTorch's default). Recorded in a run's parameters. Default: False.
     adam_eps: Adam's epsilon. Its update g / (sqrt(v) + eps) has slope lr / eps around g = 0, so
         a parameter with a round-off-sized gradient steps by about +-lr; a larger eps damps those
         steps (issue 39's study of where the fit's shattering comes from). Default: 1e-8 (torch's).
@@ -83,6 +94,8 @@ class DIPSettings:
     output_ema: float = 0.0
     cuda_graph: bool = False
     adam_eps: float = 1e-8
+    compile: bool = False
+    fast: bool = False
 
     def __post_init__(self) -> None:
         if self.init not in ("xavier", "default"):
@@ -95,6 +108,10 @@ class DIPSettings:
             raise ValueError(
                 "cuda_graph cannot replay input_jitter's per-image random draws; turn one of them off "
                 f"(cuda_graph=True, input_jitter={self.input_jitter})"
+            )
+        if self.cuda_graph and self.compile:
+            raise ValueError(
+                "cuda_graph records the eager step and compile compiles it; choose one (cuda_graph=True, compile=True)"
             )
         if not self.adam_eps > 0:
             raise ValueError(f"adam_eps must be > 0, got {self.adam_eps}")
@@ -207,16 +224,29 @@ class DIPFit:
         if images.device.type == "cpu" and settings.retain_cpu_memory:
             retain_freed_cpu_memory()
         check_image_size(settings, (h, w))
-        self.shape = (b, c, h, w)
+        self.shape, self.settings = (b, c, h, w), settings
         net, noise = build_dip_batch(settings, seeds, c, (h, w))
         self.net, self.noise = net.to(images.device).train(), noise.to(images.device)
         self.target = images.detach().reshape(1, b * c, h, w)
+        on_gpu = images.device.type == "cuda"
+        self.channels_last = settings.fast
+        if self.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+            self.noise = self.noise.contiguous(memory_format=torch.channels_last)
+        # bfloat16 autocast for the network's forward on a GPU; the loss is taken in float32.
+        self.autocast = settings.fast and on_gpu
         self.params = self._flatten(settings.optimize_input)
         # Not fused=True: the fused CPU kernel rounds vector bodies and tails differently, so a
         # parameter's update would depend on its tensor's size, i.e. on B (measured: 0.33 apart).
-        self.graphed = settings.cuda_graph and images.device.type == "cuda"
-        self.optimizer = torch.optim.Adam([self.flat], lr=settings.lr, eps=settings.adam_eps, capturable=self.graphed)
-        self.exact = settings.exact_cpu and images.device.type == "cpu"
+        self.graphed = settings.cuda_graph and on_gpu
+        self.optimizer = torch.optim.Adam(
+            [self.flat],
+            lr=settings.lr,
+            eps=settings.adam_eps,
+            capturable=self.graphed,
+            fused=True if self.autocast else None,
+        )
+        self.exact = settings.exact_cpu and not settings.fast and images.device.type == "cpu"
         self.jitter = settings.input_jitter
         # One stream per image, apart from the seeds' own (networks, noise) and the attacks' (2^62 + seed).
         self.jitter_streams = (
@@ -240,7 +270,11 @@ class DIPFit:
     @contextlib.contextmanager
     def numerics(self) -> Iterator[None]:
         """The context the fit runs in: gradients on, oneDNN off in ``exact_cpu`` mode."""
-        with torch.enable_grad(), torch.backends.mkldnn.flags(enabled=not self.exact):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.enable_grad())
+            stack.enter_context(torch.backends.mkldnn.flags(enabled=not self.exact))
+            if self.autocast:
+                stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
             yield
 
     def network_input(self) -> torch.Tensor:
@@ -252,12 +286,12 @@ class DIPFit:
         return self.noise + self.jitter * torch.cat(draws).unsqueeze(0)
 
     def mse(self, out: torch.Tensor) -> torch.Tensor:
-        """Per-image MSE [B] of ``out`` ([1, B*C, H, W]) to the target images."""
-        return (out - self.target).pow(2).reshape(self.shape[0], -1).mean(1)
+        """Per-image MSE [B] of ``out`` ([1, B*C, H, W]) to the target images, in float32."""
+        return (out.float() - self.target).pow(2).reshape(self.shape[0], -1).mean(1)
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """x(t) as [1, B*C, H, W] and the per-image MSE [B]."""
-        out = self.net(self.network_input())
+        out = self.net(self.network_input()).float()
         return out, self.mse(out)
 
     def backward(self, per_image_loss: torch.Tensor) -> None:
@@ -343,7 +377,14 @@ def fit_dip(
     last = settings.iterations - 1
     check_every = stop_check_every or (1 if images.device.type == "cpu" else 25)
     observed, ema, shown = 0, settings.output_ema, None
-    step = CUDAGraphStep(fit) if fit.graphed else fit.step
+    if settings.compile:
+        from dipdefense.dip.compiled_step import CompiledStep
+
+        step = CompiledStep(fit)
+        last_forward = step.forward
+    else:
+        step = CUDAGraphStep(fit) if fit.graphed else fit.step
+        last_forward = fit.forward
     for t in range(settings.iterations):
         if recorder is not None:
             recorder(t, fit)
@@ -352,7 +393,7 @@ def fit_dip(
             out, per_image = step()
         else:
             with fit.numerics():
-                out, per_image = (v.detach() for v in fit.forward())
+                out, per_image = (v.detach() for v in last_forward())
         # With output_ema, what is observed and returned is the average; the fit goes on from x(t).
         shown = out if shown is None or not ema else shown * ema + out * (1 - ema)
         if observer is not None and is_observed(t, settings.iterations, settings.observe_every, observe_tail):

@@ -495,6 +495,12 @@ def build_trainer(o: dict[str, Any]):
         ) from None
 
 
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def sample_sha256(dataset: Any, indices: list[int]) -> str:
     """A hash of the sampled images (as 8-bit pixels) and labels, in sample order."""
     import hashlib
@@ -575,6 +581,10 @@ def build(o: dict[str, Any], argv: list[str]) -> SimpleNamespace:
     }
     if attack_hash:  # only then, so run.json of plain runs stays as before and they resume
         manifest["attack_victim_sha256"] = attack_hash
+    on_gpu = o["accelerator"] in ("gpu", "cuda") or (o["accelerator"] == "auto" and torch_cuda_available())
+    notes = defense.device_notes("cuda" if on_gpu else "cpu")
+    if notes:  # what a speed option does here (or that it does nothing); not compared on resume
+        manifest["notes"] = notes
     if o["victim_options"]:  # another function of the same weights: its adversarial images are its own
         victim_hash = options_sha256(victim_hash, o["victim_options"])
     grown_from = check_out_dir(out, manifest, lambda n: sample_sha256(dataset, indices[:n]))
@@ -699,6 +709,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         print(
             f"plan: defense {o['defense']} on {len(plan.indices)} images; {attacks}; results in {out}/", file=sys.stderr
         )
+        for note in plan.manifest.get("notes", []):
+            print(f"note: {note}", file=sys.stderr)
         print(first_chunk_accuracy(plan, o["batch_size"]), file=sys.stderr)
     if o["report_only"] and not (out / "run.json").is_file():
         raise UserError(f"--report_only: {out} holds no run yet; run the same command without it first")

@@ -74,7 +74,8 @@ def check_out_dir(out: Path, manifest: dict[str, Any], prefix_sha256: Callable[[
             if key in manifest and key not in previous:
                 recorded = read(previous)
                 previous[key] = manifest[key] if recorded is None else recorded
-        differing = [k for k in manifest if k != "command" and previous.get(k) != manifest[k]]
+        # the command and the device's notes may change between a run's parts
+        differing = [k for k in manifest if k not in ("command", "notes") and previous.get(k) != manifest[k]]
         differing += [k for k in ONLY_WHEN_SET if k in previous and k not in manifest]
         if set(differing) == {"num_samples", "sample_sha256"} and prefix_sha256 is not None:
             grown_from = _grown_from(previous, manifest, prefix_sha256)
