@@ -16,7 +16,11 @@ timed in the same process for the ratio issue 14 asks for. Graph: the same fit s
 and replayed as one CUDA graph (``DIPSettings.cuda_graph``), how far the two fits drift apart
 in 200 steps (against the batch-invariance drift, the GPU's own noise), and full dip_stitch
 with and without the graph. Nothing here is a test: the CPU run is only a dry run of the
-script (the graph section is CUDA only).
+script (the graph section is CUDA only). Issue 41's sections: modes (fit steps and full
+dip_stitch eager, fast, compiled, compiled + fast; ``benchmarks/compile_speed.py``), agreement
+(the fast mode's verdicts against the exact mode's on the README's 200 images, clean and PGD-8,
+paired), adaptive (a BPDA iteration and 100 HopSkipJump queries per image at B = 128 and 512).
+The one-shot run for a lent GPU is ``benchmarks/gpu_issue41.sh``.
 """
 
 import argparse
@@ -41,7 +45,7 @@ from dipdefense.dip.engine import CUDAGraphStep, DIPFit, DIPSettings, fit_dip  #
 from dipdefense.dip.skip_net import SamePadConv  # noqa: E402
 from dipdefense.nets import load_classifier  # noqa: E402
 
-SECTIONS = ("syncs", "graph", "invariance", "fit", "stitch")
+SECTIONS = ("syncs", "graph", "invariance", "fit", "stitch", "modes", "agreement", "adaptive")
 ZERO_PAD = {"pad": "zero"}  # the CIFAR network as dip_stitch runs it by default
 
 
@@ -153,19 +157,62 @@ def graph_rate(batch: int, images: torch.Tensor, device: str, steps: int) -> dic
 
 
 def stitch_rate(
-    batch: int, images: torch.Tensor, victim: torch.nn.Module, device: str, iterations: int, cuda_graph: bool = False
+    batch: int,
+    images: torch.Tensor,
+    victim: torch.nn.Module,
+    device: str,
+    iterations: int,
+    cuda_graph: bool = False,
+    **modes: bool,
 ) -> dict:
-    defense = build_defense("dip_stitch", iterations=iterations, dip_batch=batch, cuda_graph=cuda_graph).to(device)
+    """Full dip_stitch on ``batch`` images; ``timed`` runs it once untimed first (cuDNN's kernel
+    choice, and the compile of ``compile=True``), then once timed."""
+    options = {"cuda_graph": cuda_graph, **modes}
+    defense = build_defense("dip_stitch", iterations=iterations, dip_batch=batch, **options).to(device)
     x = images[:batch].to(device)
     indices = torch.arange(len(x))
     seconds = timed(lambda: defense.purify(x, victim, indices), device, 1)
-    return {
-        "batch": batch,
-        "cuda_graph": cuda_graph,
-        "iterations": iterations,
-        "seconds": seconds,
-        "images_per_s": batch / seconds,
-    }
+    return {**options, "batch": batch, "iterations": iterations, "seconds": seconds, "images_per_s": batch / seconds}
+
+
+def run_with_limit(command: list[str], limit_s: int) -> dict:
+    """A child command with its own time limit; its last lines kept for the report."""
+    import subprocess
+
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=limit_s)
+        status, text = done.returncode, done.stdout + done.stderr
+    except subprocess.TimeoutExpired as err:
+        status, text = (
+            "timed out",
+            (err.stdout or b"").decode() if isinstance(err.stdout, bytes) else (err.stdout or ""),
+        )
+    return {"command": " ".join(command), "status": status, "seconds": time.perf_counter() - start,
+            "tail": text[-3000:]}  # fmt: skip
+
+
+def agreement(device: str, num_samples: int, out_root: Path, limit_s: int) -> list[dict]:
+    """Issue 41, item 4: dip_stitch in the fast mode against the exact mode on the README's test
+    images, clean and PGD-8 (oblivious), paired image by image (evaluation.compare --paired)."""
+    results = []
+    runs = {"exact": "dip_stitch", "fast": "dip_stitch(fast=true)"}
+    for name, defense in runs.items():
+        command = [sys.executable, "evaluate.py", "--defense", defense, "--attacks", "clean,pgd", "--num-samples",
+                   str(num_samples), "--accelerator", "gpu" if device == "cuda" else "cpu", "--out",
+                   str(out_root / name)]  # fmt: skip
+        results.append({"run": name, **run_with_limit(command, limit_s)})
+    compare = [sys.executable, "-m", "dipdefense.evaluation.compare", *(str(out_root / n) for n in runs), "--paired"]
+    results.append({"run": "paired", **run_with_limit(compare, 120)})
+    return results
+
+
+def adaptive(device: str, batches: list[int], limit_s: int) -> list[dict]:
+    """Issue 41, item 5: one BPDA iteration and 100 HopSkipJump queries per image at GPU batch sizes."""
+    sizes = ",".join(str(b) for b in batches)
+    command = [sys.executable, "benchmarks/adaptive_cost.py", "--defense", "dip_stitch", "--device", device,
+               "--batch-sizes", sizes, "--out", str(REPO / "benchmarks" / f"adaptive_cost_{device}.json")]  # fmt: skip
+    return [run_with_limit(command, limit_s)]
 
 
 def main() -> None:
@@ -178,6 +225,9 @@ def main() -> None:
     p.add_argument("--data-dir", default=os.environ.get("DIPDEF_CIFAR10"))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "gpu_checks.json"))
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"any of {', '.join(SECTIONS)}, in that order")
+    p.add_argument("--mode-batch-sizes", default="128,512", help="B of the modes section (each compiles per B)")
+    p.add_argument("--agreement-samples", type=int, default=200, help="test images of the agreement section")
+    p.add_argument("--section-limit", type=int, default=240, help="seconds for each child run of a section")
     args = p.parse_args()
     sections = args.sections.split(",")
     if unknown := set(sections) - set(SECTIONS):
@@ -223,6 +273,23 @@ def main() -> None:
         for batch in stitch_batches:
             report["stitch"].append(stitch_rate(batch, images, victim, device, args.iterations))
             save()
+    if "modes" in sections:  # issue 41: eager, fast, compile, compile+fast; fit steps, then full dip_stitch
+        from benchmarks.compile_speed import fit_rows
+
+        mode_batches = [int(b) for b in args.mode_batch_sizes.split(",")]
+        report["modes"] = fit_rows(mode_batches, 3, ["eager", "fast", "compile", "compile+fast"], device, args.data_dir)
+        save()
+        for batch in mode_batches:
+            for modes in ({}, {"fast": True}, {"compile": True}, {"compile": True, "fast": True}):
+                report["modes"].append(stitch_rate(batch, images, victim, device, args.iterations, **modes))
+                save()
+    if "agreement" in sections:
+        report["agreement"] = agreement(device, args.agreement_samples, Path(args.out).parent / "agreement",
+                                        args.section_limit)  # fmt: skip
+        save()
+    if "adaptive" in sections:
+        report["adaptive"] = adaptive(device, [128, 512] if device == "cuda" else [2], args.section_limit)
+        save()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ take any model; ``victim.victim_source`` says what it is, for run manifests and 
 import hashlib
 import importlib
 import importlib.util
+import json
 import os
 import re
 import sys
@@ -53,9 +54,19 @@ class VictimSource:
     weights_sha256: str | None
     normalize: list[list[float]] | None
     sha256: str
+    options: dict[str, Any] | None = None  # a project checkpoint's architecture options
 
     def manifest(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @property
+    def function_sha256(self) -> str:
+        """The identity of the function the victim computes: ``sha256``, or with architecture
+        options (airbench94's ``tta_level``: the same weights, another function) those hashed
+        in, so that the adversarial cache keeps their examples apart."""
+        if not self.options:
+            return self.sha256
+        return hashlib.sha256((self.sha256 + json.dumps(self.options, sort_keys=True)).encode()).hexdigest()
 
 
 def default_robustbench_dir() -> Path:
@@ -246,7 +257,7 @@ def load_victim(
             kinds = "; ".join(VICTIM_KINDS.values())
             raise UserError(f"victim {spec!r}: no such checkpoint file, and no spec of another kind; accepted: {kinds}")
         model = load_classifier(path, map_location, arch_options)
-        model.victim_source = VictimSource(spec, kind, None, None, None, file_sha256(path))
+        model.victim_source = VictimSource(spec, kind, None, None, None, file_sha256(path), arch_options or None)
         return model
     if arch_options:
         raise UserError(f"victim {spec}: --victim_options is for project checkpoints (their architecture's options)")
