@@ -4,6 +4,7 @@
     python benchmarks/compile_speed.py --batch-sizes 8,32 --modes eager,compile --rounds 3
     python benchmarks/compile_speed.py --batch-sizes 32 --stitch            # full dip_stitch, T = 1000
     python benchmarks/compile_speed.py --device cuda --batch-sizes 1,32,128,512 --rounds 5
+    python benchmarks/compile_speed.py --invariance --modes eager,compile   # an image's fit vs its batch
 
 Modes (``DIPSettings``): eager (the shipped engine: exact_cpu on a CPU), fast (``fast=True``),
 compile (``compile=True``), compile+fast. For each B every mode gets its own fit of the same
@@ -34,7 +35,7 @@ import torch  # noqa: E402
 from benchmarks.profile_fit import forward_flops, images_for  # noqa: E402
 from dipdefense.dip import compiled_step  # noqa: E402
 from dipdefense.dip.compiled_step import CompiledStep  # noqa: E402
-from dipdefense.dip.engine import DIPFit, DIPSettings  # noqa: E402
+from dipdefense.dip.engine import DIPFit, DIPSettings, fit_dip  # noqa: E402
 
 MODES = {
     "eager": {},
@@ -119,6 +120,20 @@ def fit_rows(batches: list[int], rounds: int, modes: list[str], device: str, dat
     return rows
 
 
+def invariance_rows(modes: list[str], device: str, data_dir: str | None, steps: int = 50) -> list[dict]:
+    """Whether an image's fit depends on its batch: images 0-1 fitted as a batch of 2 and as the
+    first two of a batch of 8, ``steps`` iterations, max |difference| of the last iterate."""
+    x = images_for(8, data_dir).to(device)
+    rows = []
+    for mode in modes:
+        settings = DIPSettings(network=ZERO_PAD, iterations=steps, **MODES[mode])
+        alone = fit_dip(x[:2], [0, 1], settings)
+        batched = fit_dip(x, list(range(8)), settings)[:2]
+        rows.append({"mode": mode, "steps": steps, "max_abs_diff_2_vs_8": float((alone - batched).abs().max())})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def stitch_rows(batches: list[int], modes: list[str], device: str, data_dir: str | None) -> list[dict]:
     from dipdefense.defenses.dip_defenses import DIPStitch
     from dipdefense.nets import load_classifier
@@ -167,6 +182,7 @@ def main() -> None:
     p.add_argument("--modes", default=",".join(MODES), help=f"any of {', '.join(MODES)}")
     p.add_argument("--device", default="cpu")
     p.add_argument("--stitch", action="store_true", help="time the full dip_stitch defense, not fit steps")
+    p.add_argument("--invariance", action="store_true", help="check batch invariance per mode, no timing")
     p.add_argument("--data-dir", default=os.environ.get("DIPDEF_CIFAR10"))
     p.add_argument("--out", type=Path, help="also write the rows as JSON here")
     args = p.parse_args()
@@ -176,7 +192,9 @@ def main() -> None:
     batches = [int(b) for b in args.batch_sizes.split(",")]
     machine = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
     print(f"{machine}, {torch.get_num_threads()} threads, torch {torch.__version__}", flush=True)
-    if args.stitch:
+    if args.invariance:
+        rows = invariance_rows(modes, args.device, args.data_dir)
+    elif args.stitch:
         rows = stitch_rows(batches, modes, args.device, args.data_dir)
     else:
         rows = fit_rows(batches, args.rounds, modes, args.device, args.data_dir)

@@ -175,6 +175,40 @@ def stitch_rate(
     return {**options, "batch": batch, "iterations": iterations, "seconds": seconds, "images_per_s": batch / seconds}
 
 
+def conv_forms(batch: int, device: str, steps: int) -> list[dict]:
+    """Issue 41, item 3: the fit's largest layer (grouped 3x3, 35 -> 32 channels at 32x32, one
+    group per network), forward + backward, written four ways: cuDNN's grouped convolution
+    (channels-first and channels-last), im2col + batched GEMM, and torch.func.vmap of one
+    network's convolution over the B networks."""
+    import torch.nn.functional as F
+
+    from dipdefense.dip.skip_net import grouped_im2col_conv
+
+    weight = torch.randn(32 * batch, 35, 3, 3, device=device, requires_grad=True)
+    bias = torch.randn(32 * batch, device=device, requires_grad=True)
+    x = torch.randn(1, 35 * batch, 34, 34, device=device, requires_grad=True)
+    x_last = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+
+    def per_network(w: torch.Tensor, b: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(xi.unsqueeze(0), w, b).squeeze(0)
+
+    vmapped = torch.func.vmap(per_network)
+    forms = {
+        "grouped conv": lambda: F.conv2d(x, weight, bias, groups=batch),
+        "grouped conv, channels-last": lambda: F.conv2d(x_last, weight, bias, groups=batch),
+        "im2col + batched GEMM": lambda: grouped_im2col_conv(x, weight, bias, batch, 1),
+        "vmap over networks": lambda: vmapped(
+            weight.view(batch, 32, 35, 3, 3), bias.view(batch, 32), x.view(batch, 35, 34, 34)
+        ),
+    }
+    rows = []
+    for name, form in forms.items():
+        seconds = timed(lambda form=form: form().sum().backward(), device, steps)
+        rows.append({"form": name, "batch": batch, "ms": 1e3 * seconds,
+                     "gflops": LARGEST_CONV_FLOPS * batch / seconds / 1e9})  # fmt: skip
+    return rows
+
+
 def run_with_limit(command: list[str], limit_s: int) -> dict:
     """A child command with its own time limit; its last lines kept for the report."""
     import subprocess
@@ -277,6 +311,8 @@ def main() -> None:
         from benchmarks.compile_speed import fit_rows
 
         mode_batches = [int(b) for b in args.mode_batch_sizes.split(",")]
+        report["conv_forms"] = [row for b in mode_batches for row in conv_forms(b, device, args.steps)]
+        save()
         report["modes"] = fit_rows(mode_batches, 3, ["eager", "fast", "compile", "compile+fast"], device, args.data_dir)
         save()
         for batch in mode_batches:
