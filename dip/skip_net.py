@@ -86,6 +86,8 @@ class SamePadConv(nn.Module):
             # Reflection needs pad < size; deep scales of a small image fall back to replication.
             mode = "replicate" if self.mode == "reflect" and max(pads) >= min(x.shape[-2:]) else self.mode
             x = F.pad(x, pads, mode=mode)
+        if traced and self.conv.bias is not None:
+            return grouped_conv_op(x, self.conv.weight, self.conv.bias, self.conv.groups, self.stride)
         if traced:
             return grouped_im2col_conv(x, self.conv.weight, self.conv.bias, self.conv.groups, self.stride)
         if batched and batched_matches_native(self.conv, tuple(x.shape)):
@@ -194,56 +196,121 @@ class GroupedIm2colConv(torch.autograd.Function):
     def forward(
         ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int, stride: int
     ) -> torch.Tensor:
-        _, channels, h_in, w_in = x.shape
-        c_in, c_out, k = channels // groups, weight.shape[0] // groups, weight.shape[-1]
-        out_hw = ((h_in - k) // stride + 1, (w_in - k) // stride + 1)
-        per_group = c_in * k * k * out_hw[0] * out_hw[1] * x.element_size()
-        chunk = max(1, min(groups, GroupedIm2colConv.CHUNK_BYTES // per_group))
-        xs, ws = x.reshape(groups, c_in, h_in, w_in), weight.reshape(groups, c_out, -1)
-        out = x.new_empty(groups, c_out, out_hw[0] * out_hw[1])
-        for g in range(0, groups, chunk):
-            part = slice(g, g + chunk)
-            columns = GroupedIm2colConv._columns(xs[part], k, stride, out_hw)
-            if bias is None:
-                torch.bmm(ws[part], columns, out=out[part])
-            else:
-                torch.baddbmm(bias.view(groups, c_out, 1)[part], ws[part], columns, out=out[part])
         ctx.save_for_backward(x, weight)
-        ctx.geometry = (groups, c_in, c_out, k, stride, out_hw, chunk, bias is not None)
-        return out.reshape(1, groups * c_out, *out_hw)
+        ctx.geometry = (groups, stride, bias is not None)
+        return im2col_conv_forward(x, weight, bias, groups, stride)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
-        groups, c_in, c_out, k, stride, (h, w), chunk, has_bias = ctx.geometry
-        _, _, h_in, w_in = x.shape
-        xs, ws = x.reshape(groups, c_in, h_in, w_in), weight.reshape(groups, c_out, -1)
-        go = grad_out.reshape(groups, c_out, h * w)
-        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_x = torch.zeros_like(xs) if need_x else None
-        grad_w = torch.empty_like(ws) if need_w else None
-        for g in range(0, groups, chunk):
-            part = slice(g, g + chunk)
-            if need_w:
-                torch.bmm(
-                    go[part], GroupedIm2colConv._columns(xs[part], k, stride, (h, w)).transpose(1, 2), out=grad_w[part]
-                )
-            if need_x:
-                grad_columns = torch.bmm(ws[part].transpose(1, 2), go[part]).view(-1, c_in, k, k, h, w)
-                target = grad_x[part]
-                for i in range(k):  # col2im's order: kernel row, then kernel column
-                    for j in range(k):
-                        target[:, :, i : i + stride * (h - 1) + 1 : stride, j : j + stride * (w - 1) + 1 : stride] += (
-                            grad_columns[:, :, i, j]
-                        )
-        grad_b = go.sum(2).reshape(-1) if has_bias and ctx.needs_input_grad[2] else None
-        return (
-            None if grad_x is None else grad_x.reshape(x.shape),
-            None if grad_w is None else grad_w.reshape(weight.shape),
-            grad_b,
-            None,
-            None,
-        )
+        groups, stride, has_bias = ctx.geometry
+        need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2])
+        return (*im2col_conv_backward(grad_out, x, weight, groups, stride, need), None, None)
+
+
+def _chunk(
+    x: torch.Tensor, weight: torch.Tensor, groups: int, stride: int
+) -> tuple[int, int, int, tuple[int, int], int]:
+    """(c_in, c_out, k, output size, groups per chunk) of GroupedIm2colConv's batched GEMMs."""
+    _, channels, h_in, w_in = x.shape
+    c_in, c_out, k = channels // groups, weight.shape[0] // groups, weight.shape[-1]
+    out_hw = ((h_in - k) // stride + 1, (w_in - k) // stride + 1)
+    per_group = c_in * k * k * out_hw[0] * out_hw[1] * x.element_size()
+    return c_in, c_out, k, out_hw, max(1, min(groups, GroupedIm2colConv.CHUNK_BYTES // per_group))
+
+
+def im2col_conv_forward(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int, stride: int
+) -> torch.Tensor:
+    """GroupedIm2colConv's output: per chunk of groups, im2col then one batched GEMM."""
+    c_in, c_out, k, out_hw, chunk = _chunk(x, weight, groups, stride)
+    _, _, h_in, w_in = x.shape
+    xs, ws = x.reshape(groups, c_in, h_in, w_in), weight.reshape(groups, c_out, -1)
+    out = x.new_empty(groups, c_out, out_hw[0] * out_hw[1])
+    for g in range(0, groups, chunk):
+        part = slice(g, g + chunk)
+        columns = GroupedIm2colConv._columns(xs[part], k, stride, out_hw)
+        if bias is None:
+            torch.bmm(ws[part], columns, out=out[part])
+        else:
+            torch.baddbmm(bias.view(groups, c_out, 1)[part], ws[part], columns, out=out[part])
+    return out.reshape(1, groups * c_out, *out_hw)
+
+
+def im2col_conv_backward(
+    grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, groups: int, stride: int, need: tuple[bool, ...]
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """GroupedIm2colConv's gradients of input, weight and bias (each where ``need`` says)."""
+    c_in, c_out, k, (h, w), chunk = _chunk(x, weight, groups, stride)
+    _, _, h_in, w_in = x.shape
+    xs, ws = x.reshape(groups, c_in, h_in, w_in), weight.reshape(groups, c_out, -1)
+    go = grad_out.reshape(groups, c_out, h * w)
+    need_x, need_w, need_b = need
+    grad_x = torch.zeros_like(xs) if need_x else None
+    grad_w = torch.empty_like(ws) if need_w else None
+    for g in range(0, groups, chunk):
+        part = slice(g, g + chunk)
+        if need_w:
+            torch.bmm(
+                go[part], GroupedIm2colConv._columns(xs[part], k, stride, (h, w)).transpose(1, 2), out=grad_w[part]
+            )
+        if need_x:
+            grad_columns = torch.bmm(ws[part].transpose(1, 2), go[part]).view(-1, c_in, k, k, h, w)
+            target = grad_x[part]
+            for i in range(k):  # col2im's order: kernel row, then kernel column
+                for j in range(k):
+                    target[:, :, i : i + stride * (h - 1) + 1 : stride, j : j + stride * (w - 1) + 1 : stride] += (
+                        grad_columns[:, :, i, j]
+                    )
+    grad_b = go.sum(2).reshape(-1) if need_b else None
+    return (
+        None if grad_x is None else grad_x.reshape(x.shape),
+        None if grad_w is None else grad_w.reshape(weight.shape),
+        grad_b,
+    )
+
+
+# The same convolution as an operator torch.compile keeps whole (DIPSettings.compile): the
+# compiler fuses the element-wise work around it (BatchNorm, activations, padding, upsampling,
+# concatenation, Adam) and calls these chunked, cache-sized GEMMs for the convolution itself.
+@torch.library.custom_op("dipdefense::grouped_im2col_conv", mutates_args=())
+def grouped_conv_op(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int, stride: int
+) -> torch.Tensor:
+    return im2col_conv_forward(x, weight, bias, groups, stride)
+
+
+@grouped_conv_op.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int, stride: int) -> torch.Tensor:
+    _, _, _, out_hw, _ = _chunk(x, weight, groups, stride)
+    return x.new_empty(1, weight.shape[0], *out_hw)
+
+
+@torch.library.custom_op("dipdefense::grouped_im2col_conv_backward", mutates_args=())
+def grouped_conv_backward_op(
+    grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, groups: int, stride: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    grad_x, grad_w, grad_b = im2col_conv_backward(grad_out.contiguous(), x, weight, groups, stride, (True, True, True))
+    return grad_x, grad_w, grad_b
+
+
+@grouped_conv_backward_op.register_fake
+def _(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, groups: int, stride: int):
+    return torch.empty_like(x), torch.empty_like(weight), weight.new_empty(weight.shape[0])
+
+
+def _setup(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+    x, weight, _, groups, stride = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.groups, ctx.stride = groups, stride
+
+
+def _backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
+    x, weight = ctx.saved_tensors
+    return (*grouped_conv_backward_op(grad_out, x, weight, ctx.groups, ctx.stride), None, None)
+
+
+grouped_conv_op.register_autograd(_backward, setup_context=_setup)
 
 
 class GroupedConcat(nn.Module):
