@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 41's GPU measurements in one run (about 9 minutes at most on an H100 / H200: 100 + 150 + 240 + 60 s), each section
+# Issue 41's GPU measurements in one run (about 9 minutes at most on an H100 / H200: 80 + 150 + 200 + 110 s), each section
 # under its own time limit so that one slow section cannot eat the others' time. Writes
 # benchmarks/gpu_issue41/*.json (and $OUT/ when the device tool provides it).
 #   bash benchmarks/gpu_issue41.sh            # on the GPU machine
@@ -9,7 +9,7 @@ DEVICE=${DEVICE:-cuda}
 DEST=${OUT:-benchmarks/gpu_issue41}
 mkdir -p "$DEST"
 if [ "$DEVICE" = cuda ]; then
-  BATCHES=1,8,32,128,512; STITCH=128,512; MODES=128; STEPS=30; ITER=1000; AGREE=200; LIMIT=110
+  BATCHES=1,8,32,128,512; STITCH=128,512; MODES=128; STEPS=30; ITER=1000; AGREE=200; LIMIT=95
 else
   BATCHES=1,2; STITCH=2; MODES=2; STEPS=2; ITER=10; AGREE=2; LIMIT=600
 fi
@@ -22,7 +22,7 @@ run() {  # section, time limit in s, extra arguments
     --out "$DEST/$section.json" "$@" || echo "== $section: exit $?"
 }
 python -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
-run graph 100
+run graph 80
 run modes 150
-run agreement 240
-run adaptive 60
+run agreement 200
+run adaptive 110
