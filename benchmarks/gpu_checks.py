@@ -182,7 +182,7 @@ def conv_forms(batch: int, device: str, steps: int) -> list[dict]:
     network's convolution over the B networks."""
     import torch.nn.functional as F
 
-    from dipdefense.dip.skip_net import grouped_im2col_conv
+    from dipdefense.dip.skip_net import grouped_conv_op
 
     weight = torch.randn(32 * batch, 35, 3, 3, device=device, requires_grad=True)
     bias = torch.randn(32 * batch, device=device, requires_grad=True)
@@ -196,7 +196,7 @@ def conv_forms(batch: int, device: str, steps: int) -> list[dict]:
     forms = {
         "grouped conv": lambda: F.conv2d(x, weight, bias, groups=batch),
         "grouped conv, channels-last": lambda: F.conv2d(x_last, weight, bias, groups=batch),
-        "im2col + batched GEMM": lambda: grouped_im2col_conv(x, weight, bias, batch, 1),
+        "im2col + batched GEMM (chunked)": lambda: grouped_conv_op(x, weight, bias, batch, 1),
         "vmap over networks": lambda: vmapped(
             weight.view(batch, 32, 35, 3, 3), bias.view(batch, 32), x.view(batch, 35, 34, 34)
         ),

@@ -110,7 +110,7 @@ class CompiledStep:
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         fit = self.fit
-        jitter = fit.network_input() - fit.noise if fit.jitter else None
+        jitter = fit.jitter_draw()
         with fit.numerics():
             return self.forward_and_loss(fit.flat, fit.noise.detach(), jitter, self.buffers, fit.target)
 

@@ -277,13 +277,18 @@ class DIPFit:
                 stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
             yield
 
-    def network_input(self) -> torch.Tensor:
-        """z, or z + sigma * n_t with n_t drawn afresh per image (``input_jitter``)."""
+    def jitter_draw(self) -> torch.Tensor | None:
+        """sigma * n_t with n_t drawn afresh per image (``input_jitter``); None when off."""
         if not self.jitter:
-            return self.noise
+            return None
         per_image = self.noise.shape[1] // self.shape[0], *self.noise.shape[2:]
         draws = [torch.randn(per_image, generator=g, device=self.noise.device) for g in self.jitter_streams]
-        return self.noise + self.jitter * torch.cat(draws).unsqueeze(0)
+        return self.jitter * torch.cat(draws).unsqueeze(0)
+
+    def network_input(self) -> torch.Tensor:
+        """z, or z + sigma * n_t (``input_jitter``)."""
+        jitter = self.jitter_draw()
+        return self.noise if jitter is None else self.noise + jitter
 
     def mse(self, out: torch.Tensor) -> torch.Tensor:
         """Per-image MSE [B] of ``out`` ([1, B*C, H, W]) to the target images, in float32."""

@@ -66,9 +66,8 @@ class SamePadConv(nn.Module):
         self.conv = nn.Conv2d(c_in * groups, c_out * groups, kernel, stride, bias=bias, groups=groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Under torch.compile on a CPU (DIPSettings.compile) the grouped convolution is written
-        # in plain ops the compiler can see through (im2col as views, one batched GEMM); the
-        # probe and the hand-written backward below are eager-only.
+        # Under torch.compile on a CPU (DIPSettings.compile) a grouped convolution is one opaque
+        # operator (grouped_conv_op) and a 1x1 one a plain batched GEMM; the probe is eager-only.
         traced = torch.compiler.is_compiling() and x.device.type == "cpu" and self.conv.groups > 1
         batched = (
             self.batched_gemm and self.conv.groups > 1 and x.device.type == "cpu" and not torch.backends.mkldnn.enabled
@@ -86,10 +85,8 @@ class SamePadConv(nn.Module):
             # Reflection needs pad < size; deep scales of a small image fall back to replication.
             mode = "replicate" if self.mode == "reflect" and max(pads) >= min(x.shape[-2:]) else self.mode
             x = F.pad(x, pads, mode=mode)
-        if traced and self.conv.bias is not None:
-            return grouped_conv_op(x, self.conv.weight, self.conv.bias, self.conv.groups, self.stride)
         if traced:
-            return grouped_im2col_conv(x, self.conv.weight, self.conv.bias, self.conv.groups, self.stride)
+            return grouped_conv_op(x, self.conv.weight, self.conv.bias, self.conv.groups, self.stride)
         if batched and batched_matches_native(self.conv, tuple(x.shape)):
             return GroupedIm2colConv.apply(x, self.conv.weight, self.conv.bias, self.conv.groups, self.stride)
         return self.conv(x)
@@ -152,23 +149,6 @@ def grouped_pointwise_conv(
     weights, columns = weight.reshape(groups, c_out, -1), x.reshape(groups, -1, h * w)
     out = torch.bmm(weights, columns) if bias is None else torch.baddbmm(bias.view(groups, c_out, 1), weights, columns)
     return out.reshape(1, groups * c_out, h, w)
-
-
-def grouped_im2col_conv(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int, stride: int
-) -> torch.Tensor:
-    """A grouped, unpadded k x k convolution as im2col (views) and one batched matrix product,
-    in plain differentiable ops: the form ``torch.compile`` fuses (the column copy into one
-    kernel, the backward's col2im into another). Eager, :class:`GroupedIm2colConv` is faster
-    and bit-equal to the native loop; this is not (a compiled fit is not)."""
-    _, channels, h_in, w_in = x.shape
-    c_in, k = channels // groups, weight.shape[-1]
-    h, w = (h_in - k) // stride + 1, (w_in - k) // stride + 1
-    windows = x.reshape(groups, c_in, h_in, w_in).unfold(2, k, stride).unfold(3, k, stride)
-    columns = windows.permute(0, 1, 4, 5, 2, 3).reshape(groups, c_in * k * k, h * w)
-    weights = weight.reshape(groups, -1, c_in * k * k)
-    out = torch.bmm(weights, columns) if bias is None else torch.baddbmm(bias.view(groups, -1, 1), weights, columns)
-    return out.reshape(1, -1, h, w)
 
 
 class GroupedIm2colConv(torch.autograd.Function):
@@ -275,13 +255,13 @@ def im2col_conv_backward(
 # concatenation, Adam) and calls these chunked, cache-sized GEMMs for the convolution itself.
 @torch.library.custom_op("dipdefense::grouped_im2col_conv", mutates_args=())
 def grouped_conv_op(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int, stride: int
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int, stride: int
 ) -> torch.Tensor:
     return im2col_conv_forward(x, weight, bias, groups, stride)
 
 
 @grouped_conv_op.register_fake
-def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int, stride: int) -> torch.Tensor:
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int, stride: int) -> torch.Tensor:
     _, _, _, out_hw, _ = _chunk(x, weight, groups, stride)
     return x.new_empty(1, weight.shape[0], *out_hw)
 
@@ -300,14 +280,15 @@ def _(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, groups: int
 
 
 def _setup(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-    x, weight, _, groups, stride = inputs
+    x, weight, bias, groups, stride = inputs
     ctx.save_for_backward(x, weight)
-    ctx.groups, ctx.stride = groups, stride
+    ctx.groups, ctx.stride, ctx.has_bias = groups, stride, bias is not None
 
 
 def _backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
     x, weight = ctx.saved_tensors
-    return (*grouped_conv_backward_op(grad_out, x, weight, ctx.groups, ctx.stride), None, None)
+    grad_x, grad_w, grad_b = grouped_conv_backward_op(grad_out, x, weight, ctx.groups, ctx.stride)
+    return grad_x, grad_w, grad_b if ctx.has_bias else None, None, None
 
 
 grouped_conv_op.register_autograd(_backward, setup_context=_setup)

@@ -32,6 +32,23 @@ def test_adam_update_is_torch_adams_arithmetic():
     torch.testing.assert_close(mine, reference.detach(), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_the_compiled_fits_convolution_operator_has_the_convolutions_gradients(with_bias):
+    from dipdefense.dip.skip_net import grouped_conv_op
+
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 6, 7, 7, generator=generator, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(8, 3, 3, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(8, generator=generator, dtype=torch.float64, requires_grad=True) if with_bias else None
+    for stride in (1, 2):
+        expected = torch.nn.functional.conv2d(x, weight, bias, stride, groups=2)
+        torch.testing.assert_close(grouped_conv_op(x, weight, bias, 2, stride), expected)
+        inputs = (x, weight, bias) if with_bias else (x, weight)
+        assert torch.autograd.gradcheck(
+            lambda *t, s=stride: grouped_conv_op(t[0], t[1], t[2] if with_bias else None, 2, s), inputs
+        )
+
+
 def test_a_compiled_fit_is_the_eager_fit_up_to_round_off_and_compiles_once_per_shape():
     images = _images(4)
     eager = DIPSettings(network=TINY, iterations=30, observe_every=10)
