@@ -59,14 +59,16 @@ class DIPSettings:
     compile: run each fit step through ``torch.compile`` (``dip.compiled_step``): the forward,
         the loss and its backward as one compiled graph, Adam as another, compiled once per
         process for each network and batch shape (a minute or more on a CPU) and reused by
-        every later fit. On a CPU the grouped convolutions are written as im2col and a batched
-        GEMM for the compiler to fuse. Not bit-equal to the eager step (the compiler reorders
-        element-wise arithmetic), so it is recorded in a run's parameters. Not with cuda_graph.
-        Default: False.
+        every later fit. On a CPU the grouped convolutions enter the graph as one operator (the
+        engine's chunked GEMMs) and the compiler fuses the work around them. Not bit-equal to
+        the eager step (the compiler reorders element-wise arithmetic), so it is recorded in a
+        run's parameters; still batch-invariant on the CPU (benchmarks/RESULTS.md). Slower than
+        eager there at B >= 8, 1.36x at B = 1. Not with cuda_graph. Default: False.
     fast: the fast numerics, where results depend on the batch and the device: on a CPU
         oneDNN's convolutions (``exact_cpu`` off) and channels-last activations; on a GPU also
         bfloat16 autocast for the network (float32 weights, loss and Adam) and the fused Adam
-        kernel (cuDNN's convolutions use TF32 in either mode, PyTorch's default). Recorded in a run's parameters. Default: False.
+        kernel (cuDNN's convolutions use TF32 in either mode, PyTorch's default). Recorded in a
+        run's parameters. Default: False.
     adam_eps: Adam's epsilon. Its update g / (sqrt(v) + eps) has slope lr / eps around g = 0, so
         a parameter with a round-off-sized gradient steps by about +-lr; a larger eps damps those
         steps (issue 39's study of where the fit's shattering comes from). Default: 1e-8 (torch's).
@@ -236,8 +238,9 @@ class DIPFit:
         # bfloat16 autocast for the network's forward on a GPU; the loss is taken in float32.
         self.autocast = settings.fast and on_gpu
         self.params = self._flatten(settings.optimize_input)
-        # Not fused=True: the fused CPU kernel rounds vector bodies and tails differently, so a
-        # parameter's update would depend on its tensor's size, i.e. on B (measured: 0.33 apart).
+        # Not fused=True outside the GPU fast mode: the fused CPU kernel rounds vector bodies and
+        # tails differently, so a parameter's update would depend on its tensor's size, i.e. on B
+        # (measured: 0.33 apart).
         self.graphed = settings.cuda_graph and on_gpu
         self.optimizer = torch.optim.Adam(
             [self.flat],
