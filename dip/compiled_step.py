@@ -20,10 +20,12 @@ benchmarks/RESULTS.md). So it is recorded in a run's parameters, like ``fast``.
 
 import copy
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch.func import functional_call
+
+from dipdefense.dip.engine import split_flat
 
 if TYPE_CHECKING:
     from dipdefense.dip.engine import DIPFit
@@ -63,14 +65,6 @@ class CompiledStep:
 
     def __init__(self, fit: "DIPFit") -> None:
         self.fit = fit
-        settings = fit.settings
-        owners = [(f"{m}.{n}" if m else n, p) for m, mod in fit.net.named_modules() for n, p in mod._parameters.items()]
-        owners = [(name, p) for name, p in owners if p is not None]
-        self.names = [name for name, _ in owners]
-        self.shapes = [p.shape for _, p in owners]
-        self.sizes = [p.numel() for _, p in owners]
-        if settings.optimize_input:
-            self.sizes.append(fit.noise.numel())
         self.buffers = dict(fit.net.named_buffers())
         self.exp_avg = torch.zeros_like(fit.flat.detach())
         self.exp_avg_sq = torch.zeros_like(fit.flat.detach())
@@ -91,19 +85,18 @@ class CompiledStep:
     def _forward_and_loss_for(self, template_fit: "DIPFit") -> Callable:
         # A copy, so that no fit's own tensors are the template's: the compiled code then guards
         # on their shapes, not on which fit's tensors they are (which would recompile per fit).
-        template, names, shapes, sizes = copy.deepcopy(template_fit.net), self.names, self.shapes, self.sizes
-        b = template_fit.shape[0]
-        optimize_input = template_fit.settings.optimize_input
+        template = copy.deepcopy(template_fit.net)
+        names, shapes, b = template_fit.param_names, template_fit.param_shapes, template_fit.shape[0]
+        noise_shape = template_fit.noise.shape if template_fit.settings.optimize_input else None
 
         def forward_and_loss(
             flat: torch.Tensor, noise: torch.Tensor, jitter: torch.Tensor | None, buffers: dict, target: torch.Tensor
         ) -> tuple[torch.Tensor, torch.Tensor]:
-            pieces = flat.split(sizes)
-            state: dict[str, Any] = {n: t.view(s) for n, t, s in zip(names, pieces, shapes, strict=False)}
-            z = pieces[-1].view(noise.shape) if optimize_input else noise
+            params, z = split_flat(flat, names, shapes, noise_shape)
+            z = noise if z is None else z
             if jitter is not None:
                 z = z + jitter
-            out = functional_call(template, {**state, **buffers}, (z,))
+            out = functional_call(template, {**params, **buffers}, (z,))
             return out, (out - target).pow(2).reshape(b, -1).mean(1)
 
         return forward_and_loss

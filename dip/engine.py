@@ -209,6 +209,18 @@ def retain_freed_cpu_memory() -> bool:
     return _retained
 
 
+def split_flat(
+    theta: torch.Tensor, names: Sequence[str], shapes: Sequence[torch.Size], noise_shape: torch.Size | None = None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """Views of a flat parameter buffer laid out as ``DIPFit.flat``: ``{name: view}`` for
+    ``torch.func.functional_call``, and the noise input z (the buffer's tail) when it is
+    optimised (``noise_shape`` given), else None."""
+    sizes = [s.numel() for s in shapes] + ([noise_shape.numel()] if noise_shape is not None else [])
+    pieces = theta.split(sizes)
+    params = {n: piece.view(s) for n, piece, s in zip(names, pieces, shapes, strict=False)}
+    return params, pieces[-1].view(noise_shape) if noise_shape is not None else None
+
+
 class DIPFit:
     """The state of one batch's fit: the grouped network, its noise input z, the target
     images and Adam. ``forward`` is Algorithm 1's line 4 (x(t) = f(z; theta_t)) with the
@@ -238,6 +250,9 @@ class DIPFit:
         # bfloat16 autocast for the network's forward on a GPU; the loss is taken in float32.
         self.autocast = settings.fast and on_gpu
         self.params = self._flatten(settings.optimize_input)
+        # The flat buffer's layout, for code that runs the network on another buffer (split_flat).
+        self.param_names = [name for name, _ in self.net.named_parameters()]
+        self.param_shapes = [p.shape for _, p in self.net.named_parameters()]
         # Not fused=True outside the GPU fast mode: the fused CPU kernel rounds vector bodies and
         # tails differently, so a parameter's update would depend on its tensor's size, i.e. on B
         # (measured: 0.33 apart).

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dipdefense.dip.engine import DIPFit, DIPSettings
+from dipdefense.dip.engine import DIPFit, DIPSettings, split_flat
 from dipdefense.dip.selection import LinearSelection
 from dipdefense.dip.skip_net import SamePadConv
 
@@ -127,10 +127,7 @@ class UnrolledFit:
                 "(capturable Adam): run the defense with cuda_graph=false"
             )
         self.fit, self.lr, self.eps = fit, settings.lr, settings.adam_eps
-        self.names = [name for name, _ in fit.net.named_parameters()]
-        self.shapes = [p.shape for _, p in fit.net.named_parameters()]
-        self.optimize_input = settings.optimize_input
-        self.noise_shape = fit.noise.shape
+        self.noise_shape = fit.noise.shape if settings.optimize_input else None
 
     @contextlib.contextmanager
     def numerics(self) -> Iterator[None]:
@@ -138,22 +135,11 @@ class UnrolledFit:
         with self.fit.numerics(), native_convolutions():
             yield
 
-    def network_input_and_params(self, theta: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        views, offset = [], 0
-        for shape in self.shapes:
-            n = math.prod(shape)
-            views.append(theta[offset : offset + n].view(shape))
-            offset += n
-        if self.optimize_input:
-            views.append(theta[offset:].view(self.noise_shape))
-            return views[-1], views
-        return self.fit.noise, views
-
     def output(self, theta: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """x(t) = f(z; theta) as [1, B*C, H, W], and the parameter views it was computed from."""
-        z, views = self.network_input_and_params(theta)
-        params = dict(zip(self.names, views[: len(self.names)], strict=True))
-        return torch.func.functional_call(self.fit.net, params, (z,)), views
+        params, z = split_flat(theta, self.fit.param_names, self.fit.param_shapes, self.noise_shape)
+        views = list(params.values()) + ([z] if z is not None else [])
+        return torch.func.functional_call(self.fit.net, params, (self.fit.noise if z is None else z,)), views
 
     def loss(self, out: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         """The summed per-image MSE of ``DIPFit`` (each network's gradient is its own image's)."""

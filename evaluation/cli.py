@@ -500,12 +500,6 @@ def build_trainer(o: dict[str, Any]):
         ) from None
 
 
-def torch_cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def sample_sha256(dataset: Any, indices: list[int]) -> str:
     """A hash of the sampled images (as 8-bit pixels) and labels, in sample order."""
 
@@ -585,8 +579,7 @@ def build(o: dict[str, Any], argv: list[str]) -> SimpleNamespace:
     }
     if attack_hash:  # only then, so run.json of plain runs stays as before and they resume
         manifest["attack_victim_sha256"] = attack_hash
-    on_gpu = o["accelerator"] in ("gpu", "cuda") or (o["accelerator"] == "auto" and torch_cuda_available())
-    notes = defense.device_notes("cuda" if on_gpu else "cpu")
+    notes = defense.device_notes(trainer.strategy.root_device.type)  # the device Lightning resolved
     if notes:  # what a speed option does here (or that it does nothing); not compared on resume
         manifest["notes"] = notes
     victim_hash = source.function_sha256  # with options, another function of the same weights
