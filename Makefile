@@ -24,6 +24,7 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	bash .ci/layers
 
 format: install
 	$(VENV)/bin/ruff check --fix .

@@ -5,7 +5,7 @@ this file is the checkout's entry point and re-exports it.
 """
 
 from dipdefense.common.errors import run_main
-from dipdefense.lightning_modules.train_cli import build_cli, load_weights, main  # noqa: F401
+from lightning_modules.train_cli import build_cli, load_weights, main  # noqa: F401
 
 if __name__ == "__main__":
     run_main(main)

@@ -37,7 +37,7 @@ def measure(defense_name: str, batch: int, device: str, forwards: int, attack_sp
 
     victim = load_classifier(REPO / "checkpoints" / "victim_cifar_resnet20.ckpt", map_location=device)
     if os.environ.get("DIPDEF_CIFAR10"):
-        from dipdefense.datamodules import CIFAR10DataModule
+        from datamodules import CIFAR10DataModule
 
         test = CIFAR10DataModule(data_dir=os.environ["DIPDEF_CIFAR10"]).load_split(train=False)
         x, y = test.images[:batch].float().div(255).to(device), torch.as_tensor(test.labels[:batch]).to(device)

@@ -135,7 +135,7 @@ def invariance_rows(modes: list[str], device: str, data_dir: str | None, steps: 
 
 
 def stitch_rows(batches: list[int], modes: list[str], device: str, data_dir: str | None) -> list[dict]:
-    from dipdefense.defenses.dip_defenses import DIPStitch
+    from dipdefense.defenses.dip_stitch import DIPStitch
     from dipdefense.nets import load_classifier
 
     classifier = load_classifier(REPO / "checkpoints" / "victim_cifar_resnet20.ckpt").to(device)

@@ -24,12 +24,12 @@ sys.path.insert(0, str(REPO))
 def measure(batch: int, images: int, iterations: int, device: str, data_dir: str | None) -> dict:
     import torch
 
-    from dipdefense.defenses.dip_defenses import DIPStitch
+    from dipdefense.defenses.dip_stitch import DIPStitch
     from dipdefense.nets import load_classifier
 
     classifier = load_classifier(REPO / "checkpoints" / "victim_cifar_resnet20.ckpt", map_location=device)
     if data_dir:
-        from dipdefense.datamodules import CIFAR10DataModule
+        from datamodules import CIFAR10DataModule
 
         test = CIFAR10DataModule(data_dir=data_dir).load_split(train=False)
         x = test.images[:images].float().div(255).to(device)

@@ -173,7 +173,7 @@ def stitch_once(
     name: str, x: torch.Tensor, classifier: torch.nn.Module, **settings: object
 ) -> tuple[float, torch.Tensor]:
     """One timed dip_stitch purification of ``x`` with the "before" or "after" engine."""
-    from dipdefense.defenses.dip_defenses import DIPStitch
+    from dipdefense.defenses.dip_stitch import DIPStitch
 
     memory_mode(name == "after")
     dip.engine.DIPFit = BeforeFit if name == "before" else DIPFit  # fit_dip builds its fit by this name

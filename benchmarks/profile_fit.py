@@ -84,7 +84,7 @@ def label_convolutions(net: torch.nn.Module) -> None:
 
 def images_for(batch: int, data_dir: str | None) -> torch.Tensor:
     if data_dir:
-        from dipdefense.datamodules import CIFAR10DataModule
+        from datamodules import CIFAR10DataModule
 
         test = CIFAR10DataModule(data_dir=data_dir).load_split(train=False)
         return test.images[:batch].float().div(255)
@@ -187,7 +187,7 @@ def stitch_share(batch: int, data_dir: str | None) -> dict:
     """The victim's share of a full dip_stitch run (T = 1000): time in the rule, observing
     (classifying the sampled iterates, SSIM) and searching the boundary (Eq. 4-5; in
     ``result()`` since the search is deferred), against the whole purify."""
-    from dipdefense.defenses.dip_defenses import DIPStitch
+    from dipdefense.defenses.dip_stitch import DIPStitch
     from dipdefense.dip.stitching import StitchRule
     from dipdefense.nets import load_classifier
 

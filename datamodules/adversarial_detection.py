@@ -12,12 +12,13 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from dipdefense.common.checkpoint_io import file_sha256, resolve_repo_path
-from dipdefense.datamodules.cifar10 import CIFAR10DataModule
-from dipdefense.datamodules.data_paths import cache_root
-from dipdefense.datamodules.in_memory import UInt8ImageDataset
+from dipdefense.common.data_paths import cache_root
 from dipdefense.evaluation.adversarial_cache import AdversarialCache, cached_attack
 from dipdefense.evaluation.attack_specs import expand_attacks, parse_eps
 from dipdefense.nets.loading import load_classifier
+
+from .cifar10 import CIFAR10DataModule
+from .in_memory import UInt8ImageDataset
 
 
 class AdversarialDetectionDataModule(pl.LightningDataModule):

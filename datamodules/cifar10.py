@@ -4,10 +4,11 @@ from pathlib import Path
 
 import torchvision
 
+from dipdefense.common.data_paths import cache_root, extract_archive, is_archive, resolve_data_dir
 from dipdefense.common.errors import DataNotFoundError
-from dipdefense.datamodules.data_paths import cache_root, extract_archive, is_archive, resolve_data_dir
-from dipdefense.datamodules.image_files import class_folders, load_image_folder, load_pickled_batches
-from dipdefense.datamodules.in_memory import InMemoryImageDataModule, UInt8ImageDataset
+
+from .image_files import class_folders, load_image_folder, load_pickled_batches
+from .in_memory import InMemoryImageDataModule, UInt8ImageDataset
 
 CIFAR10_ENV = "DIPDEF_CIFAR10"
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -10,8 +10,8 @@ import torch
 from torchvision.io import ImageReadMode, decode_image
 
 from dipdefense.common.atomic_files import atomic_torch_save
+from dipdefense.common.data_paths import cache_root
 from dipdefense.common.errors import DataNotFoundError
-from dipdefense.datamodules.data_paths import cache_root
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp"}
 

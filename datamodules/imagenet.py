@@ -6,9 +6,10 @@ import torchvision.transforms.v2 as T
 from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 
+from dipdefense.common.data_paths import cache_root, resolve_data_dir
 from dipdefense.common.errors import DataNotFoundError
-from dipdefense.datamodules.data_paths import cache_root, resolve_data_dir
-from dipdefense.datamodules.image_files import class_folders
+
+from .image_files import class_folders
 
 IMAGENET_ENV = "DIPDEF_IMAGENET_VAL"
 

@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from dipdefense.datamodules.augment import PADDING_MODES, alternating_flip_mask, random_crop_flip
+from .augment import PADDING_MODES, alternating_flip_mask, random_crop_flip
 
 FLIP_MODES = ("random", "alternating")
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import torchvision
 
+from dipdefense.common.data_paths import cache_root, resolve_data_dir
 from dipdefense.common.errors import DataNotFoundError
-from dipdefense.datamodules.data_paths import cache_root, resolve_data_dir
-from dipdefense.datamodules.in_memory import InMemoryImageDataModule, UInt8ImageDataset
+
+from .in_memory import InMemoryImageDataModule, UInt8ImageDataset
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 

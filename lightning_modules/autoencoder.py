@@ -7,7 +7,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
-from dipdefense.evaluation.metrics import per_image_ssim
+from dipdefense.common.ssim import per_image_ssim
 from dipdefense.nets.autoencoder import ConvAutoencoder
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dipdefense.lightning_modules.victim import VictimClassifier
+from .victim import VictimClassifier
 
 
 def triangular_schedule(step: int, total: int, start: float, peak_at: float, end: float) -> float:

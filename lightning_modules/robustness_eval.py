@@ -15,18 +15,20 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from dipdefense.attacks.adaptive import ADAPTIVE_REVISION
 from dipdefense.common.atomic_files import atomic_torch_save
+from dipdefense.common.ssim import per_image_ssim
 from dipdefense.defenses.base import Defense, Detector
 from dipdefense.defenses.defended import DefendedClassifier
 from dipdefense.evaluation.adversarial_cache import PER_IMAGE, AdversarialCache, cached_attack_entry
 from dipdefense.evaluation.attack_specs import ADAPTIVE, CLEAN, AttackRun
 from dipdefense.evaluation.chunks import ChunkDataset
-from dipdefense.evaluation.metrics import per_image_ssim, perturbation_norms
+from dipdefense.evaluation.metrics import perturbation_norms
 from dipdefense.evaluation.sample_log import RecordKey, SampleLog, rank_log_path, read_run_records, unique_records
 from dipdefense.evaluation.trace_plots import plot_trace
+
+from .progress_bar import ChunkProgress
 
 
 class RobustnessEvaluation(pl.LightningModule):
@@ -108,7 +110,7 @@ class RobustnessEvaluation(pl.LightningModule):
         self.examples_dir, self.num_examples = examples_dir, num_examples
         self.traces_dir, self.class_names = traces_dir, class_names
         self.first_index = indices[0] if indices else None
-        self.progress: tqdm | None = None
+        self.progress: ChunkProgress | None = None
 
     def test_dataloader(self) -> DataLoader:
         sampler = None
@@ -127,9 +129,7 @@ class RobustnessEvaluation(pl.LightningModule):
             mine = range(0, len(self.chunks), self.trainer.world_size)
             total = sum(len(self.chunks.chunks[k]) for k in mine) * len(self.runs)
             rank_note = f" (rank 0 of {self.trainer.world_size})" if self.trainer.world_size > 1 else ""
-            self.progress = tqdm(
-                total=total, unit="img", desc=f"{self.defense.name or 'defense'}{rank_note}", dynamic_ncols=True
-            )
+            self.progress = ChunkProgress(total, f"{self.defense.name or 'defense'}{rank_note}")
 
     def on_test_end(self) -> None:
         if self.progress is not None:
@@ -188,10 +188,17 @@ class RobustnessEvaluation(pl.LightningModule):
         clean_pred = self._classify(images).argmax(1)
         for run in self.run_order:
             todo = [i for i, idx in enumerate(indices.tolist()) if (idx, run.id) not in self.done]
-            if todo:
+            if not todo:
+                if self.progress is not None:
+                    self.progress.skip(len(indices))
+                continue
+            if self.progress is None:
                 self._evaluate_run(run, images, labels, indices, clean_pred, todo)
-            if self.progress is not None:
-                self.progress.update(len(indices))
+                continue
+            # the first chunk's guess at the fits a run costs: one defense, or one per attack step
+            guess = 1 + (getattr(run.build(), "steps", 0) if run.threat == ADAPTIVE else 0)
+            with self.progress.chunk_of(run.id, len(indices), guess):
+                self._evaluate_run(run, images, labels, indices, clean_pred, todo)
 
     def _evaluate_run(self, run: AttackRun, images, labels, indices, clean_pred, todo: list[int]) -> None:
         started = time.perf_counter()

@@ -25,6 +25,8 @@ from dipdefense.common.checkpoint_io import load_checkpoint, load_state_dict_str
 from dipdefense.common.config_files import resolve_config_args
 from dipdefense.common.errors import CheckpointError, UserError, run_main
 
+from .config_classes import datamodules_package
+
 
 class TrainCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
@@ -76,6 +78,7 @@ def build_cli(argv: list[str], save_config: bool = True) -> TrainCLI:
 
 
 def _build_cli(argv: list[str], save_config: bool) -> TrainCLI:
+    datamodules_package()  # configs name its classes by their bare names (config_classes.py)
     return TrainCLI(
         pl.LightningModule,
         pl.LightningDataModule,

@@ -251,7 +251,7 @@ PER_IMAGE_FITS = ("dip_stitch", "dipdefend", "deep_protection", "dip_inc")
 def chunk_size(defense: str, images: int, plan: str = "cpu", attacks: str = "") -> int:
     parts = [part.split("(")[0] for part in defense.split("+")]
     if plan == "gpu":
-        from dipdefense.defenses.dip_defenses import DIPPurifier
+        from dipdefense.defenses.dip_purifier import DIPPurifier
 
         return min(images, DIPPurifier.gpu_dip_batch if any(part in PER_IMAGE_FITS for part in parts) else 100)
     if "deep_protection" in parts:
@@ -307,7 +307,7 @@ def load_runs(archive: Path) -> dict[str, dict]:
     return found
 
 
-# What each HopSkipJump revision counted, for rows of older runs (attacks/foolbox_attacks.py).
+# What each HopSkipJump revision counted, for rows of older runs (dipdefense/attacks/hopskipjump.py).
 HSJ_REVISIONS = {
     1: "revision 1: estimated budget",
     2: "revision 2: chunk-wide initialisation charged to every image",

@@ -25,16 +25,16 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from datamodules import CIFAR10DataModule  # noqa: E402
 from dipdefense.attacks import build_attack  # noqa: E402
 from dipdefense.common.atomic_files import atomic_torch_save, atomic_write, atomic_write_text  # noqa: E402
+from dipdefense.common.data_paths import cache_root  # noqa: E402
 from dipdefense.common.seeding import item_seed  # noqa: E402
-from dipdefense.datamodules import CIFAR10DataModule  # noqa: E402
-from dipdefense.datamodules.data_paths import cache_root  # noqa: E402
-from dipdefense.defenses.dip_defenses import DIP_NETWORKS  # noqa: E402
+from dipdefense.common.ssim import per_image_ssim  # noqa: E402
+from dipdefense.defenses.dip_purifier import DIP_NETWORKS  # noqa: E402
 from dipdefense.dip.engine import DIPSettings, fit_dip, replay_trace  # noqa: E402
 from dipdefense.dip.skip_net import skip  # noqa: E402
 from dipdefense.dip.stitching import StitchRule, StitchSettings  # noqa: E402
-from dipdefense.evaluation.metrics import per_image_ssim  # noqa: E402
 from dipdefense.nets import load_classifier  # noqa: E402
 
 PAPER = {"tau": 0.7, "t0": 50, "k": 15, "beta": 0.5, "observe_every": 5}

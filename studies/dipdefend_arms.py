@@ -4,7 +4,7 @@ padding, PyTorch's default init instead of xavier) change what it gets right?
 The same 64 training-split images as ``studies/dip_stitch_arms.py`` (the victim's held-out
 validation part, seed 1; never the test images), clean and PGD-50 eps 8/255 crafted on the bare
 shipped victim (oblivious), purified by ``dipdefend`` with one arm's settings changed. DIPDefend
-selects by its PSNR curve (``dip/dipdefend.py``), not by the victim's labels, so there are no
+selects by its PSNR curve (``dipdefense/dip/dipdefend.py``), not by the victim's labels, so there are no
 crossings to count: each arm reports accuracy, SSIM to the clean image, the iterate the rule picked,
 and image by image against the paper arm (sign test). Arms already run are read back, so the
 script resumes; each costs about 6 min on 2 CPU cores (128 fits of T = 4000, 32 at a time).
@@ -31,8 +31,8 @@ sys.path.insert(0, str(REPO))
 
 from dipdefense.attacks import build_attack  # noqa: E402
 from dipdefense.common.atomic_files import atomic_write_text  # noqa: E402
+from dipdefense.common.ssim import per_image_ssim  # noqa: E402
 from dipdefense.defenses import build_defense  # noqa: E402
-from dipdefense.evaluation.metrics import per_image_ssim  # noqa: E402
 from dipdefense.nets import load_classifier  # noqa: E402
 from studies.dip_stitch_arms import gains_losses, sign_test  # noqa: E402
 from studies.dip_stitch_sensitivity import pick_images  # noqa: E402

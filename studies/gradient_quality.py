@@ -31,9 +31,9 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from datamodules.cifar10 import CIFAR10DataModule  # noqa: E402
 from dipdefense.attacks import build_attack  # noqa: E402
-from dipdefense.attacks.per_image_rng import global_draws  # noqa: E402
-from dipdefense.datamodules.cifar10 import CIFAR10DataModule  # noqa: E402
+from dipdefense.common.per_image_rng import global_draws  # noqa: E402
 from dipdefense.defenses import build_defense  # noqa: E402
 from dipdefense.defenses.defended import DefendedClassifier  # noqa: E402
 from dipdefense.evaluation.attack_specs import parse_call  # noqa: E402

@@ -23,8 +23,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from datamodules.cifar10 import CIFAR10DataModule  # noqa: E402
 from dipdefense.common.seeding import item_seed  # noqa: E402
-from dipdefense.datamodules.cifar10 import CIFAR10DataModule  # noqa: E402
 from dipdefense.defenses import build_defense  # noqa: E402
 from dipdefense.dip.engine import fit_dip  # noqa: E402
 

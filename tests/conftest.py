@@ -18,7 +18,7 @@ from torchvision.io import write_jpeg
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dipdefense.datamodules.cifar10 import CIFAR10_CLASSES  # noqa: E402
+from datamodules.cifar10 import CIFAR10_CLASSES  # noqa: E402
 
 SHARED_CIFAR = Path(os.environ.get("DIPDEF_CIFAR10") or REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
 

@@ -17,7 +17,7 @@ from torch import nn
 import evaluate
 from dipdefense.attacks import build_attack
 from dipdefense.attacks.base import AttackError
-from dipdefense.attacks.foolbox_attacks import HopSkipJump
+from dipdefense.attacks.hopskipjump import HopSkipJump
 from dipdefense.common.errors import UserError
 from dipdefense.defenses import Purified, Purifier, build_defense
 from dipdefense.defenses.base import Detector, IdentityDefense
@@ -29,7 +29,7 @@ from dipdefense.defenses.defended import (
     hashed_indices,
 )
 from dipdefense.evaluation.attack_specs import check_against_defense, expand_attacks
-from dipdefense.evaluation.report import worst_case_rows
+from dipdefense.evaluation.rows import worst_case_rows
 from dipdefense.evaluation.sample_log import read_records
 from tests.conftest import TINY_VICTIM_CONFIG
 
@@ -373,7 +373,7 @@ def test_threat_models_and_the_pairs_that_cannot_run():
 
 
 def test_decision_oracle_asks_a_seeded_defense_each_row_with_its_own_index():
-    from dipdefense.attacks.foolbox_attacks import DecisionOracle
+    from dipdefense.attacks.hopskipjump import DecisionOracle
 
     defense = SeededNoise(scale=0.5)  # enough noise that the index decides the label
     defended = DefendedClassifier(MeanThreshold(), defense)
@@ -458,7 +458,7 @@ def test_a_new_adaptive_attack_revision_never_reuses_cached_adversarials(
 ):
     # evaluate.py passes its own adaptive cache key; the revision must reach it too, or a fixed
     # attack (or defense gradient) reads back what the broken one cached.
-    import dipdefense.lightning_modules.robustness_eval as robustness_eval
+    import lightning_modules.robustness_eval as robustness_eval
 
     cache = Path(os.environ["DIPDEF_CACHE"]) / "adversarial"
     args = ("--attacks", "bpda_pgd(steps=2)", "--eps", "8", "--num-samples", "4")
@@ -545,7 +545,7 @@ def test_worst_case_counts_a_refused_attacked_input_as_defended():
 
 
 def test_sanity_checks_judge_a_rejecting_defense_with_rejection():
-    from dipdefense.evaluation.report import sanity_checks
+    from dipdefense.evaluation.rows import sanity_checks
 
     # INC refused what the unbounded attack made (the victim alone is fooled on 96%): not ~0% for the system
     row = {
@@ -563,7 +563,7 @@ def test_sanity_checks_judge_a_rejecting_defense_with_rejection():
 
 
 def test_noise_baseline_is_paired_only_with_as_many_tries_as_the_attack_has_iterates():
-    from dipdefense.evaluation.report import sanity_checks
+    from dipdefense.evaluation.rows import sanity_checks
 
     def row(attack: str, iterates: int, accuracy: float) -> dict:
         curve = [accuracy] * iterates
@@ -619,7 +619,7 @@ def overfit_tiny_victim(data_dir: Path, path: Path) -> Path:
 def test_hopskipjump_is_scored_by_its_oracles_answers_and_counts_where_a_rerun_disagrees(
     tiny_victim, cifar_batches_dir, tmp_path, monkeypatch
 ):
-    from dipdefense.attacks.foolbox_attacks import HopSkipJump
+    from dipdefense.attacks.hopskipjump import HopSkipJump
 
     # The tiny victim gets every image wrong, so HSJ returns each as it is, answered wrong.
     # Stand in for an end point the oracle answered right and a re-run rounds to wrong (the
@@ -657,7 +657,7 @@ def test_a_query_budget_family_runs_once_and_matches_separate_runs(cifar_batches
         _run(out, victim, cifar_batches_dir, "--attacks", attacks, "--num-samples", "6")
         return {(r["attack"], r["index"]): r for r in read_records(out / "samples.jsonl")}
 
-    from dipdefense.attacks.foolbox_attacks import HopSkipJump
+    from dipdefense.attacks.hopskipjump import HopSkipJump
 
     runs, run = [], HopSkipJump._run
     monkeypatch.setattr(HopSkipJump, "_run", lambda self, *a: runs.append(self.queries) or run(self, *a))

@@ -258,7 +258,7 @@ def test_registry_accepts_the_new_parameters_and_defaults_keep_the_cache_key():
 
 
 def test_nes_and_resubmission_draws_are_per_image():
-    from dipdefense.attacks.per_image_rng import per_image_draws
+    from dipdefense.common.per_image_rng import per_image_draws
 
     defended = DefendedClassifier(linear_victim(), Recorder())
     x = 0.3 + 0.4 * torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(1))

@@ -200,7 +200,7 @@ def test_hopskipjump_snapshots_are_the_runs_with_the_smaller_budgets(trained):
 
 
 def test_decision_oracle_answers_refused_inputs_with_their_label_and_keeps_the_closest_fooling_query():
-    from dipdefense.attacks.foolbox_attacks import BudgetSpent, DecisionOracle
+    from dipdefense.attacks.hopskipjump import BudgetSpent, DecisionOracle
 
     class AlwaysWrongRefusingHalf(nn.Module):
         last_rejected = torch.tensor([True, False])
@@ -234,7 +234,7 @@ class Brightness(nn.Module):
 
 
 def test_decision_oracle_charges_new_inputs_only_and_settles_an_image_at_its_budget():
-    from dipdefense.attacks.foolbox_attacks import BudgetSpent, DecisionOracle
+    from dipdefense.attacks.hopskipjump import BudgetSpent, DecisionOracle
 
     model = Brightness()
     x, y = torch.tensor([0.2, 0.3]).view(2, 1, 1, 1).expand(2, 1, 2, 2).clone(), torch.tensor([0, 0])
@@ -260,7 +260,7 @@ def test_decision_oracle_charges_new_inputs_only_and_settles_an_image_at_its_bud
 
 
 def test_hopskipjump_initialisation_charges_each_image_only_its_own_noise_draws():
-    from dipdefense.attacks.foolbox_attacks import DecisionOracle, _noise_starts
+    from dipdefense.attacks.hopskipjump import DecisionOracle, _noise_starts
 
     model = Brightness()
     # a draw fools image 0 if its mean is above 0.5, image 1 if not; image 2 is already wrong
@@ -288,7 +288,7 @@ class BrightnessBins(nn.Module):
 
 
 def test_hopskipjump_starts_an_image_no_noise_fools_from_the_nearest_image_of_another_class():
-    from dipdefense.attacks.foolbox_attacks import DecisionOracle, _noise_starts
+    from dipdefense.attacks.hopskipjump import DecisionOracle, _noise_starts
 
     # image 0 (class 1) is what all noise is called; its other-class images, nearest first:
     # image 3 (labelled 0, at 0.05, but called 1: not adversarial), image 1 (0.35 away, called 2)
@@ -451,7 +451,7 @@ def test_params_are_json_and_tell_settings_apart():
 
 
 def test_advertorch_shim():
-    importlib.import_module("dipdefense.attacks.advertorch_compat")
+    importlib.import_module("dipdefense.common.advertorch_compat")
     advertorch_attacks = importlib.import_module("advertorch.attacks")  # fails on torch>=1.9 without the shim
     assert advertorch_attacks.DDNL2Attack is not None
 

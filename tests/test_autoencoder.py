@@ -47,7 +47,7 @@ def test_training_reduces_reconstruction_error_and_exports_a_purifier(cifar_batc
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 def test_training_steps_learn_to_reconstruct_smooth_images():
-    from dipdefense.lightning_modules import AutoencoderPurifier
+    from lightning_modules import AutoencoderPurifier
 
     torch.manual_seed(0)
     colours = torch.rand(64, 3, 1, 1)

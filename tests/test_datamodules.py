@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from datamodules import CIFAR10DataModule, FashionMNISTDataModule, ImageNetValDataModule, MNISTDataModule
+from datamodules.augment import random_crop_flip
 from dipdefense.common.errors import DataNotFoundError
-from dipdefense.datamodules import CIFAR10DataModule, FashionMNISTDataModule, ImageNetValDataModule, MNISTDataModule
-from dipdefense.datamodules.augment import random_crop_flip
 from tests.conftest import random_images, write_idx
 
 
@@ -139,7 +139,7 @@ def test_random_crop_flip_returns_a_window_of_the_padded_image():
 
 
 def test_archive_extraction_is_atomic(cifar_folder_archive, monkeypatch):
-    from dipdefense.datamodules import data_paths
+    from dipdefense.common import data_paths
 
     def boom(self, *a, **k):
         raise OSError("disk full")

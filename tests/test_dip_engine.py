@@ -166,7 +166,7 @@ def test_fit_with_batched_gemm_convolutions_equals_the_native_fit_bit_for_bit(mo
 
 def test_dipdefend_fit_with_batched_gemm_convolutions_equals_the_native_fit_bit_for_bit(monkeypatch):
     # DIPDefend optimises z, so its first layer's input gradient (one channel per group) counts.
-    from dipdefense.defenses.dip_defenses import DIP_NETWORKS
+    from dipdefense.defenses.dip_purifier import DIP_NETWORKS
     from dipdefense.dip.skip_net import SamePadConv
 
     settings = DIPSettings(network=DIP_NETWORKS["dipdefend_cifar"], iterations=30, optimize_input=True)
@@ -177,7 +177,7 @@ def test_dipdefend_fit_with_batched_gemm_convolutions_equals_the_native_fit_bit_
 
 
 def test_an_image_too_small_for_the_network_depth_is_refused_with_the_fix():
-    from dipdefense.defenses.dip_defenses import DIP_NETWORKS
+    from dipdefense.defenses.dip_purifier import DIP_NETWORKS
 
     deep = DIPSettings(network=DIP_NETWORKS["deep_protection"], iterations=2)
     with pytest.raises(ValueError, match=r"5 scales.*32x32 image is 1x1.*at least 33 pixels.*deep_protection_cifar"):
@@ -404,7 +404,7 @@ def test_dip_stitch_paper_literal_preset_is_the_reflection_default_runs_were_rec
 
 def test_dip_batch_defaults_to_the_devices_and_an_explicit_one_wins(monkeypatch):
     from dipdefense.common.errors import UserError
-    from dipdefense.defenses import dip_defenses
+    from dipdefense.defenses import dip_purifier, dip_stitch
     from dipdefense.defenses.registry import build_defense
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")  # only the device's type is read
@@ -417,9 +417,9 @@ def test_dip_batch_defaults_to_the_devices_and_an_explicit_one_wins(monkeypatch)
     with pytest.raises(UserError, match=r"dip_stitch: dip_batch=0 is not accepted; dip_batch must be an integer >= 1"):
         build_defense("dip_stitch", dip_batch=0)
     # The purifier fits its images in chunks of the device's default.
-    sizes, real_fit = [], dip_defenses.fit_dip
-    monkeypatch.setattr(dip_defenses, "fit_dip", lambda x, *a, **k: sizes.append(len(x)) or real_fit(x, *a, **k))
-    monkeypatch.setattr(dip_defenses.DIPStitch, "cpu_dip_batch", 2)
+    sizes, real_fit = [], dip_purifier.fit_dip
+    monkeypatch.setattr(dip_purifier, "fit_dip", lambda x, *a, **k: sizes.append(len(x)) or real_fit(x, *a, **k))
+    monkeypatch.setattr(dip_stitch.DIPStitch, "cpu_dip_batch", 2)
     victim = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).eval()
     defense = build_defense("dip_stitch", network="small", iterations=6, observe_every=2, t0=0)
     defense.purify(torch.rand(5, 3, 32, 32), victim, torch.arange(5))

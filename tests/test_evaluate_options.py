@@ -18,16 +18,15 @@ import pytest
 import torch
 import yaml
 
-import dipdefense.evaluation.cli  # noqa: F401  (evaluation.cli below)
 import evaluate
-from dipdefense import evaluation
+from datamodules import CIFAR10DataModule
 from dipdefense.common.checkpoint_io import save_checkpoint
+from dipdefense.common.data_paths import extract_archive
 from dipdefense.common.errors import CheckpointError, DataNotFoundError, UserError
-from dipdefense.datamodules import CIFAR10DataModule
-from dipdefense.datamodules.data_paths import extract_archive
 from dipdefense.evaluation.run_folder import OutputLock
 from dipdefense.evaluation.sample_log import read_records
 from dipdefense.nets import build_classifier, load_classifier
+from lightning_modules import evaluate_cli
 from tests.conftest import REPO, TINY_VICTIM_CONFIG
 
 
@@ -45,7 +44,7 @@ def test_a_partial_config_keeps_every_other_default(tmp_path):
         "batch_size": 100,
         "attacks": "clean,pgd",
     }
-    assert options["data"]["class_path"] == "dipdefense.datamodules.CIFAR10DataModule"
+    assert options["data"]["class_path"] == "CIFAR10DataModule"
 
 
 def test_nested_overrides_and_both_flag_styles(tmp_path):
@@ -173,7 +172,7 @@ def test_a_full_disk_is_one_clear_error(tiny_victim, cifar_batches_dir, tmp_path
     def no_space(path, text):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(evaluation.cli, "atomic_write_text", no_space)
+    monkeypatch.setattr(evaluate_cli, "atomic_write_text", no_space)
     with pytest.raises(UserError, match=r"cannot write the run's files in .*No space left on device"):
         evaluate.main(
             _args(tiny_victim, cifar_batches_dir, tmp_path / "full", "--attacks", "clean", "--num-samples", "4")
@@ -230,7 +229,7 @@ def test_download_reaches_the_data_sets_fetch_with_the_data_dir(tiny_victim, cif
 
 def test_download_of_a_data_set_that_cannot_be_downloaded_is_one_clear_error(tiny_victim, tmp_path):
     args = ["--victim", str(tiny_victim), "--out", str(tmp_path / "o"), "--attacks", "clean", "--download"]
-    args += ["--data.class_path", "dipdefense.datamodules.ImageNetValDataModule"]
+    args += ["--data.class_path", "datamodules.ImageNetValDataModule"]
     with pytest.raises(UserError, match=r"ImageNetValDataModule cannot download.*that download: CIFAR10DataModule"):
         evaluate.main(args)
     assert not (tmp_path / "o").exists()
@@ -381,7 +380,7 @@ def test_report_only_writes_interim_results_over_the_images_every_attack_finishe
 
 
 def test_the_batch_size_does_not_change_an_images_attack(tiny_victim, cifar_batches_dir, tmp_path):
-    """Random starts are drawn per image (``attacks.per_image_rng``): chunks of 4 and of 2 give
+    """Random starts are drawn per image (``common.per_image_rng``): chunks of 4 and of 2 give
     every image the same PGD perturbation, so the same record (timings aside)."""
     attacks = ("--attacks", "pgd(steps=3)", "--num-samples", "8")
     records = {}

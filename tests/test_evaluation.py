@@ -11,11 +11,11 @@ from skimage.metrics import structural_similarity
 import evaluate
 from dipdefense.common.checkpoint_io import save_checkpoint
 from dipdefense.common.errors import UserError
+from dipdefense.common.ssim import per_image_ssim
 from dipdefense.defenses import DEFENSES, Detector, Purified, Purifier, build_defense, register_defense
 from dipdefense.evaluation.adversarial_cache import AdversarialCache
 from dipdefense.evaluation.attack_specs import expand_attacks, parse_eps
 from dipdefense.evaluation.chunks import ChunkDataset, sample_indices
-from dipdefense.evaluation.metrics import per_image_ssim
 from dipdefense.evaluation.sample_log import SampleLog, read_records, unique_records
 from dipdefense.nets import build_classifier
 from tests.conftest import REPO, TINY_VICTIM_CONFIG
@@ -317,7 +317,7 @@ def test_deep_protection_static_error_split_is_reported_like_paper_001(tiny_vict
 
 def test_detection_rows_on_a_known_case():
     from dipdefense.evaluation.attack_specs import AttackRun
-    from dipdefense.evaluation.report import detection_rows
+    from dipdefense.evaluation.rows import detection_rows
 
     def rec(index, attack, score):
         return {"index": index, "attack": attack, "score": score, "flagged": score >= 0.5}

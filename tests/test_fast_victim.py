@@ -6,13 +6,13 @@ import torch
 import torch.nn.functional as F
 
 import train
+from datamodules import CIFAR10DataModule
+from datamodules.augment import alternating_flip_mask, random_crop_flip
 from dipdefense.common.errors import CheckpointError
-from dipdefense.datamodules import CIFAR10DataModule
-from dipdefense.datamodules.augment import alternating_flip_mask, random_crop_flip
-from dipdefense.lightning_modules.fast_victim import triangular_schedule
 from dipdefense.nets import load_classifier
 from dipdefense.nets.airbench import AirbenchNet, patch_whitening_filters, tta_logits
 from dipdefense.nets.registry import build_classifier
+from lightning_modules.fast_victim import triangular_schedule
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.usefixtures("one_thread")

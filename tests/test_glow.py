@@ -53,7 +53,7 @@ def test_training_lowers_bpd_and_the_export_reproduces_the_latents(cifar_batches
     x = torch.rand(2, 3, 32, 32)
     # Reloading does not redo actnorm's data-dependent initialisation.
     assert torch.equal(glow_latents(flow, x), glow_latents(load_glow(export), x))
-    from dipdefense.lightning_modules import GlowDensity
+    from lightning_modules import GlowDensity
 
     resumed = GlowDensity(steps=1, hidden_channels=8, init_checkpoint=str(export))
     assert torch.equal(glow_latents(resumed.net.eval(), x), glow_latents(flow, x))
@@ -64,7 +64,7 @@ def test_training_lowers_bpd_and_the_export_reproduces_the_latents(cifar_batches
 
 
 def test_a_few_steps_lower_the_bpd_of_structured_images():
-    from dipdefense.lightning_modules import GlowDensity
+    from lightning_modules import GlowDensity
 
     torch.manual_seed(0)
     colours = torch.rand(32, 3, 1, 1).expand(32, 3, 32, 32).contiguous()

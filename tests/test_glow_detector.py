@@ -6,7 +6,7 @@ import yaml
 
 import evaluate
 import train
-from dipdefense.datamodules import AdversarialDetectionDataModule
+from datamodules import AdversarialDetectionDataModule
 from dipdefense.defenses import build_defense
 from dipdefense.nets import load_glow_detector
 

@@ -196,8 +196,8 @@ def test_robust_training_step_reduces_the_adversariality_on_a_toy_problem():
 def test_manifold_adversarial_training_module_trains_and_exports_a_victim(
     tiny_vae, fmnist_victim, idx_dir, tmp_path, monkeypatch
 ):
-    from dipdefense.datamodules import FashionMNISTDataModule
-    from dipdefense.lightning_modules.inc_robust import ManifoldAdversarialTraining
+    from datamodules import FashionMNISTDataModule
+    from lightning_modules.inc_robust import ManifoldAdversarialTraining
 
     module = ManifoldAdversarialTraining(
         str(fmnist_victim), str(tiny_vae), pairs=4, inner_steps=5, val_pairs=4, val_steps=5, lr=1e-3
@@ -219,8 +219,8 @@ def test_manifold_adversarial_training_module_trains_and_exports_a_victim(
 
 
 def test_vae_module_calibrates_eta_for_inc(idx_dir):
-    from dipdefense.datamodules import FashionMNISTDataModule
-    from dipdefense.lightning_modules.vae import VAEGenerator
+    from datamodules import FashionMNISTDataModule
+    from lightning_modules.vae import VAEGenerator
 
     module = VAEGenerator(latent_dim=4, hidden=(32, 32), calibration_images=8, inversion={"steps": 5, "restarts": 1})
     data = FashionMNISTDataModule(data_dir=str(idx_dir), batch_size=10, val_size=20, augment=False)
@@ -240,7 +240,7 @@ def test_evaluate_inc_with_transfer_attacks_reports_rejection(tiny_vae, fmnist_v
     common += ["--eps", "0.1", "--defense", "inc"]
     config = tmp_path / "inc.yaml"
     config.write_text(
-        "data: {class_path: dipdefense.datamodules.FashionMNISTDataModule, init_args: {}}\n"
+        "data: {class_path: datamodules.FashionMNISTDataModule, init_args: {}}\n"
         f"defense_params: {{inc: {{generator: {tiny_vae}, steps: 20, restarts: 1}}}}\n"
     )
     rows = evaluate.main(
@@ -314,7 +314,7 @@ def test_inc_study_writes_table1_and_the_minmax_figures(tiny_vae, fmnist_victim,
     save_checkpoint(robust, "victim", FMNIST_VICTIM, build_classifier(**FMNIST_VICTIM).state_dict())
     config = tmp_path / "inc.yaml"
     config.write_text(
-        "data: {class_path: dipdefense.datamodules.FashionMNISTDataModule, init_args: {}}\n"
+        "data: {class_path: datamodules.FashionMNISTDataModule, init_args: {}}\n"
         f"defense: inc\ndefense_params: {{inc: {{generator: {tiny_vae}, steps: 5, restarts: 1}}}}\n"
         "attacks: [clean, fgsm, cw]\nattack_params: {cw: {steps: 3}}\neps: '0.05,0.1'\nbatch_size: 10\n"
     )

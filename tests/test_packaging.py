@@ -1,65 +1,131 @@
-"""One import name: every module of the project is imported as ``dipdefense.<subpackage>``."""
+"""The layout (docs/layout.md): every import of the project's own modules names its file, by the
+rule static tools use (module name = file path under a package root), in a plain checkout."""
 
 import ast
 import subprocess
 import sys
 from pathlib import Path
 
-import dipdefense
-
 REPO = Path(__file__).resolve().parents[1]
-SUBPACKAGES = (
-    "attacks",
-    "common",
-    "datamodules",
-    "defenses",
-    "dip",
-    "evaluation",
-    "lightning_modules",
-    "manifold",
-    "nets",
+PACKAGES = ("dipdefense", "lightning_modules", "datamodules")  # the package roots of a checkout
+# Only an installed copy has these names: pyproject.toml carries the two folders inside dipdefense.
+INSTALLED_ONLY = (
+    "dipdefense.lightning_modules",
+    "dipdefense.datamodules",
+    "dipdefense.configs",
+    "dipdefense.checkpoints",
 )
 
 
 def _project_files() -> list[Path]:
-    folders = [*SUBPACKAGES, "tests", "studies", "benchmarks", "dipdefense"]
+    folders = [*PACKAGES, "tests", "studies", "benchmarks", "examples"]
     return [*[p for f in folders for p in (REPO / f).rglob("*.py")], REPO / "train.py", REPO / "evaluate.py"]
 
 
-def test_no_module_imports_a_subpackage_by_its_bare_name():
-    """A bare ``import common`` would still work in a checkout (the repository root is on
-    sys.path) and load a second copy of the module, whose classes are not the first copy's:
-    ``except UserError`` would then miss errors raised as ``dipdefense.common.errors.UserError``."""
-    bare = []
-    for path in _project_files():
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            bare += [f"{path.relative_to(REPO)}:{node.lineno} {n}" for n in names if n.split(".")[0] in SUBPACKAGES]
-    assert not bare, "import these as dipdefense.<name>: " + ", ".join(bare)
+def _resolves(module: str) -> bool:
+    path = REPO.joinpath(*module.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 
-def test_the_subpackages_are_the_checkouts_folders():
+def _top_level_names(module: str) -> set[str]:
+    """The names a module of the checkout defines or imports at its top level."""
+    path = REPO.joinpath(*module.split("."))
+    path = path.with_suffix(".py") if path.with_suffix(".py").is_file() else path / "__init__.py"
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, ast.Assign):
+            targets = [e for t in node.targets for e in (t.elts if isinstance(t, ast.Tuple) else [t])]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return names
+
+
+def _imported_modules(path: Path) -> list[tuple[int, str]]:
+    """(line, absolute module name) of each import of the project's own modules in ``path``;
+    ``from package import name`` counts ``package.name`` where that is a module."""
+    package = ".".join(path.relative_to(REPO).parent.parts)
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, base] if base else parent)
+            found += [(node.lineno, base)]
+            for a in node.names:  # a module of the package, else a name its module must define
+                if _resolves(f"{base}.{a.name}") or not _resolves(base) or a.name in _top_level_names(base):
+                    found.append((node.lineno, f"{base}.{a.name}" if _resolves(f"{base}.{a.name}") else base))
+                else:
+                    found.append((node.lineno, f"{base}.{a.name}"))
+    return [(line, m) for line, m in found if m.split(".")[0] in PACKAGES]
+
+
+def test_every_internal_import_resolves_to_its_file():
+    unresolved = [
+        f"{path.relative_to(REPO)}:{line} {module}"
+        for path in _project_files()
+        for line, module in _imported_modules(path)
+        if not _resolves(module)
+    ]
+    assert not unresolved, "imports that name no file of the checkout: " + ", ".join(unresolved)
+
+
+def test_the_checker_sees_the_imports():
+    """The test above is not vacuous: it finds hundreds of imports, relative ones too."""
+    imports = [m for path in _project_files() for _, m in _imported_modules(path)]
+    assert len(imports) > 300
+    assert "lightning_modules.robustness_eval" in imports and "datamodules.in_memory" in imports
+    assert not _resolves("dipdefense.lightning_modules") and _resolves("dipdefense.dip.engine")
+
+
+def test_no_module_uses_a_name_only_an_installed_copy_has():
+    """``dipdefense.lightning_modules`` exists in an installed copy only (and, through the editable
+    install's finder, as a second copy of the checkout's modules, whose classes are not the first
+    copy's): code names the Lightning layer relatively inside it and by its folder outside."""
+    offending = [
+        f"{path.relative_to(REPO)}:{line} {module}"
+        for path in _project_files()
+        for line, module in _imported_modules(path)
+        if module.startswith(INSTALLED_ONLY)
+    ]
+    assert not offending, ", ".join(offending)
+
+
+def test_shipped_configs_name_classes_by_bare_names():
+    """A bare class name finds the class in a checkout and in an installed copy alike."""
+    long_names = [
+        f"{p.name}: {line.strip()}"
+        for p in (REPO / "configs").glob("*.yaml")
+        for line in p.read_text().splitlines()
+        if "class_path:" in line and line.split("class_path:")[1].strip().startswith(("dipdefense.", *PACKAGES))
+    ]
+    assert not long_names, ", ".join(long_names)
+
+
+def test_assets_are_the_checkouts_folders():
     import dipdefense.common.assets as assets
-    import dipdefense.nets as nets
 
-    assert Path(nets.__file__).resolve() == REPO / "nets" / "__init__.py"
-    assert str(REPO) in [str(Path(p).resolve()) for p in dipdefense.__path__]
     assert (assets.asset_dir("configs") / "victim_cifar.yaml").is_file()
     assert assets.asset_dir("checkpoints").resolve() == REPO / "checkpoints"
 
 
-def test_the_package_imports_from_another_directory(tmp_path):
+def test_the_library_imports_from_another_directory(tmp_path):
     """From a directory where the checkout is not on sys.path, through the installed (editable) copy."""
-    code = "import dipdefense.defenses, dipdefense.evaluation.cli; print(dipdefense.defenses.__file__)"
+    code = "import dipdefense.defenses, dipdefense.lightning_modules.evaluate_cli; print(dipdefense.defenses.__file__)"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
 
 
-def test_a_data_module_is_named_by_its_class_or_its_old_module_path(tmp_path):
-    from dipdefense.datamodules import MNISTDataModule
-    from dipdefense.evaluation.cli import build_datamodule
+def test_a_data_module_is_named_by_its_class_or_a_module_path(tmp_path):
+    from datamodules import MNISTDataModule
+    from lightning_modules.evaluation_parts import build_datamodule
 
     for class_path in ("MNISTDataModule", "datamodules.MNISTDataModule", "dipdefense.datamodules.MNISTDataModule"):
         module = build_datamodule({"class_path": class_path, "init_args": {"data_dir": str(tmp_path)}})

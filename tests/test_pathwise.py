@@ -13,7 +13,7 @@ import torch
 from dipdefense.common.errors import UserError
 from dipdefense.defenses import build_defense
 from dipdefense.defenses.defended import DefendedClassifier
-from dipdefense.defenses.dip_defenses import DIP_NETWORKS
+from dipdefense.defenses.dip_purifier import DIP_NETWORKS
 from dipdefense.dip.dipdefend import DIPDefendRule, DIPDefendSettings
 from dipdefense.dip.early_stopping import MSEEarlyStop
 from dipdefense.dip.engine import DIPFit, DIPSettings, fit_dip

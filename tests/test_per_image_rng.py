@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from dipdefense.attacks.per_image_rng import attack_seed, global_draws, per_image_draws
+from dipdefense.common.per_image_rng import attack_seed, global_draws, per_image_draws
 from dipdefense.defenses import DefendedClassifier
 from dipdefense.defenses.base import Purifier
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dipdefense.datamodules import CIFAR10DataModule
-from dipdefense.datamodules.in_memory import UInt8ImageDataset
+from datamodules import CIFAR10DataModule
+from datamodules.in_memory import UInt8ImageDataset
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 sys.path.insert(0, str(STUDIES))

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dipdefense.datamodules import CIFAR10DataModule, FashionMNISTDataModule
+from datamodules import CIFAR10DataModule, FashionMNISTDataModule
 from dipdefense.nets import load_classifier
 from tests.conftest import REPO, SHARED_CIFAR
 

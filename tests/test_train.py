@@ -99,7 +99,7 @@ def test_resume_continues_an_interrupted_fit_at_the_next_epoch(cifar_batches_dir
     last.ckpt: the resumed run trains only the epoch left, on the same one-cycle schedule. The
     monitored checkpoint improves only in epoch 0 here, and last.ckpt must still hold epoch 1
     (Lightning 2.6's own save_last writes only when a monitored checkpoint is saved)."""
-    from dipdefense.lightning_modules import VictimClassifier
+    from lightning_modules import VictimClassifier
 
     monkeypatch.chdir(tmp_path)
     callbacks = yaml.safe_load((CONFIG_DIR / "victim_cifar.yaml").read_text())["trainer"]["callbacks"]
@@ -186,8 +186,8 @@ def test_unknown_config_is_one_line_on_stderr(tmp_path):
 def test_init_checkpoint_starts_from_exported_weights(tmp_path):
     from dipdefense.common.checkpoint_io import save_checkpoint
     from dipdefense.common.errors import CheckpointError
-    from dipdefense.lightning_modules import VictimClassifier
     from dipdefense.nets import build_classifier
+    from lightning_modules import VictimClassifier
 
     config = {"arch": "resnet20", "num_classes": 10, "in_channels": 3, "image_size": 32, "mean": "cifar10", "std": None}
     torch.manual_seed(1)
@@ -205,7 +205,7 @@ def test_train_download_flag_reaches_the_data_sets_fetch_with_the_data_dir(idx_d
     when asked to download, and reads them as torchvision does otherwise."""
     import gzip
 
-    from dipdefense.datamodules import FashionMNISTDataModule
+    from datamodules import FashionMNISTDataModule
 
     real, calls = FashionMNISTDataModule.dataset_cls, []
 

@@ -280,7 +280,7 @@ class BPDAPGD(Attack):
             return self._nes_gradient(defended, adv, labels, indices)
         if self.eot:  # all draws of all images in one defense batch
             x = adv.detach().repeat(self.eot, 1, 1, 1)
-            if self.noise:  # drawn image-major, so per-image draws (attacks.per_image_rng) split it
+            if self.noise:  # drawn image-major, so per-image draws (common.per_image_rng) split it
                 u = torch.randn(len(adv), self.eot, *adv.shape[1:], device=adv.device, dtype=adv.dtype)
                 x = (x + self.noise * u.transpose(0, 1).reshape(x.shape)).clamp(0, 1)
             x = x.requires_grad_(True)

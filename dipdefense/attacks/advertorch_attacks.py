@@ -1,4 +1,4 @@
-"""Attacks wrapped from advertorch (imported only through ``attacks.advertorch_compat``)."""
+"""Attacks wrapped from advertorch (imported only through ``common.advertorch_compat``)."""
 
 import warnings
 
@@ -35,7 +35,7 @@ class DDN(Attack):
         self.quantize, self.levels = bool(quantize), int(levels)
 
     def _run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        from dipdefense.attacks.advertorch_compat import DDNL2Attack
+        from dipdefense.common.advertorch_compat import DDNL2Attack
 
         attack = DDNL2Attack(
             model,

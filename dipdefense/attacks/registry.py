@@ -9,10 +9,10 @@ from dipdefense.attacks.base import Attack, AttackError
 from dipdefense.attacks.foolbox_attacks import (
     AdditiveGaussianNoise,
     BlendedUniformNoise,
-    HopSkipJump,
     NewtonFool,
     SaltAndPepper,
 )
+from dipdefense.attacks.hopskipjump import HopSkipJump
 from dipdefense.attacks.latent_space import LatentSpaceAttack
 from dipdefense.attacks.torchattacks_attacks import APGD, BIM, CW, FGSM, MIFGSM, PGD, AutoAttack, DeepFool, Square
 from dipdefense.common.parameters import check_parameter

@@ -8,7 +8,7 @@ checkout, installed in editable mode or not, the same names find the repository'
 import importlib.util
 from pathlib import Path
 
-_CHECKOUT = Path(__file__).resolve().parent.parent
+_CHECKOUT = Path(__file__).resolve().parents[2]  # dipdefense/common/assets.py
 
 
 def asset_dir(name: str) -> Path:

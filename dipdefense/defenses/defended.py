@@ -4,7 +4,7 @@ knows the defense attacks (Carlini et al. 2019, "On Evaluating Adversarial Robus
 The backward pass is the defense's own gradient where it has one (``none``, the autoencoder,
 the Glow detector of a gated defense) and BPDA where it has none (Athalye et al. 2018, Sec.
 4.1): the DIP defenses and INC are replaced by the identity in the backward pass, as paper 002
-App. A did with advertorch's ``BPDAWrapper`` (used here through ``attacks.advertorch_compat``).
+App. A did with advertorch's ``BPDAWrapper`` (used here through ``common.advertorch_compat``).
 A DIP defense also takes ``gradient="exact"`` (through the unrolled fit, ``dip.pathwise``) and
 ``gradient="rule"`` (its rule's algebra, ``dip.rule_aware``).
 
@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dipdefense.attacks.per_image_rng import global_draws
 from dipdefense.common.errors import UserError
+from dipdefense.common.per_image_rng import global_draws
 from dipdefense.defenses.base import Defense, Detector, Purifier
 
 HASHED_INDEX_BASE = 1 << 40  # hashed images get indices in [2^40, 2^41): above any data set's
@@ -223,7 +223,7 @@ class DefendedClassifier(nn.Module):
             return purifier.purify_pathwise(images, self.victim, indices)
         if backward == "rule":
             return purifier.purify_rule_aware(images, self.victim, indices)
-        from dipdefense.attacks.advertorch_compat import BPDAWrapper
+        from dipdefense.common.advertorch_compat import BPDAWrapper
 
         details: list[dict[str, Any]] = []
 

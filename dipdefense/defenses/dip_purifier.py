@@ -1,4 +1,8 @@
-"""Deep-image-prior purifiers: one batched DIP engine (``dip.engine``), one selection rule each."""
+"""The deep-image-prior purifier every DIP defense shares: one batched DIP engine (``dip.engine``)
+fitting each image, a selection rule per defense (one file each: dip_stitch.py, dipdefend.py,
+deep_protection.py, dip_inc.py), the networks they fit, and the input gradients an attacker can
+ask for (BPDA's identity, the pathwise gradient through the fit, the rule-aware backward).
+"""
 
 from typing import Any
 
@@ -7,9 +11,6 @@ from torch import nn
 
 from dipdefense.common.seeding import item_seed
 from dipdefense.defenses.base import Purified, Purifier
-from dipdefense.defenses.registry import register_defense
-from dipdefense.dip.dipdefend import DIPDefendRule, DIPDefendSettings
-from dipdefense.dip.early_stopping import MSEEarlyStop, OracleTop5Stop, StaticErrorSplit
 from dipdefense.dip.engine import DIPFit, DIPSettings, check_image_size, fit_dip
 from dipdefense.dip.pathwise import (
     StateRecorder,
@@ -21,7 +22,6 @@ from dipdefense.dip.pathwise import (
 )
 from dipdefense.dip.rule_aware import RuleAwareBackward, rule_aware_coefficients
 from dipdefense.dip.selection import rule_selection
-from dipdefense.dip.stitching import StitchRule, StitchSettings
 
 DIP_NETWORKS: dict[str, dict[str, Any]] = {
     # Paper 002, App. B.
@@ -87,7 +87,11 @@ DIP_NETWORKS["deep_protection_small"] = {**DIP_NETWORKS["cifar"], "input_channel
 # Engine options added after runs were recorded: left out of a run's manifest while off, so
 # those runs (whose run.json lacks them) still resume.
 OFF_WHEN_ZERO = ("input_jitter", "output_ema")
+
+
 ENGINE_DEFAULTS = {"adam_eps": 1e-8, "compile": False, "fast": False}  # likewise left out while at their default
+
+
 PADDINGS = ("reflection", "zero")  # dip.skip_net's; reflection is the default of every network above
 
 
@@ -343,304 +347,3 @@ class _PathwiseFit(torch.autograd.Function):
                 )
         ctx.chunks = None  # the states are large: free them with the graph
         return torch.cat(grads), None, None, None, None
-
-
-class DIPStitch(DIPPurifier):
-    """``dip_stitch``: Ding et al. 2021 (paper 002), Algorithm 1, Eq. 3-7 (``dip/stitching.py``).
-
-    Arguments: network "cifar", iterations 1000, lr 0.01, noise_scale 1/30, observe_every 5
-    (T/200), tau 0.7, t0 50 (iterations), k 15, beta 0.5, grid 100, search "grid" (or
-    "bisection" for large victims), dip_batch None (32 on a CPU, 128 on a GPU), seed 0; init
-    "xavier", input_jitter 0, output_ema 0, pad "zero", cuda_graph False, adam_eps 1e-8, compile False, fast False (``DIPPurifier``).
-    ImageNet: network "imagenet", iterations 3000, noise_scale 1/100, observe_every 15.
-
-    Paper 002 does not name its padding. Zero padding (as DIPDefend's code pads) is the default
-    since issue 12: on 64 held-out training images it kept 10 more clean images and lost 1
-    (sign test p = 0.012), PGD-8 level (docs/dip-defenses.md). Preset ``paper_literal``
-    (``dip_stitch(preset=paper_literal)``) is the reflection padding of the official DIP code,
-    the default before, under which every dip_stitch figure recorded before then was measured.
-    """
-
-    name = "dip_stitch"
-    presets = {"paper_literal": {"pad": "reflection"}}
-
-    def __init__(
-        self,
-        network: str | dict[str, Any] = "cifar",
-        iterations: int = 1000,
-        lr: float = 0.01,
-        noise_scale: float = 1 / 30,
-        observe_every: int = 5,
-        tau: float = 0.7,
-        t0: int = 50,
-        k: int = 15,
-        beta: float = 0.5,
-        grid: int = 100,
-        search: str = "grid",
-        dip_batch: int | None = None,
-        seed: int = 0,
-        init: str = "xavier",
-        input_jitter: float = 0.0,
-        output_ema: float = 0.0,
-        pad: str = "zero",
-        cuda_graph: bool = False,
-        adam_eps: float = 1e-8,
-        compile: bool = False,
-        fast: bool = False,
-    ) -> None:
-        super().__init__(
-            network,
-            iterations,
-            lr,
-            noise_scale,
-            observe_every,
-            dip_batch,
-            seed,
-            init=init,
-            input_jitter=input_jitter,
-            output_ema=output_ema,
-            pad=pad,
-            cuda_graph=cuda_graph,
-            adam_eps=adam_eps,
-            compile=compile,
-            fast=fast,
-        )
-        self.rule = StitchSettings(tau=tau, t0=t0, k=k, beta=beta, grid=grid, search=search)
-        self.observe_tail = k
-
-    def rule_settings(self) -> dict[str, Any]:
-        return vars(self.rule)
-
-    def make_rule(self, images, classifier, labels):
-        return StitchRule(images, classifier, self.rule)
-
-    def details(self, rule, images, classifier, labels):
-        at = {f"label_t{t}": v.tolist() for t, v in rule.labels_at.items()}  # the victim's label on x(t)
-        return [
-            {"crossings": int(c), **{k: v[i] for k, v in at.items()}} for i, c in enumerate(rule.crossings.tolist())
-        ]
-
-
-class DIPDefend(DIPPurifier):
-    """``dipdefend``: Dai et al. 2020, the baseline of paper 002 (``dip/dipdefend.py``).
-
-    Arguments: network "dipdefend_cifar" (their CIFAR net), iterations 4000, lr 0.01,
-    noise_scale 1/10, optimize_input True (they optimise the input too), lam 0.002,
-    patch 32, dip_batch None (32 on a CPU, 128 on a GPU), seed 0; init "xavier", input_jitter 0,
-    output_ema 0, pad "reflection", cuda_graph False, adam_eps 1e-8, compile False, fast False (``DIPPurifier``).
-    The PSNR curve is read at every iterate.
-    """
-
-    name = "dipdefend"
-
-    def __init__(
-        self,
-        network: str | dict[str, Any] = "dipdefend_cifar",
-        iterations: int = 4000,
-        lr: float = 0.01,
-        noise_scale: float = 0.1,
-        optimize_input: bool = True,
-        lam: float = 0.002,
-        patch: int = 32,
-        dip_batch: int | None = None,
-        seed: int = 0,
-        init: str = "xavier",
-        input_jitter: float = 0.0,
-        output_ema: float = 0.0,
-        pad: str = "reflection",
-        cuda_graph: bool = False,
-        adam_eps: float = 1e-8,
-        compile: bool = False,
-        fast: bool = False,
-    ) -> None:
-        super().__init__(
-            network,
-            iterations,
-            lr,
-            noise_scale,
-            1,
-            dip_batch,
-            seed,
-            optimize_input,
-            init=init,
-            input_jitter=input_jitter,
-            output_ema=output_ema,
-            pad=pad,
-            cuda_graph=cuda_graph,
-            adam_eps=adam_eps,
-            compile=compile,
-            fast=fast,
-        )
-        self.rule = DIPDefendSettings(lam=lam, patch=patch)
-
-    def rule_settings(self) -> dict[str, Any]:
-        return vars(self.rule)
-
-    def make_rule(self, images, classifier, labels):
-        return DIPDefendRule(images, self.rule)
-
-    def details(self, rule, images, classifier, labels):
-        return [{"iterations": int(t) + 1} for t in rule.best_t]
-
-
-class DeepProtection(DIPPurifier):
-    """``deep_protection``: Ambati & Kulkarni (paper 001): a Swish DIP denoiser stopped at a
-    fixed iteration (static mode, 1750 at 224 px), or, with ``oracle=True``, Sec. 4.1's
-    automatic termination for analysis (``dip/early_stopping.py``): given the true labels,
-    check every 50 iterations (up to 3000) and stop when the true label is in the top 5 and
-    the adversarial label is not. Records say whether a wrong answer over- or underfit; in
-    static mode that split (Sec. 4.2, Fig. 5) needs ``error_split=True``, which gives the
-    defense the true labels to watch the fit with and leaves its output unchanged.
-
-    Arguments: network "deep_protection" (official denoiser, Swish, 5 scales: images of at
-    least 33 px; "deep_protection_cifar" is its 4-scale version for 32x32,
-    "deep_protection_small" the Swish net at paper 002's CIFAR size), iterations 1750 (static
-    mode; the oracle's cap is 3000 in the paper), lr 0.01, noise_scale 0.1, oracle False,
-    top_k 5 (the oracle's top-k), error_split False, check_every 50, dip_batch None (8 on a CPU,
-    128 on a GPU), seed 0;
-    init "xavier", input_jitter 0, output_ema 0, pad "reflection", cuda_graph False, adam_eps 1e-8, compile False, fast False (``DIPPurifier``).
-    """
-
-    name = "deep_protection"
-    cpu_dip_batch = 8  # the 224-px network's activations are large
-
-    def __init__(
-        self,
-        network: str | dict[str, Any] = "deep_protection",
-        iterations: int = 1750,
-        lr: float = 0.01,
-        noise_scale: float = 0.1,
-        oracle: bool = False,
-        check_every: int = 50,
-        dip_batch: int | None = None,
-        seed: int = 0,
-        init: str = "xavier",
-        input_jitter: float = 0.0,
-        output_ema: float = 0.0,
-        pad: str = "reflection",
-        top_k: int = 5,
-        error_split: bool = False,
-        cuda_graph: bool = False,
-        adam_eps: float = 1e-8,
-        compile: bool = False,
-        fast: bool = False,
-    ) -> None:
-        super().__init__(
-            network,
-            iterations,
-            lr,
-            noise_scale,
-            check_every,
-            dip_batch,
-            seed,
-            init=init,
-            input_jitter=input_jitter,
-            output_ema=output_ema,
-            pad=pad,
-            cuda_graph=cuda_graph,
-            adam_eps=adam_eps,
-            compile=compile,
-            fast=fast,
-        )
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1 (the oracle's top-k; the paper's is 5), got {top_k}")
-        self.oracle, self.top_k, self.error_split = oracle, top_k, error_split
-        self.uses_labels = oracle or error_split
-
-    def rule_settings(self) -> dict[str, Any]:
-        # Added after runs were recorded: named in a manifest only when they change something.
-        return {
-            "oracle": self.oracle,
-            # the oracle no longer judges the untrained output at t = 0: a run recorded before is not resumed
-            **({"first_check": self.dip.observe_every} if self.oracle else {}),
-            **({"top_k": self.top_k} if self.oracle and self.top_k != 5 else {}),
-            **({"error_split": True} if self.error_split else {}),
-        }
-
-    def make_rule(self, images, classifier, labels):
-        if self.uses_labels and labels is None:
-            raise ValueError(
-                f"deep_protection with {'oracle' if self.oracle else 'error_split'}=True needs the true labels"
-            )
-        if self.oracle:
-            with torch.no_grad():
-                adversarial = classifier(images).argmax(1)
-            return OracleTop5Stop(
-                images, classifier, labels, adversarial, k=self.top_k, first_check=self.dip.observe_every
-            )
-        if self.error_split:
-            return StaticErrorSplit(images, classifier, labels, first_check=self.dip.observe_every)
-        return None  # static termination: the last iterate
-
-    def details(self, rule, images, classifier, labels):
-        iterations = rule.iterations.tolist() if self.oracle else [self.dip.iterations] * len(images)
-        if rule is None:  # static mode, not watched
-            return [{"iterations": t} for t in iterations]
-        with torch.no_grad():
-            correct = classifier(images).argmax(1) == labels
-        return [
-            {"iterations": int(t), "error_type": e} for t, e in zip(iterations, rule.error_types(correct), strict=True)
-        ]
-
-
-class DIPInc(DIPPurifier):
-    """``dip_inc``: the DIP variant of INC, Ilyas et al. (paper 004, Sec. 2.4, 4.4): early
-    stopping at ``iterations`` (500; 100 for large eps) or when MSE < ``threshold``
-    (0.005 on [-1, 1] images = 0.00125 here).
-
-    Arguments: network "cifar", iterations 500, lr 0.01, noise_scale 1/30, threshold 0.00125,
-    dip_batch None (32 on a CPU, 128 on a GPU), seed 0; init "xavier", input_jitter 0, output_ema 0,
-    pad "reflection", cuda_graph False, adam_eps 1e-8, compile False, fast False (``DIPPurifier``).
-    """
-
-    name = "dip_inc"
-
-    def __init__(
-        self,
-        network: str | dict[str, Any] = "cifar",
-        iterations: int = 500,
-        lr: float = 0.01,
-        noise_scale: float = 1 / 30,
-        threshold: float = 0.00125,
-        dip_batch: int | None = None,
-        seed: int = 0,
-        init: str = "xavier",
-        input_jitter: float = 0.0,
-        output_ema: float = 0.0,
-        pad: str = "reflection",
-        cuda_graph: bool = False,
-        adam_eps: float = 1e-8,
-        compile: bool = False,
-        fast: bool = False,
-    ) -> None:
-        super().__init__(
-            network,
-            iterations,
-            lr,
-            noise_scale,
-            1,
-            dip_batch,
-            seed,
-            init=init,
-            input_jitter=input_jitter,
-            output_ema=output_ema,
-            pad=pad,
-            cuda_graph=cuda_graph,
-            adam_eps=adam_eps,
-            compile=compile,
-            fast=fast,
-        )
-        self.threshold = threshold
-
-    def rule_settings(self) -> dict[str, Any]:
-        return {"threshold": self.threshold}
-
-    def make_rule(self, images, classifier, labels):
-        return MSEEarlyStop(images, self.threshold)
-
-    def details(self, rule, images, classifier, labels):
-        return [{"iterations": int(t)} for t in rule.iterations]
-
-
-for _cls in (DIPStitch, DIPDefend, DeepProtection, DIPInc):
-    register_defense(_cls.name, _cls)

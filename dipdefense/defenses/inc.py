@@ -83,7 +83,7 @@ class InvertAndClassify(Purifier):
 
     @property
     def generator(self) -> nn.Module:
-        """G: [N, k] latents to images (for attacks on its range, ``attacks/latent_space.py``)."""
+        """G: [N, k] latents to images (for attacks on its range, ``dipdefense/attacks/latent_space.py``)."""
         return self.vae.decode
 
     def project(self, images: torch.Tensor, indices: torch.Tensor) -> Inversion:

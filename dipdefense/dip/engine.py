@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dipdefense.common.progress import report_fit_progress
 from dipdefense.dip.skip_net import skip, stack_networks
 
 # Toggling oneDNN off (exact_cpu) makes torch warn about Intel-GPU TF32 on every call.
@@ -408,7 +409,10 @@ def fit_dip(
     else:
         step = CUDAGraphStep(fit) if fit.graphed else fit.step
         last_forward = fit.forward
+    report_every = max(1, settings.iterations // 50)  # the caller's progress bar, per block of iterations
     for t in range(settings.iterations):
+        if t % report_every == 0:
+            report_fit_progress(t, settings.iterations)
         if recorder is not None:
             recorder(t, fit)
         # Each step updates theta after x(t) is computed; the observer then sees x(t), as Algorithm 1 does.
@@ -425,4 +429,5 @@ def fit_dip(
             observed += 1
             if done is not None and observed % check_every == 0 and bool(done.all()):
                 break
+    report_fit_progress(settings.iterations, settings.iterations)
     return shown.reshape(b, c, h, w)

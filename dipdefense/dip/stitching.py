@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dipdefense.evaluation.metrics import per_image_ssim
+from dipdefense.common.ssim import per_image_ssim
 
 
 @dataclass

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from dipdefense.attacks.per_image_rng import attack_seed, per_image_draws
 from dipdefense.common.atomic_files import atomic_torch_save
+from dipdefense.common.per_image_rng import attack_seed, per_image_draws
 from dipdefense.common.seeding import item_seed
 
 # How an attack's randomness is seeded (``cached_attack``); a run records it in run.json.
@@ -97,7 +97,7 @@ def cached_attack(
 ) -> torch.Tensor:
     """The adversarial version of one chunk, from the cache or made and stored. ``attack_rng``
     "per-image": the attack's batch-shaped random draws come from each image's own seed
-    (``attacks.per_image_rng``), so an image's adversarial example does not depend on its chunk;
+    (``common.per_image_rng``), so an image's adversarial example does not depend on its chunk;
     what the attack draws otherwise, and everything under "per-chunk" (runs started before
     per-image draws, which resume as they began), is seeded by (seed, first index of the
     chunk), so a chunk's examples do not depend on which process or run makes them. ``cache_key`` names the

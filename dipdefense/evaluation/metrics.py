@@ -5,13 +5,6 @@ from typing import Any
 
 import torch
 from torchmetrics.functional import accuracy
-from torchmetrics.functional.image import structural_similarity_index_measure
-
-
-def per_image_ssim(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
-    """SSIM of each image to its reference (Wang et al. 2004: 11x11 Gaussian window,
-    sigma 1.5, data range 1), shape [B]."""
-    return structural_similarity_index_measure(images.float(), references.float(), data_range=1.0, reduction="none")
 
 
 def perturbation_norms(adversarial: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

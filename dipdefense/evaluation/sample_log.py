@@ -110,6 +110,23 @@ def merge_rank_logs(out: Path) -> int:
     return added
 
 
+def finished_records(out: Path, indices: list[int], run_ids: set[str]) -> tuple[list[dict[str, Any]], int]:
+    """The records a report is made of, after folding the other ranks' files in: one per image of
+    this run's sample and attack run, over the images every attack has finished (all of them once
+    a run ends; a --report_only of a killed run, the finished ones), so that every row and the
+    worst case cover the same images. Returns them and how many images they cover."""
+    merge_rank_logs(out)
+    wanted = set(indices)
+    records = [
+        r for r in unique_records(read_run_records(out)).values() if r["index"] in wanted and r["attack"] in run_ids
+    ]
+    done_by: dict[int, set[str]] = {}
+    for r in records:
+        done_by.setdefault(r["index"], set()).add(r["attack"])
+    complete = {i for i, attacks in done_by.items() if attacks == run_ids}
+    return [r for r in records if r["index"] in complete], len(complete)
+
+
 class SampleLog:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
