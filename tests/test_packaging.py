@@ -130,3 +130,24 @@ def test_a_data_module_is_named_by_its_class_or_a_module_path(tmp_path):
     for class_path in ("MNISTDataModule", "datamodules.MNISTDataModule", "dipdefense.datamodules.MNISTDataModule"):
         module = build_datamodule({"class_path": class_path, "init_args": {"data_dir": str(tmp_path)}})
         assert type(module) is MNISTDataModule
+
+
+def test_an_import_up_the_layers_fails_the_layers_check_with_one_line(tmp_path):
+    """.ci/layers (run by .ci/run): one line naming the importing and the imported module."""
+    import shutil
+
+    for name in ("dipdefense", "lightning_modules", "datamodules", ".ci"):
+        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "lint-imports").symlink_to(Path(sys.executable).parent / "lint-imports")
+    check = ["bash", str(tmp_path / ".ci" / "layers")]
+    assert subprocess.run(check, capture_output=True, text=True, timeout=300).returncode == 0
+    skip_net = tmp_path / "dipdefense" / "dip" / "skip_net.py"
+    skip_net.write_text(skip_net.read_text() + "\nfrom dipdefense.evaluation import metrics  # noqa\n")
+    out = subprocess.run(check, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == [
+        f"layers: dipdefense.dip.skip_net -> dipdefense.evaluation.metrics (l.{len(skip_net.read_text().splitlines())}) "
+        "runs up the layers (pyproject.toml, [tool.importlinter])"
+    ]
