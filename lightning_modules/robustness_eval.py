@@ -195,8 +195,11 @@ class RobustnessEvaluation(pl.LightningModule):
             if self.progress is None:
                 self._evaluate_run(run, images, labels, indices, clean_pred, todo)
                 continue
-            # the first chunk's guess at the fits a run costs: one defense, or one per attack step
-            guess = 1 + (getattr(run.build(), "steps", 0) if run.threat == ADAPTIVE else 0)
+            # the first chunk's guess at the fits a run costs: one defense, plus one per attack
+            # step (BPDA) or noise draw (random_noise) when the attack runs through the defense
+            attack = run.build()
+            per_step = getattr(attack, "steps", 0) or getattr(attack, "tries", 0)
+            guess = 1 + (per_step if run.threat == ADAPTIVE else 0)
             with self.progress.chunk_of(run.id, len(indices), guess):
                 self._evaluate_run(run, images, labels, indices, clean_pred, todo)
 
