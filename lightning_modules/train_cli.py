@@ -19,6 +19,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from dipdefense.common.checkpoint_io import load_checkpoint, load_state_dict_strict, save_checkpoint
@@ -48,6 +49,18 @@ class TrainCLI(LightningCLI):
             default=None,
             help="start from these weights: an export of train.py or a Lightning .ckpt of the same model",
         )
+
+    def instantiate_trainer(self, **kwargs) -> pl.Trainer:
+        # Lightning picks its Rich bar whenever `rich` imports (import-linter brings it into the
+        # dev venv), and Rich prints nothing to a log file until the fit ends; tqdm's bar shows
+        # steps and s/it in `nohup ... > log` too, the same with or without the dev tools.
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        listed = trainer_config.get("callbacks") or []
+        listed = listed if isinstance(listed, list) else [listed]
+        wants_bar = trainer_config.get("enable_progress_bar") is not False
+        if wants_bar and "callbacks" not in kwargs and not any(isinstance(c, ProgressBar) for c in listed):
+            kwargs["callbacks"] = [*listed, TQDMProgressBar()]
+        return super().instantiate_trainer(**kwargs)
 
 
 def load_weights(model: pl.LightningModule, path: str) -> None:

@@ -48,6 +48,22 @@ def test_shipped_configs_parse_and_build(name, tmp_path, monkeypatch):
     assert cli.model.hparams.arch and cli.datamodule.batch_size > 0
 
 
+def test_the_progress_bar_is_tqdm_unless_the_config_says_otherwise(tmp_path, monkeypatch):
+    """Lightning's default bar is Rich's whenever rich imports, and Rich writes nothing to a log
+    file until the fit ends; train.py's default is tqdm's, a configured bar is kept, and
+    enable_progress_bar false means none."""
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+    monkeypatch.chdir(tmp_path)
+    base = ["--config", "victim_cifar_quick", "--trainer.logger", "false"]
+    cli = train.build_cli(base, save_config=False)
+    assert type(cli.trainer.progress_bar_callback) is TQDMProgressBar
+    cli = train.build_cli([*base, "--trainer.callbacks+=RichProgressBar"], save_config=False)
+    assert type(cli.trainer.progress_bar_callback) is RichProgressBar
+    cli = train.build_cli([*base, "--trainer.enable_progress_bar", "false"], save_config=False)
+    assert cli.trainer.progress_bar_callback is None
+
+
 def test_one_epoch_fit_on_a_tiny_subset_exports_a_loadable_checkpoint(cifar_batches_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     export = tmp_path / "victim.ckpt"
