@@ -68,3 +68,25 @@ def test_wrong_kind_and_wrong_architecture(tmp_path):
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="found keys \\['weights'\\]"):
         load_checkpoint(tmp_path / "other.pt", "victim")
+
+
+@pytest.mark.parametrize(("claimed", "built"), [("vgg16", "vit_small"), ("vit_small", "vgg16"), ("vgg16", "resnet20")])
+def test_paper000_victims_refuse_another_architectures_weights(claimed, built, tmp_path):
+    """Paper 000's victims are checked like the others: weights of one network under another's
+    config stop with one line naming the config."""
+    config = {"arch": claimed, "num_classes": 10, "in_channels": 3, "mean": "cifar10"}
+    path = tmp_path / f"{built}_as_{claimed}.ckpt"
+    save_checkpoint(path, "victim", config, build_classifier(built).state_dict())
+    with pytest.raises(CheckpointError, match=rf"weights do not fit the victim \({{'arch': '{claimed}'") as err:
+        load_classifier(path)
+    assert "\n" not in str(err.value) and "missing" in str(err.value) and "unexpected" in str(err.value)
+
+
+def test_a_class_count_mismatch_names_the_shapes(tmp_path):
+    ten = {"arch": "resnet20", "num_classes": 10, "in_channels": 3, "mean": "cifar10"}
+    path = tmp_path / "five_classes.ckpt"
+    save_checkpoint(path, "victim", ten, build_classifier("resnet20", num_classes=5).state_dict())
+    with pytest.raises(
+        CheckpointError, match=r"shapes differ in 2 \(file vs model: 1.fc.weight \(5, 64\) vs \(10, 64\)"
+    ):
+        load_classifier(path)

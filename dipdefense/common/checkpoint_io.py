@@ -98,9 +98,27 @@ def load_state_dict_strict(
     try:
         module.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:
-        first = str(err).splitlines()
-        detail = " ".join(line.strip() for line in first[:3])[:300]
-        raise CheckpointError(f"{path}: weights do not fit {what}: {detail}") from None
+        raise CheckpointError(f"{path}: weights do not fit {what}: {_mismatch(module, state_dict, err)}") from None
+
+
+def _mismatch(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], err: RuntimeError) -> str:
+    """What differs, counted and named a few at a time (another network's weights miss hundreds of keys)."""
+    expected = module.state_dict()
+
+    def some(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    shapes = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and isinstance(state_dict[k], torch.Tensor) and state_dict[k].shape != v.shape
+    ]
+    parts = [f"missing {len(missing)} ({some(missing)})"] if missing else []
+    parts += [f"unexpected {len(unexpected)} ({some(unexpected)})"] if unexpected else []
+    parts += [f"shapes differ in {len(shapes)} (file vs model: {some(shapes)})"] if shapes else []
+    return "; ".join(parts) or " ".join(str(err).split())[:300]
 
 
 def resolve_repo_path(path: str | os.PathLike) -> Path:
