@@ -3,7 +3,7 @@ clean accuracy under several seeds, its spread, and per image in how many seeds 
 victim is right.
 
     python studies/seed_consistency.py --defense "dip_stitch(pad=zero)" --seeds 1,2,3,4 \\
-        --reuse 0=runs/adaptive/dip_stitch_zero_pad --num-samples 100
+        --reuse 0=studies/adaptive_eval/runs/dip_stitch_zero_pad --num-samples 100
 
 A DIP fit is seeded per image (the seed and the test index); a deployment that draws its seed per
 query is a randomised defense, and even a fixed seed is chaotic in the input (DESIGN.md, "Threat
@@ -20,6 +20,7 @@ Arguments (defaults): --defense ("dip_stitch(pad=zero)"), --seeds (1,2,3,4), --r
 """
 
 import argparse
+import gzip
 import json
 import math
 import shlex
@@ -53,7 +54,9 @@ def parse_reuse(items: list[str]) -> dict[int, Path]:
     for item in items:
         seed, sep, run = item.partition("=")
         if not sep or not seed.strip().isdigit() or not run:
-            raise UserError(f"--reuse {item!r}: give SEED=RUN_FOLDER, e.g. 0=runs/adaptive/dip_stitch_zero_pad")
+            raise UserError(
+                f"--reuse {item!r}: give SEED=RUN_FOLDER, e.g. 0=studies/adaptive_eval/runs/dip_stitch_zero_pad"
+            )
         reuse[int(seed)] = Path(run)
     return reuse
 
@@ -69,8 +72,13 @@ def clean_verdicts(run: Path, seed: int) -> dict[int, bool]:
     path = run / "samples.jsonl" if (run / "samples.jsonl").is_file() else run / "samples.jsonl.gz"
     if not path.is_file():
         raise UserError(f"{run}: no samples.jsonl(.gz): the run has no records yet")
+    if path.suffix == ".gz":  # an archived run (studies/adaptive_eval/runs/NAME)
+        with gzip.open(path, "rt") as f:
+            records = [json.loads(line) for line in f if line.strip()]
+    else:
+        records = read_records(path)
     verdicts: dict[int, bool] = {}
-    for r in read_records(path):
+    for r in records:
         if r["attack_name"] == "clean":
             verdicts.setdefault(r["index"], r["pred"] == r["label"])
     return verdicts
@@ -102,6 +110,14 @@ def defense_with_seed(defense: str, seed: int) -> str:
         inner = defense[defense.index("(") + 1 : -1]
         return f"{defense[:-1]}{',' if inner else ''}seed={seed})"
     return f"{defense}(seed={seed})"
+
+
+def verdict_strings(verdicts: dict[int, dict[int, bool]]) -> dict[str, str]:
+    """Per test index, its verdict under each seed in order as a string ("10111": wrong under the
+    first seed only), over the images every seed has: the figures come back from these."""
+    seeds = sorted(verdicts)
+    common = sorted(set.intersection(*(set(v) for v in verdicts.values())))
+    return {str(i): "".join("1" if verdicts[s][i] else "0" for s in seeds) for i in common}
 
 
 def summarise(verdicts: dict[int, dict[int, bool]]) -> dict[str, Any]:
@@ -205,7 +221,11 @@ def main(argv: list[str] | None = None) -> None:
     command = shlex.join(["python", "studies/seed_consistency.py", *argv])
     out = args.out
     atomic_write_text(
-        out.with_suffix(".json"), json.dumps({"command": command, "defense": args.defense, **summary}, indent=2) + "\n"
+        out.with_suffix(".json"),
+        json.dumps(
+            {"command": command, "defense": args.defense, **summary, "verdicts": verdict_strings(verdicts)}, indent=2
+        )
+        + "\n",
     )
     text = report(summary, args.defense, command)
     atomic_write_text(out.with_suffix(".md"), text)

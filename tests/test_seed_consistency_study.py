@@ -1,8 +1,10 @@
 """studies/seed_consistency.py: a DIP defense's clean verdicts over seeds."""
 
+import gzip
 import importlib.util
 import json
 import math
+import shutil
 
 import pytest
 
@@ -45,7 +47,8 @@ def test_two_seeds_end_to_end_and_a_reused_run(tiny_victim, cifar_batches_dir, t
     after = ["--", "--victim", str(tiny_victim), "--defense_params.dip_stitch", tiny_dip]
     study.main([*common, "--seeds", "0,1", "--out", str(tmp_path / "a"), *after])
     first = json.loads((tmp_path / "a.json").read_text())
-    assert first["images"] == 3 and first["seeds"] == [0, 1]
+    assert first["images"] == 3 and first["seeds"] == [0, 1] and len(first["verdicts"]) == 3
+    assert all(len(v) == 2 and set(v) <= {"0", "1"} for v in first["verdicts"].values())
     assert "| clean accuracy |" in (tmp_path / "a.md").read_text()
     # seed 0 read back from its run: the same figures without a fit
     reuse = ["--reuse", f"0={tmp_path / 'runs' / 'seed0'}"]
@@ -55,6 +58,16 @@ def test_two_seeds_end_to_end_and_a_reused_run(tiny_victim, cifar_batches_dir, t
         "accuracy": {"0": first["accuracy"]["0"], "1": first["accuracy"]["1"]},
         "right_in_k_seeds": first["right_in_k_seeds"],
     }
+    # an archived run (run.json and samples.jsonl.gz, as studies/adaptive_eval/runs/ keeps them)
+    archived = tmp_path / "archived"
+    archived.mkdir()
+    shutil.copy(tmp_path / "runs" / "seed0" / "run.json", archived / "run.json")
+    with (
+        open(tmp_path / "runs" / "seed0" / "samples.jsonl", "rb") as f,
+        gzip.open(archived / "samples.jsonl.gz", "wb") as g,
+    ):
+        g.write(f.read())
+    assert study.clean_verdicts(archived, 0) == study.clean_verdicts(tmp_path / "runs" / "seed0", 0)
     with pytest.raises(UserError, match="that run's defense seed is 0, not 2"):
         study.main([*common, "--seeds", "1", "--reuse", f"2={tmp_path / 'runs' / 'seed0'}", *after])
 
