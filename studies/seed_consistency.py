@@ -20,7 +20,6 @@ Arguments (defaults): --defense ("dip_stitch(pad=zero)"), --seeds (1,2,3,4), --r
 """
 
 import argparse
-import gzip
 import json
 import math
 import shlex
@@ -35,8 +34,8 @@ sys.path.insert(0, str(REPO))
 import evaluate  # noqa: E402
 from dipdefense.common.atomic_files import atomic_write_text  # noqa: E402
 from dipdefense.common.errors import UserError, run_main  # noqa: E402
+from dipdefense.evaluation.compare import load_records  # noqa: E402
 from dipdefense.evaluation.metrics import wilson_interval  # noqa: E402
-from dipdefense.evaluation.sample_log import read_records  # noqa: E402
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -69,14 +68,9 @@ def clean_verdicts(run: Path, seed: int) -> dict[int, bool]:
     recorded = json.loads(manifest.read_text()).get("defense_params", {}).get("seed")
     if recorded != seed:
         raise UserError(f"--reuse {seed}={run}: that run's defense seed is {recorded}, not {seed}")
-    path = run / "samples.jsonl" if (run / "samples.jsonl").is_file() else run / "samples.jsonl.gz"
-    if not path.is_file():
+    if not (run / "samples.jsonl").is_file() and not (run / "samples.jsonl.gz").is_file():
         raise UserError(f"{run}: no samples.jsonl(.gz): the run has no records yet")
-    if path.suffix == ".gz":  # an archived run (studies/adaptive_eval/runs/NAME)
-        with gzip.open(path, "rt") as f:
-            records = [json.loads(line) for line in f if line.strip()]
-    else:
-        records = read_records(path)
+    records = load_records(run)  # samples.jsonl, or the gzipped copy studies archive
     verdicts: dict[int, bool] = {}
     for r in records:
         if r["attack_name"] == "clean":
