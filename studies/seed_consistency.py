@@ -86,13 +86,14 @@ def check_same_setting(runs: dict[int, Path]) -> None:
         params = {k: v for k, v in manifest.get("defense_params", {}).items() if k != "seed"}
         return {k: manifest.get(k) for k in ("victim_sha256", "dataset", "defense")} | {"defense_params": params}
 
-    first_seed, first = next(iter(runs.items()))
-    for seed, run in runs.items():
-        if setting(run) != setting(first):
-            differ = sorted(k for k in setting(run) if setting(run)[k] != setting(first)[k])
+    settings = {seed: setting(run) for seed, run in runs.items()}  # each run.json read once
+    first_seed = next(iter(runs))
+    for seed, this in settings.items():
+        differ = sorted(k for k in this if this[k] != settings[first_seed][k])
+        if differ:
             raise UserError(
-                f"seed {seed}'s run {run} differs from seed {first_seed}'s {first} in {', '.join(differ)}: "
-                "reuse only a run of the same victim, data and defense settings"
+                f"seed {seed}'s run {runs[seed]} differs from seed {first_seed}'s {runs[first_seed]} in "
+                f"{', '.join(differ)}: reuse only a run of the same victim, data and defense settings"
             )
 
 
@@ -106,18 +107,23 @@ def defense_with_seed(defense: str, seed: int) -> str:
     return f"{defense}(seed={seed})"
 
 
+def common_images(verdicts: dict[int, dict[int, bool]]) -> list[int]:
+    """The test indices every seed's run holds."""
+    return sorted(set.intersection(*(set(v) for v in verdicts.values())))
+
+
 def verdict_strings(verdicts: dict[int, dict[int, bool]]) -> dict[str, str]:
     """Per test index, its verdict under each seed in order as a string ("10111": wrong under the
     first seed only), over the images every seed has: the figures come back from these."""
     seeds = sorted(verdicts)
-    common = sorted(set.intersection(*(set(v) for v in verdicts.values())))
+    common = common_images(verdicts)
     return {str(i): "".join("1" if verdicts[s][i] else "0" for s in seeds) for i in common}
 
 
 def summarise(verdicts: dict[int, dict[int, bool]]) -> dict[str, Any]:
     """Per-seed accuracy and its spread; per image, the count of seeds right, over the images
     every seed has."""
-    common = sorted(set.intersection(*(set(v) for v in verdicts.values())))
+    common = common_images(verdicts)
     if not common:
         raise UserError("the seeds' runs share no image")
     seeds = sorted(verdicts)
