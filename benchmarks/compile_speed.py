@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from benchmarks.profile_fit import forward_flops, images_for  # noqa: E402
+from dipdefense.common.atomic_files import atomic_write_text  # noqa: E402
 from dipdefense.dip import compiled_step  # noqa: E402
 from dipdefense.dip.compiled_step import CompiledStep  # noqa: E402
 from dipdefense.dip.engine import DIPFit, DIPSettings, fit_dip  # noqa: E402
@@ -207,7 +208,9 @@ def main() -> None:
                     f"{r['first_step_s'][m]:.1f} | {r['relative_drift_from_eager'].get(m, float('nan')):.2g} |"
                 )
     if args.out:
-        args.out.write_text(json.dumps({"machine": machine, "torch": torch.__version__, "rows": rows}, indent=2) + "\n")
+        atomic_write_text(
+            Path(args.out), json.dumps({"machine": machine, "torch": torch.__version__, "rows": rows}, indent=2) + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from dipdefense.common.atomic_files import atomic_write_text  # noqa: E402
+
 
 def measure(batch: int, images: int, iterations: int, device: str, data_dir: str | None) -> dict:
     import torch
@@ -102,7 +104,9 @@ def main() -> None:
         import torch
 
         machine = torch.cuda.get_device_name()
-    Path(args.out).write_text(json.dumps({"machine": machine, "device": args.device, "rows": rows}, indent=2) + "\n")
+    atomic_write_text(
+        Path(args.out), json.dumps({"machine": machine, "device": args.device, "rows": rows}, indent=2) + "\n"
+    )
     print(f"{'B':>5}{'images':>8}{'s':>9}{'img/s':>9}{'x loop':>8}{'peak MB':>9}")
     for r in rows:
         print(

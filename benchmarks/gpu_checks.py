@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from benchmarks.profile_fit import LARGEST_CONV_FLOPS, forward_flops, images_for  # noqa: E402
+from dipdefense.common.atomic_files import atomic_write_text  # noqa: E402
 from dipdefense.defenses import build_defense  # noqa: E402
 from dipdefense.dip.engine import CUDAGraphStep, DIPFit, DIPSettings, fit_dip  # noqa: E402
 from dipdefense.dip.skip_net import SamePadConv  # noqa: E402
@@ -275,7 +276,7 @@ def main() -> None:
     victim = load_classifier(REPO / "checkpoints" / "victim_cifar_resnet20.ckpt", map_location=device)
 
     def save() -> None:  # after every section: a run stopped at its time limit keeps what it measured
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_text(Path(args.out), json.dumps(report, indent=2) + "\n")
         last = report[list(report)[-1]]
         print(json.dumps(last[-1] if isinstance(last, list) else last), flush=True)
 

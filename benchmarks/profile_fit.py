@@ -35,6 +35,7 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from dipdefense.common.atomic_files import atomic_write_text  # noqa: E402
 from dipdefense.dip.engine import DIPFit, DIPSettings  # noqa: E402
 from dipdefense.dip.skip_net import SamePadConv  # noqa: E402
 
@@ -345,7 +346,7 @@ def main() -> None:
     rows = [
         profile_batch(int(b), args.steps, args.warmup, settings, args.data_dir) for b in args.batch_sizes.split(",")
     ]
-    Path(args.out).write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    atomic_write_text(Path(args.out), json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
     print(machine)
     print(report(rows))
 

@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from datamodules.cifar10 import CIFAR10DataModule  # noqa: E402
 from dipdefense.attacks import build_attack  # noqa: E402
+from dipdefense.common.atomic_files import atomic_write_text  # noqa: E402
 from dipdefense.common.per_image_rng import global_draws  # noqa: E402
 from dipdefense.defenses import build_defense  # noqa: E402
 from dipdefense.defenses.defended import DefendedClassifier  # noqa: E402
@@ -125,7 +126,7 @@ def main() -> None:
         mean_cos = sum(row["cosine_to_reference"]) / len(x)
         mean_change = sum(row["loss_change"]) / len(x)
         print(f"| {key} | {mean_cos:.3f} | {mean_change:+.3f} | {row['seconds_per_image'] or 0:.1f} |")
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_text(Path(args.out), json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from datamodules.cifar10 import CIFAR10DataModule  # noqa: E402
+from dipdefense.common.atomic_files import atomic_write_text  # noqa: E402
 from dipdefense.common.seeding import item_seed  # noqa: E402
 from dipdefense.defenses import build_defense  # noqa: E402
 from dipdefense.dip.engine import fit_dip  # noqa: E402
@@ -67,7 +68,7 @@ def main() -> None:
     for row in result["rows"]:
         if row["t"] % 50 == 0 or row["t"] < 50 and row["t"] % 10 == 0:
             print(f"t = {row['t']:4d}  s = {row['mean']:.3f} +- {row['std']:.3f}")
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_text(Path(args.out), json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from datamodules.cifar10 import CIFAR10DataModule  # noqa: E402
+from dipdefense.common.atomic_files import atomic_write_text  # noqa: E402
 from dipdefense.common.seeding import item_seed  # noqa: E402
 from dipdefense.defenses import build_defense  # noqa: E402
 from dipdefense.defenses.defended import DefendedClassifier  # noqa: E402
@@ -112,7 +113,7 @@ def main() -> None:
     for name, row in result["rows"].items():
         fd = " | ".join(f"{row['finite_difference'][str(s)]:.3g}" for s in STEPS)
         print(f"| {name} | {fd} | {row['pathwise']:.3g} | {row['identity_bpda']:.3g} |")
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_text(Path(args.out), json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":
