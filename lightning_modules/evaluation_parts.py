@@ -228,7 +228,7 @@ def build(o: dict[str, Any], argv: list[str]) -> SimpleNamespace:
     if notes:  # what a speed option does here (or that it does nothing); not compared on resume
         manifest["notes"] = notes
     victim_hash = source.function_sha256  # with options, another function of the same weights
-    grown_from = check_out_dir(out, manifest, lambda n: sample_sha256(dataset, indices[:n]))
+    grown_from = check_out_dir(out, manifest, lambda n: sample_sha256(dataset, indices[:n]), indices)
     if grown_from is not None:
         print(f"{out}: growing the run from {grown_from} to {len(indices)} images", file=sys.stderr)
     return SimpleNamespace(

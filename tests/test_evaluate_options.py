@@ -324,6 +324,47 @@ def test_a_run_grows_to_more_images_as_a_fresh_run_would_and_only_on_a_chunk_bou
         evaluate.main(_args(tiny_victim, cifar_batches_dir, fresh, *other_seed))
 
 
+def test_a_run_json_from_before_the_sample_hash_grows_only_from_its_own_images(
+    tiny_victim, cifar_batches_dir, tmp_path
+):
+    """Runs begun before run.json hashed the sample (the archived 32-image adaptive runs) grow to
+    100 when their records' images are the new draw's first ones; another draw's are refused."""
+    out = tmp_path / "old"
+    attacks = ("--attacks", "clean")
+    evaluate.main(_args(tiny_victim, cifar_batches_dir, out, *attacks, "--num-samples", "8"))
+    manifest = json.loads((out / "run.json").read_text())
+    del manifest["sample_sha256"]
+    (out / "run.json").write_text(json.dumps(manifest))
+    other = tmp_path / "other_seed"
+    shutil.copytree(out, other)
+    log = other / "samples.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    log.write_text("".join(json.dumps({**r, "index": r["index"] + 1}) + "\n" for r in records))
+    rows = evaluate.main(_args(tiny_victim, cifar_batches_dir, out, *attacks, "--num-samples", "12"))
+    assert rows[0]["n"] == 12 and len(json.loads((out / "run.json").read_text())["sample_sha256"]) == 64
+    with pytest.raises(UserError, match=r"holds another run's records \(num_samples differ\)"):
+        evaluate.main(_args(tiny_victim, cifar_batches_dir, other, *attacks, "--num-samples", "12"))
+
+
+def test_bpda_pgd_params_added_later_resume_only_at_the_value_older_runs_ran_under(tmp_path):
+    """A run.json from before bpda_pgd recorded ``step`` and ``on_range`` ran sign steps from
+    the iterate: it resumes under those values, and not under L2 steps."""
+    from dipdefense.evaluation.run_folder import check_out_dir
+
+    def manifest(**params):
+        return {
+            "defense": "dip_stitch",
+            "attacks": [{"id": "bpda_pgd@8/255", "params": {"name": "bpda_pgd", **params}}],
+        }
+
+    (tmp_path / "run.json").write_text(json.dumps(manifest(steps=15)))
+    assert check_out_dir(tmp_path, manifest(steps=15, step="sign", on_range=False)) is None
+    with pytest.raises(UserError, match=r"\(attacks differ\)"):
+        check_out_dir(tmp_path, manifest(steps=15, step="l2", on_range=False))
+    with pytest.raises(UserError, match=r"\(attacks differ\)"):
+        check_out_dir(tmp_path, manifest(steps=15, step="sign", on_range=True))
+
+
 def test_a_run_json_from_before_the_chunk_size_was_recorded_still_resumes(tiny_victim, cifar_batches_dir, tmp_path):
     out = tmp_path / "old"
     args = _args(tiny_victim, cifar_batches_dir, out, "--attacks", "clean", "--num-samples", "8")

@@ -5,11 +5,12 @@ import errno
 import fcntl
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from dipdefense.common.errors import UserError
+from dipdefense.evaluation.sample_log import read_run_records
 
 LOCK_NAME = ".lock"
 
@@ -48,20 +49,41 @@ def inherited_attack_rng(out: Path) -> str:
     return str(previous.get("attack_rng") or LEGACY_KEYS["attack_rng"](previous))
 
 
+# Attack parameters recorded since some runs began, each with the value those runs ran under (the
+# attack behaved so before it had the option): a run.json lacking one resumes under that value
+# only. bpda_pgd's L2 and on-range steps came on 2026-12-03.
+ATTACK_PARAMS_ADDED_LATER = {"bpda_pgd": {"step": "sign", "on_range": False}}
+
+
+def _fill_attack_params_added_later(previous: dict[str, Any]) -> None:
+    for entry in previous.get("attacks") or ():
+        params = entry.get("params") if isinstance(entry, dict) else None
+        if isinstance(params, dict):
+            for key, value in ATTACK_PARAMS_ADDED_LATER.get(params.get("name"), {}).items():
+                params.setdefault(key, value)
+
+
 # Manifest keys written only when set, so that plain runs' manifests stay as they were: a run
 # that had one differs from a run without it.
 ONLY_WHEN_SET = ("attack_victim_sha256", "victim_options", "victim_source")
 
 
-def check_out_dir(out: Path, manifest: dict[str, Any], prefix_sha256: Callable[[int], str] | None = None) -> int | None:
+def check_out_dir(
+    out: Path,
+    manifest: dict[str, Any],
+    prefix_sha256: Callable[[int], str] | None = None,
+    sample_indices: Sequence[int] | None = None,
+) -> int | None:
     """Refuse an ``out`` that holds another run's records; nothing is written here.
 
     A run may grow: more images of the same seed extend its sample (the draw is a prefix of one
     seeded permutation), so ``--num-samples 100`` on a finished 32-image run attacks the 68 new
     images and keeps the 32 records. Allowed when only the sample differs, the old sample is the
     new one's prefix (``prefix_sha256(n)`` hashes the first n images) and it ends on a chunk
-    boundary, so every chunk is the one a fresh run would have. Returns the old sample size
-    when the run grows, else None."""
+    boundary, so every chunk is the one a fresh run would have. A run.json from before the
+    sample's hash was recorded grows when its records' images are the first of
+    ``sample_indices`` (the new draw's dataset indices). Returns the old sample size when the
+    run grows, else None."""
     existing = out / "run.json"
     if existing.is_file():
         try:
@@ -70,15 +92,21 @@ def check_out_dir(out: Path, manifest: dict[str, Any], prefix_sha256: Callable[[
             raise UserError(f"{existing} is unreadable; delete {out} or choose another --out") from None
         if not isinstance(previous, dict):
             raise UserError(f"{existing} is not a run manifest; delete {out} or choose another --out")
+        unhashed_sample = "sample_sha256" in manifest and "sample_sha256" not in previous
         for key, read in LEGACY_KEYS.items():
             if key in manifest and key not in previous:
                 recorded = read(previous)
                 previous[key] = manifest[key] if recorded is None else recorded
+        _fill_attack_params_added_later(previous)
         # the command and the device's notes may change between a run's parts
         differing = [k for k in manifest if k not in ("command", "notes") and previous.get(k) != manifest[k]]
         differing += [k for k in ONLY_WHEN_SET if k in previous and k not in manifest]
         if set(differing) == {"num_samples", "sample_sha256"} and prefix_sha256 is not None:
             grown_from = _grown_from(previous, manifest, prefix_sha256)
+            if grown_from is not None:
+                return grown_from
+        if unhashed_sample and set(differing) == {"num_samples"} and sample_indices is not None:
+            grown_from = _grown_from_unhashed(out, previous, manifest, sample_indices)
             if grown_from is not None:
                 return grown_from
         if differing:
@@ -89,6 +117,25 @@ def check_out_dir(out: Path, manifest: dict[str, Any], prefix_sha256: Callable[[
     elif (out / "samples.jsonl").is_file():
         raise UserError(f"--out {out} holds samples.jsonl without run.json; choose another --out or delete that folder")
     return None
+
+
+def _grown_from_unhashed(
+    out: Path, previous: dict[str, Any], manifest: dict[str, Any], sample_indices: Sequence[int]
+) -> int | None:
+    """As :func:`_grown_from` for a run.json without ``sample_sha256``: the old sample is the new
+    one's prefix when every image its records name is among the new draw's first ``old``."""
+    old, new, chunk = previous.get("num_samples"), manifest["num_samples"], manifest["batch_size"]
+    if not isinstance(old, int) or not 0 < old < new:
+        return None
+    recorded = {r.get("index") for r in read_run_records(out)}
+    if not recorded or not recorded <= set(sample_indices[:old]):
+        return None
+    if old % chunk:
+        raise UserError(
+            f"--num_samples {new}: this run's {old} images end mid-chunk (--batch_size {chunk}), so its last "
+            f"chunk would differ from a fresh run's; it grows only from a multiple of {chunk} images"
+        )
+    return old
 
 
 def _grown_from(previous: dict[str, Any], manifest: dict[str, Any], prefix_sha256: Callable[[int], str]) -> int | None:
