@@ -94,8 +94,21 @@ PLANS: dict[str, list[tuple]] = {
         ("glow_gate", "glow_gate", GRADIENT, "8", 100),
         ("glow_gate_unbounded", "glow_gate", UNBOUNDED, "255", 100),
         *INC,
-        ("dip_inc", "dip_inc", GRADIENT, "8", 32),
+        # Grown from 32 to 100 images (issue 39): dip_inc stops at its MSE threshold, so it is the
+        # cheapest DIP defense here (about 40 s of attack per image).
+        ("dip_inc", "dip_inc", GRADIENT, "8", 100),
         ("dip_inc_unbounded", "dip_inc", UNBOUNDED, "255", 4),
+        # Issue 39's estimators through dip_inc on the first 32 of those images: about 400 fits per
+        # image (APGD's 100 steps twice, EOT's 75, NES's 85), a few hours here. Not the rule-aware
+        # backward: dip_inc's output has no x0 term, so its sign steps are the identity's.
+        (
+            "dip_inc_shattered",
+            "dip_inc",
+            "clean,bpda_pgd(resubmit=4),eot_pgd(noise=0.0039,seed_draws=false),bpda_pgd(backward=nes,steps=5),"
+            "bpda_pgd(backward=exact,steps=5),apgd(threat=adaptive),apgd(loss=dlr,threat=adaptive)",
+            "8",
+            32,
+        ),
         ("dip_stitch", DIP_STITCH_LITERAL, GRADIENT, "8", 32),
         ("dip_stitch_unbounded", DIP_STITCH_LITERAL, UNBOUNDED, "255", 4),
         ("glow_gate_dip_stitch", "glow_gate+" + DIP_STITCH_LITERAL, "clean,pgd,bpda_pgd", "8", 32),

@@ -195,3 +195,23 @@ def test_each_plan_has_its_own_folders_and_the_cpu_report_says_dip_stitch_is_pap
     ):
         assert stitch.pop(name) == "dip_stitch(pad=zero)"
     assert stitch and all("preset=paper_literal" in defense for defense in stitch.values())
+
+
+def test_every_planned_run_names_attacks_that_build_against_its_defense():
+    """A typo in a plan's attack list, or an attack its defense refuses (``backward=exact``
+    through a defense with nothing to unroll), stops a run hours into a session: caught here."""
+    from dipdefense.defenses import build_defense
+    from dipdefense.evaluation.attack_specs import check_against_defense, expand_attacks, parse_call, parse_eps
+
+    for plan, entries in adaptive_eval.PLANS.items():
+        for name, defense_spec, attacks, eps, _images, *_ in entries:
+            parts = [parse_call(part, "--defense") for part in defense_spec.split("+")]
+            options = {part_name: params for part_name, params, _ in parts if params}
+            defense_name = "+".join(part_name for part_name, _, _ in parts)
+            if "+" in defense_name:
+                defense = build_defense(defense_name, **options)
+            else:
+                defense = build_defense(defense_name, **options.get(defense_name, {}))
+            runs = expand_attacks(attacks, parse_eps(eps))
+            check_against_defense(runs, defense)
+            assert all(run.build() is not None for run in runs if run.id != "clean"), (plan, name)
