@@ -101,14 +101,14 @@ def check_out_dir(
         # the command and the device's notes may change between a run's parts
         differing = [k for k in manifest if k not in ("command", "notes") and previous.get(k) != manifest[k]]
         differing += [k for k in ONLY_WHEN_SET if k in previous and k not in manifest]
+        grown_from = None
         if set(differing) == {"num_samples", "sample_sha256"} and prefix_sha256 is not None:
-            grown_from = _grown_from(previous, manifest, prefix_sha256)
-            if grown_from is not None:
-                return grown_from
-        if unhashed_sample and set(differing) == {"num_samples"} and sample_indices is not None:
-            grown_from = _grown_from_unhashed(out, previous, manifest, sample_indices)
-            if grown_from is not None:
-                return grown_from
+            recorded_hash = previous.get("sample_sha256")
+            grown_from = _grown_from(previous, manifest, lambda old: prefix_sha256(old) == recorded_hash)
+        elif unhashed_sample and set(differing) == {"num_samples"} and sample_indices is not None:
+            grown_from = _grown_from(previous, manifest, lambda old: _records_among(out, sample_indices[:old]))
+        if grown_from is not None:
+            return grown_from
         if differing:
             raise UserError(
                 f"--out {out} holds another run's records ({', '.join(differing)} differ); "
@@ -119,33 +119,19 @@ def check_out_dir(
     return None
 
 
-def _grown_from_unhashed(
-    out: Path, previous: dict[str, Any], manifest: dict[str, Any], sample_indices: Sequence[int]
-) -> int | None:
-    """As :func:`_grown_from` for a run.json without ``sample_sha256``: the old sample is the new
-    one's prefix when every image its records name is among the new draw's first ``old``."""
-    old, new, chunk = previous.get("num_samples"), manifest["num_samples"], manifest["batch_size"]
-    if not isinstance(old, int) or not 0 < old < new:
-        return None
+def _records_among(out: Path, indices: Sequence[int]) -> bool:
+    """Whether the run in ``out`` has records and every image they name is in ``indices``."""
     recorded = {r.get("index") for r in read_run_records(out)}
-    if not recorded or not recorded <= set(sample_indices[:old]):
-        return None
-    if old % chunk:
-        raise UserError(
-            f"--num_samples {new}: this run's {old} images end mid-chunk (--batch_size {chunk}), so its last "
-            f"chunk would differ from a fresh run's; it grows only from a multiple of {chunk} images"
-        )
-    return old
+    return bool(recorded) and recorded <= set(indices)
 
 
-def _grown_from(previous: dict[str, Any], manifest: dict[str, Any], prefix_sha256: Callable[[int], str]) -> int | None:
-    """The old sample size if ``manifest`` extends the run in ``previous`` (see check_out_dir);
-    a shrink or another draw is None (refused as another run); a grow off a chunk boundary is
-    refused here, saying which sizes would do."""
+def _grown_from(previous: dict[str, Any], manifest: dict[str, Any], is_prefix: Callable[[int], bool]) -> int | None:
+    """The old sample size if ``manifest`` extends the run in ``previous`` (see check_out_dir;
+    ``is_prefix(old)``: the old sample is the new one's first ``old`` images); a shrink or another
+    draw is None (refused as another run); a grow off a chunk boundary is refused here, saying
+    which sizes would do."""
     old, new, chunk = previous.get("num_samples"), manifest["num_samples"], manifest["batch_size"]
-    if not isinstance(old, int) or not 0 < old < new or previous.get("sample_sha256") is None:
-        return None
-    if prefix_sha256(old) != previous["sample_sha256"]:
+    if not isinstance(old, int) or not 0 < old < new or not is_prefix(old):
         return None
     if old % chunk:
         raise UserError(
