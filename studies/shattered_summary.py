@@ -4,10 +4,11 @@ tests and Wilson intervals.
 
     python studies/shattered_summary.py runs/adaptive/dip_stitch_resubmit runs/adaptive/dip_stitch_rule16
 
-Each argument is an evaluate.py run folder (or its samples.jsonl[.gz]); from each, the records
-of its iterate-judging attack (bpda_pgd / eot_pgd), or of APGD, are read. "before" is the attack's any-iterate
-verdict (its ``history``), "after" the defended victim's verdict on what it returned (after
-resubmission where the run resubmitted).
+Each argument is an evaluate.py run folder (or its samples.jsonl[.gz]); every attack in it but
+``clean`` is a row (a run of several attacks, like ``dip_inc_shattered``, gives several). "before"
+is the attack's any-iterate verdict (its ``history``; an attack without one, such as APGD, its
+verdict on what it returned), "after" the defended victim's verdict on what it returned (after
+resubmission where the run resubmitted). The worst case is per image over every row.
 """
 
 import argparse
@@ -22,61 +23,73 @@ sys.path.insert(0, str(REPO))
 from dipdefense.evaluation.metrics import wilson_interval  # noqa: E402
 
 
-def records_of(path: Path) -> dict[int, dict]:
+def records_of(path: Path) -> dict[str, dict[int, dict]]:
+    """attack id -> image index -> record, for every attack of the run but ``clean``."""
     if path.is_dir():
         path = path / "samples.jsonl" if (path / "samples.jsonl").is_file() else path / "samples.jsonl.gz"
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    iterate_judging = ("bpda_pgd", "eot_pgd")
-    return {
-        r["index"]: r
-        for r in rows
-        if (r["attack_name"] in iterate_judging and r.get("history")) or r["attack_name"] == "apgd"
-    }
+        rows = [json.loads(line) for line in f if line.strip().endswith("}")]
+    attacks: dict[str, dict[int, dict]] = {}
+    for r in rows:
+        if r["attack_name"] != "clean":
+            attacks.setdefault(r["attack"], {}).setdefault(r["index"], r)
+    return attacks
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+")
-    args = p.parse_args()
+def summarise(paths: list[Path]) -> str:
+    """The markdown tables: one row per (run, attack), pairwise sign tests, the worst case."""
     from scipy.stats import binomtest
 
-    runs = {str(Path(r)): records_of(Path(r)) for r in args.runs}
-    common = sorted(set.intersection(*(set(r) for r in runs.values())))
+    rows = {(str(path), attack): records for path in paths for attack, records in records_of(path).items()}
+    if not rows:
+        raise SystemExit("no attack records in " + ", ".join(map(str, paths)))
+    common = sorted(set.intersection(*(set(r) for r in rows.values())))
     n = len(common)
+    if not n:
+        raise SystemExit("no image has a record of every attack; nothing to compare")
     verdicts = {}
-    print(f"{n} images every run has\n")
-    print("| run | attack | gradient | right before resubmission | right after (95% CI) |")
-    print("| --- | --- | --- | --- | --- |")
-    for name, records in runs.items():
-        # APGD keeps no per-iterate verdicts: its own is the one on what it returned.
+    lines = [
+        f"{n} images every attack has",
+        "",
+        "| run | attack | gradient | right before resubmission | right after (95% CI) |",
+    ]
+    lines.append("| --- | --- | --- | --- | --- |")
+    for (run, attack), records in rows.items():
+        # An attack without per-iterate verdicts (APGD, oblivious PGD): its one verdict, on what it returned.
         before = {
             i: "0" not in records[i]["history"]
-            if "history" in records[i]
+            if records[i].get("history")
             else records[i]["pred"] == records[i]["label"]
             for i in common
         }
         after = {i: records[i]["pred"] == records[i]["label"] for i in common}
-        verdicts[name] = after
+        verdicts[(run, attack)] = after
         lo, hi = wilson_interval(sum(after.values()), n)
-        first = records[common[0]]
-        print(
-            f"| {name} | {first['attack']} | {first.get('gradient')} | {sum(before.values())} / {n} | "
+        lines.append(
+            f"| {run} | {attack} | {records[common[0]].get('gradient')} | {sum(before.values())} / {n} | "
             f"{sum(after.values())} / {n} ({100 * lo:.0f}-{100 * hi:.0f}%) |"
         )
-    names = list(runs)
-    print("\n| pair (after) | fewer right in the second | more right in the second | sign test p |")
-    print("| --- | --- | --- | --- |")
-    for a in names:
-        for b in names[names.index(a) + 1 :]:
+    lines += ["", "| pair (after) | fewer right in the second | more right in the second | sign test p |"]
+    lines.append("| --- | --- | --- | --- |")
+    keys = list(rows)
+    for k, a in enumerate(keys):
+        for b in keys[k + 1 :]:
             fewer = sum(verdicts[a][i] and not verdicts[b][i] for i in common)
             more = sum(verdicts[b][i] and not verdicts[a][i] for i in common)
             pvalue = binomtest(fewer, fewer + more, 0.5).pvalue if fewer + more else 1.0
-            print(f"| {a} -> {b} | {fewer} | {more} | {pvalue:.2f} |")
-    worst = sum(all(verdicts[name][i] for name in names) for i in common)
+            lines.append(f"| {a[1]} -> {b[1]} | {fewer} | {more} | {pvalue:.2g} |")
+    worst = sum(all(v[i] for v in verdicts.values()) for i in common)
     lo, hi = wilson_interval(worst, n)
-    print(f"\nworst case over these runs: {worst} / {n} right ({100 * lo:.0f}-{100 * hi:.0f}%)")
+    lines += ["", f"worst case over these attacks: {worst} / {n} right ({100 * lo:.0f}-{100 * hi:.0f}%)"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+")
+    args = p.parse_args(argv)
+    print(summarise([Path(r) for r in args.runs]))
 
 
 if __name__ == "__main__":
