@@ -12,24 +12,19 @@ resubmission where the run resubmitted). The worst case is per image over every 
 """
 
 import argparse
-import gzip
-import json
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from dipdefense.evaluation.compare import load_records  # noqa: E402
 from dipdefense.evaluation.metrics import wilson_interval  # noqa: E402
 
 
 def records_of(path: Path) -> dict[str, dict[int, dict]]:
     """attack id -> image index -> record, for every attack of the run but ``clean``."""
-    if path.is_dir():
-        path = path / "samples.jsonl" if (path / "samples.jsonl").is_file() else path / "samples.jsonl.gz"
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as f:
-        rows = [json.loads(line) for line in f if line.strip().endswith("}")]
+    rows = load_records(path if path.is_dir() else path.parent)  # samples.jsonl, or the archived .gz
     attacks: dict[str, dict[int, dict]] = {}
     for r in rows:
         if r["attack_name"] != "clean":
