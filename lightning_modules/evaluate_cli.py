@@ -87,6 +87,7 @@ def write_report(o: dict[str, Any], plan: SimpleNamespace) -> list[dict[str, Any
     from dipdefense.evaluation import rows as row_builders
     from dipdefense.evaluation.results_files import write_results
     from dipdefense.evaluation.sample_log import finished_records
+    from dipdefense.evaluation.survivors import cascade_summary
 
     out, runs = plan.out, plan.runs
     records, complete = finished_records(out, plan.indices, {r.id for r in runs})
@@ -95,7 +96,10 @@ def write_report(o: dict[str, Any], plan: SimpleNamespace) -> list[dict[str, Any
     rows = row_builders.build_rows(records, runs, plan.num_classes)
     detection = row_builders.detection_rows(records, runs)
     worst_case = row_builders.worst_case_rows(records, runs)
-    write_results(out, run_header(o, plan, complete), rows, detection, worst_case)
+    header = run_header(o, plan, complete)
+    if plan.cascade:
+        header["survivors_of"] = cascade_summary(**plan.cascade, records=records)
+    write_results(out, header, rows, detection, worst_case)
     title = f"{plan.dataset_name}, {Path(plan.victim_name).stem}, defense {o['defense']}"
     figures.plot_accuracy_vs_eps(out, rows, title)
     figures.plot_iteration_curves(out, rows, title)
@@ -114,6 +118,8 @@ def write_report(o: dict[str, Any], plan: SimpleNamespace) -> list[dict[str, Any
             f"robust accuracy at eps {r['eps'] * 255:.4g}/255 ({r['threat_model']}, worst case over "
             f"{len(r['runs'])} attacks): {100 * r['accuracy']:.1f}%"
         )
+    if plan.cascade:
+        print(tables.cascade_line(header["survivors_of"]).strip())
     if detection:
         print(tables.detection_table(detection))
     print(f"results in {out}/ (results.md, results.json, results.csv, samples.jsonl, *.png)")

@@ -164,6 +164,7 @@ def build(o: dict[str, Any], argv: list[str]) -> SimpleNamespace:
     from dipdefense.evaluation.attack_specs import check_against_defense, expand_attacks, parse_eps
     from dipdefense.evaluation.chunks import sample_indices
     from dipdefense.evaluation.run_folder import check_out_dir, inherited_attack_rng
+    from dipdefense.evaluation.survivors import survivor_indices
 
     if "+" in o["defense"]:  # DETECTOR+PURIFIER: each part's parameters under its own name
         parts = o["defense"].split("+")
@@ -194,10 +195,6 @@ def build(o: dict[str, Any], argv: list[str]) -> SimpleNamespace:
     if o["num_samples"] > len(dataset) and chosen_samples:  # the defense's default takes what there is
         raise UserError(f"--num_samples {o['num_samples']}: the test set has {len(dataset)} images; 0 takes them all")
     indices = sample_indices(len(dataset), o["num_samples"] or None, o["seed"])
-    if o["save_traces"]:
-        if not hasattr(defense, "trace_indices"):
-            raise UserError(f"--save-traces needs a DIP defense; {o['defense']!r} keeps no decision trace")
-        defense.trace_indices = frozenset(indices[: o["save_traces"]])
     out = Path(o["out"] or f"runs/{o['defense']}")
     dataset_name = type(dm).__name__.removesuffix("DataModule")
     source = classifier.victim_source
@@ -224,6 +221,19 @@ def build(o: dict[str, Any], argv: list[str]) -> SimpleNamespace:
     }
     if attack_hash:  # only then, so run.json of plain runs stays as before and they resume
         manifest["attack_victim_sha256"] = attack_hash
+    cascade = None
+    if o["survivors_of"]:  # the cascade: only what an earlier run of this defended victim left right
+        indices, parent_images = survivor_indices(Path(o["survivors_of"]), manifest)
+        indices = indices[: o["num_samples"]] if chosen_samples and o["num_samples"] else indices
+        if not indices:
+            raise UserError(f"--survivors-of {o['survivors_of']}: that run left no image right; nothing to attack")
+        manifest |= {"num_samples": len(indices), "sample_sha256": sample_sha256(dataset, indices)}
+        manifest["survivors_of"] = o["survivors_of"]
+        cascade = {"run": o["survivors_of"], "parent_images": parent_images, "survivors": len(indices)}
+    if o["save_traces"]:
+        if not hasattr(defense, "trace_indices"):
+            raise UserError(f"--save-traces needs a DIP defense; {o['defense']!r} keeps no decision trace")
+        defense.trace_indices = frozenset(indices[: o["save_traces"]])
     notes = defense.device_notes(trainer.strategy.root_device.type)  # the device Lightning resolved
     if notes:  # what a speed option does here (or that it does nothing); not compared on resume
         manifest["notes"] = notes
@@ -235,4 +245,5 @@ def build(o: dict[str, Any], argv: list[str]) -> SimpleNamespace:
         defense=defense, runs=runs, trainer=trainer, classifier=classifier, victim_name=_display_name(o["victim"]),
         victim_hash=victim_hash, dataset=dataset, dataset_name=dataset_name, num_classes=num_classes,
         attack_model=attack_model, attack_hash=attack_hash, indices=indices, out=out, manifest=manifest,
+        cascade=cascade,
     )  # fmt: skip

@@ -79,6 +79,8 @@ GPU_DEFENSES = (
     ("dip_inc", "dip_inc"),
     ("glow_gate_dip_stitch", "glow_gate+dip_stitch"),
 )
+APGD_100 = "clean,apgd(threat=adaptive),apgd(loss=dlr,threat=adaptive)"
+ARCHIVE = "studies/adaptive_eval/runs"  # the archived parents of the --survivors-of runs
 PLANS: dict[str, list[tuple]] = {
     "cpu": [
         ("none", "none", GRADIENT, "2,4,8", 100),
@@ -109,6 +111,10 @@ PLANS: dict[str, list[tuple]] = {
             "8",
             32,
         ),
+        # APGD-CE and APGD-DLR at 100 steps (Croce et al. 2022's strongest against test-time defenses)
+        # as AutoAttack runs them: only on the images the cheaper attacks left right (evaluate.py
+        # --survivors-of), so the worst case over both runs is theirs on all 100 images.
+        ("dip_inc_apgd_survivors", "dip_inc", APGD_100, "8", 100, ["--survivors-of", f"{ARCHIVE}/dip_inc"]),
         ("dip_stitch", DIP_STITCH_LITERAL, GRADIENT, "8", 32),
         ("dip_stitch_unbounded", DIP_STITCH_LITERAL, UNBOUNDED, "255", 4),
         ("glow_gate_dip_stitch", "glow_gate+" + DIP_STITCH_LITERAL, "clean,pgd,bpda_pgd", "8", 32),
@@ -154,6 +160,18 @@ PLANS: dict[str, list[tuple]] = {
         # APGD-CE (Croce & Hein 2020; Croce et al. 2022 through test-time defenses) with BPDA's
         # identity, at BPDA-PGD-15's cost, on the 16 images of dip_stitch_rule16.
         ("dip_stitch_apgd", "dip_stitch(pad=zero)", "clean,apgd(steps=15,threat=adaptive)", "8", 16),
+        # The same cascade through the other DIP defenses (each APGD step is a fit: about 100 s per
+        # image for both losses through dip_stitch here, so these take sessions; survivors of the
+        # identity BPDA, noise and PGD).
+        *[
+            (f"{name}_apgd_survivors", defense, APGD_100, "8", 100, ["--survivors-of", f"{ARCHIVE}/{name}"])
+            for name, defense in [
+                ("dip_stitch_zero_pad", "dip_stitch(pad=zero)"),
+                ("dipdefend", "dipdefend"),
+                ("dip_stitch", DIP_STITCH_LITERAL),
+                ("glow_gate_dip_stitch", "glow_gate+" + DIP_STITCH_LITERAL),
+            ]
+        ],
     ],
     "gpu": [
         (name, defense, f"{GRADIENT},eot_pgd,{HSJ}", "2,4,8", 1000)
@@ -340,6 +358,7 @@ def figures(archive: Path, report: Path, notes: list[str] | None = None) -> None
     import matplotlib.pyplot as plt
 
     from dipdefense.common.atomic_files import atomic_write, atomic_write_text
+    from dipdefense.evaluation.metrics import wilson_interval
 
     runs = load_runs(archive)
     report.mkdir(parents=True, exist_ok=True)
@@ -438,6 +457,11 @@ def figures(archive: Path, report: Path, notes: list[str] | None = None) -> None
         # a run stopped mid-way (reported with --report_only) says how far it got
         done = result.get("complete_images")
         name = run_name if done is None else f"{run_name} (stopped: {done} of {result['num_samples']} images)"
+        cascade = result.get("survivors_of")  # evaluate.py --survivors-of: only what its parent left right
+        if cascade:
+            name += (
+                f" (the {cascade['survivors']} of {cascade['parent_images']} {Path(cascade['run']).name} left right)"
+            )
         for row in result["rows"]:
             eps = "-" if row["eps"] is None else f"{row['eps'] * 255:.4g}"
             attack = f"{row['attack']}({row['variant']})" if row.get("variant") else row["attack"]
@@ -454,6 +478,15 @@ def figures(archive: Path, report: Path, notes: list[str] | None = None) -> None
                 f"| {name} | {result['defense']} | worst case | {w['threat_model']} | - | {w['eps'] * 255:.4g} | "
                 f"{w['n']} | {100 * w['accuracy']:.1f}% | {100 * w['accuracy_ci95_low']:.1f}-"
                 f"{100 * w['accuracy_ci95_high']:.1f}% | - | - |"
+            )
+        if cascade:
+            right = round(cascade["worst_case_accuracy"] * cascade["parent_images"])
+            low, high = wilson_interval(right, cascade["parent_images"])
+            bound = "at most " if cascade.get("upper_bound") else ""
+            md.append(
+                f"| {name} | {result['defense']} | worst case with {Path(cascade['run']).name} | - | - | - | "
+                f"{cascade['parent_images']} | {bound}{100 * cascade['worst_case_accuracy']:.1f}% | "
+                f"{100 * low:.1f}-{100 * high:.1f}% | - | - |"
             )
     md.append("\n## Sanity checks (Carlini et al. 2019)\n")
     md.append("| run | check | figures | verdict |")

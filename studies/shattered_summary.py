@@ -8,10 +8,13 @@ Each argument is an evaluate.py run folder (or its samples.jsonl[.gz]); every at
 ``clean`` is a row (a run of several attacks, like ``dip_inc_shattered``, gives several). "before"
 is the attack's any-iterate verdict (its ``history``; an attack without one, such as APGD, its
 verdict on what it returned), "after" the defended victim's verdict on what it returned (after
-resubmission where the run resubmitted). The worst case is per image over every row.
+resubmission where the run resubmitted). The worst case is per image over every row. A run made
+with ``evaluate.py --survivors-of PARENT`` holds only the images PARENT left right; given both
+(PARENT first), the worst case on PARENT's images counts each image over the rows that have it.
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -24,6 +27,8 @@ from dipdefense.evaluation.metrics import wilson_interval  # noqa: E402
 
 def records_of(path: Path) -> dict[str, dict[int, dict]]:
     """attack id -> image index -> record, for every attack of the run but ``clean``."""
+    if not path.exists():
+        raise SystemExit(f"{path}: no such run folder (or samples.jsonl[.gz])")
     rows = load_records(path if path.is_dir() else path.parent)  # samples.jsonl, or the archived .gz
     attacks: dict[str, dict[int, dict]] = {}
     for r in rows:
@@ -77,7 +82,41 @@ def summarise(paths: list[Path]) -> str:
     worst = sum(all(v[i] for v in verdicts.values()) for i in common)
     lo, hi = wilson_interval(worst, n)
     lines += ["", f"worst case over these attacks: {worst} / {n} right ({100 * lo:.0f}-{100 * hi:.0f}%)"]
-    return "\n".join(lines)
+    return "\n".join(lines + cascade_lines(paths, rows))
+
+
+def _survivors_of(path: Path) -> Path | None:
+    """The run whose survivors ``path``'s run attacked (evaluate.py --survivors-of), resolved."""
+    folder = path if path.is_dir() else path.parent
+    manifest = folder / "run.json"
+    parent = json.loads(manifest.read_text()).get("survivors_of") if manifest.is_file() else None
+    return ((REPO / parent) if not Path(parent).is_absolute() else Path(parent)).resolve() if parent else None
+
+
+def cascade_lines(paths: list[Path], rows: dict[tuple[str, str], dict[int, dict]]) -> list[str]:
+    """Where a run attacked only what another left right (``--survivors-of``), the worst case on
+    the first run's images counts each image over every row that has it: an image missing from
+    a survivors run was already broken in its parent, which must be among the runs given."""
+    folders = {(p if p.is_dir() else p.parent).resolve(): p for p in paths}
+    cascades = {p: parent for p in paths if (parent := _survivors_of(p))}
+    if not cascades:
+        return []
+    missing = [f"{p} attacked the survivors of {parent}; give that run too" for p, parent in cascades.items()
+               if parent not in folders]  # fmt: skip
+    if missing:
+        return ["", *missing]
+    first = [set(r) for (run, _), r in rows.items() if run == str(paths[0])]
+    if not first:
+        return ["", f"{paths[0]} has no attack records: give the parent run first"]
+    base = sorted(set.intersection(*first))
+    right = sum(all(r[i]["pred"] == r[i]["label"] for r in rows.values() if i in r) for i in base)
+    lo, hi = wilson_interval(right, len(base))
+    return [
+        "",
+        f"worst case over every row on the {len(base)} images of {paths[0]}, each over the rows that have it "
+        f"(a survivors run holds what its parent left right): {right} / {len(base)} right "
+        f"({100 * lo:.0f}-{100 * hi:.0f}%)",
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -192,9 +192,35 @@ def test_each_plan_has_its_own_folders_and_the_cpu_report_says_dip_stitch_is_pap
         "dip_stitch_rule",
         "dip_stitch_exact",
         "dip_stitch_apgd",
+        "dip_stitch_zero_pad_apgd_survivors",
     ):
         assert stitch.pop(name) == "dip_stitch(pad=zero)"
     assert stitch and all("preset=paper_literal" in defense for defense in stitch.values())
+
+
+def test_every_survivors_run_names_an_archived_parent_of_the_same_defense():
+    """A --survivors-of row whose parent is missing or ran another defense (or other parameters)
+    would stop hours in."""
+    import json
+
+    from dipdefense.defenses import build_defense
+    from dipdefense.evaluation.options import load_options
+    from dipdefense.evaluation.survivors import survivor_indices
+
+    for plan in adaptive_eval.PLANS.values():
+        for name, defense, _, _, _, *arguments in plan:
+            words = arguments[0] if arguments else []
+            if "--survivors-of" not in words:
+                continue
+            parent = adaptive_eval.REPO / words[words.index("--survivors-of") + 1]
+            manifest = json.loads((parent / "run.json").read_text())
+            o = load_options(["--defense", defense])
+            params, parts = o["defense_params"], o["defense"].split("+")
+            gated = {p: params[p] for p in parts if p in params} if len(parts) > 1 else params.get(parts[0], {})
+            built = build_defense(o["defense"], **gated)
+            mine = {**manifest, "defense": o["defense"], "defense_params": built.params()}
+            survivors, finished = survivor_indices(parent, json.loads(json.dumps(mine)))
+            assert 0 < len(survivors) < finished, name
 
 
 def test_every_planned_run_names_attacks_that_build_against_its_defense():

@@ -49,3 +49,24 @@ def test_a_run_with_only_clean_records_is_one_clear_error(tmp_path):
     (tmp_path / "samples.jsonl").write_text(json.dumps(_record(0, "clean", True)) + "\n")
     with pytest.raises(SystemExit, match="no attack records"):
         shattered_summary.summarise([tmp_path])
+
+
+def test_a_survivors_run_counts_over_its_parents_images_and_needs_its_parent(tmp_path):
+    parent, child = tmp_path / "parent", tmp_path / "child"
+    parent.mkdir(), child.mkdir()
+    bpda, apgd = "bpda_pgd@8/255", "apgd(threat=adaptive)@8/255"
+    (parent / "samples.jsonl").write_text(
+        "".join(json.dumps(_record(i, bpda, i < 3, "1" if i < 3 else "0")) + "\n" for i in range(10))
+    )
+    (parent / "run.json").write_text("{}")
+    (child / "samples.jsonl").write_text("".join(json.dumps(_record(i, apgd, i == 0)) + "\n" for i in range(3)))
+    (child / "run.json").write_text(json.dumps({"survivors_of": str(parent)}))
+
+    table = shattered_summary.summarise([parent, child])
+    assert table.startswith("3 images every attack has")  # the pairs: on the survivors
+    assert f"on the 10 images of {parent}, each over the rows that have it" in table
+    assert ": 1 / 10 right (" in table
+    alone = shattered_summary.summarise([child])
+    assert f"{child} attacked the survivors of {parent.resolve()}; give that run too" in alone
+    with pytest.raises(SystemExit, match="no such run folder"):
+        shattered_summary.summarise([tmp_path / "missing"])

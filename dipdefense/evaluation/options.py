@@ -34,6 +34,8 @@ DEFAULTS: dict[str, Any] = {
     # answers right at 8/255 (1.5% with 50; README). The other attacks keep the library defaults.
     "attack_params": {"pgd": {"steps": 50}},
     "num_samples": None,  # the defense's default_num_samples: 1000, or 40 for the per-image DIP fits
+    # An earlier run's folder: attack only the images it left right (AutoAttack's cascade across runs)
+    "survivors_of": None,
     "seed": 0,
     "batch_size": 100,
     "devices": 1,
@@ -98,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
         "num_samples",
         type=int,
         help="test images drawn at random; 0 for all (default: 1000; 40 for the DIP defenses, ~5 min on 2 CPU cores)",
+    )
+    _flag(
+        p,
+        "survivors_of",
+        help="an earlier run's --out folder (same victim and defense): attack only the images it left right "
+        "under every attack, in its order (--num-samples N: the first N of them); the per-image worst case "
+        "over both runs is then that of running every attack on every image",
     )
     _flag(p, "seed", type=int, help="seed of the sample and of the attacks (default: 0)")
     _flag(p, "devices", type=int, help="devices (GPUs or CPU processes); >1 runs DDP (default: 1)")
@@ -242,7 +251,8 @@ def check_option_types(o: dict[str, Any]) -> None:
 
     for key in ("victim", "defense", "threat_model", "accelerator"):
         require(key, isinstance(o[key], str) and bool(o[key]), "a non-empty string")
-    for key in ("attack_victim", "out", "cache_dir", "victim_weights", "victim_dir", "attack_victim_weights"):
+    path_keys = ("attack_victim", "out", "cache_dir", "victim_weights", "victim_dir", "attack_victim_weights")
+    for key in (*path_keys, "survivors_of"):
         require(key, o[key] is None or (isinstance(o[key], str) and bool(o[key])), "a path or null")
     for key, least in (("seed", 0), ("num_examples", 0), ("save_traces", 0), ("batch_size", 1), ("devices", 1)):
         require(key, is_int(o[key], least), f"an integer >= {least}")

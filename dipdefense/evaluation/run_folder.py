@@ -65,7 +65,7 @@ def _fill_attack_params_added_later(previous: dict[str, Any]) -> None:
 
 # Manifest keys written only when set, so that plain runs' manifests stay as they were: a run
 # that had one differs from a run without it.
-ONLY_WHEN_SET = ("attack_victim_sha256", "victim_options", "victim_source")
+ONLY_WHEN_SET = ("attack_victim_sha256", "victim_options", "victim_source", "survivors_of")
 
 
 def check_out_dir(

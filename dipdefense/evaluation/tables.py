@@ -45,6 +45,11 @@ def results_markdown(
     if worst_case:
         md += ["## Robust accuracy: the worst case over the attacks run, per image (RobustBench)\n"]
         md.append(worst_case_table(worst_case))
+    if header.get("survivors_of"):
+        md += [
+            "## The cascade: this run and the run whose survivors it attacked\n",
+            cascade_line(header["survivors_of"]),
+        ]
     curves = [r for r in rows if r.get("any_iterate_curve")]
     if curves:
         md += [
@@ -118,6 +123,16 @@ def detail_table(rows: list[dict[str, Any]]) -> str:
             f"{100 * r['attack_success']:.1f}% | {r['seconds'] / r['n']:.4f} | {ips} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def cascade_line(c: dict[str, Any]) -> str:
+    """One sentence: the worst case over an earlier run and the run on its survivors."""
+    bound = "at most " if c.get("upper_bound") else ""
+    return (
+        f"This run attacked the {c['survivors']} of {c['parent_images']} images that `{c['run']}` left right under "
+        f"every attack ({c['attacked']} finished); {c['right']} stay right. Worst case over both runs, per image, on "
+        f"those {c['parent_images']} images: {bound}{100 * c['worst_case_accuracy']:.1f}%.\n"
+    )
 
 
 def worst_case_table(rows: list[dict[str, Any]]) -> str:
