@@ -223,13 +223,14 @@ def build(o: dict[str, Any], argv: list[str]) -> SimpleNamespace:
         manifest["attack_victim_sha256"] = attack_hash
     cascade = None
     if o["survivors_of"]:  # the cascade: only what an earlier run of this defended victim left right
-        indices, parent_images = survivor_indices(Path(o["survivors_of"]), manifest)
-        indices = indices[: o["num_samples"]] if chosen_samples and o["num_samples"] else indices
+        survivors, parent_images = survivor_indices(Path(o["survivors_of"]), manifest)
+        indices = survivors[: o["num_samples"]] if chosen_samples and o["num_samples"] else survivors
         if not indices:
             raise UserError(f"--survivors-of {o['survivors_of']}: that run left no image right; nothing to attack")
         manifest |= {"num_samples": len(indices), "sample_sha256": sample_sha256(dataset, indices)}
         manifest["survivors_of"] = o["survivors_of"]
-        cascade = {"run": o["survivors_of"], "parent_images": parent_images, "survivors": len(indices)}
+        # every survivor, so that those --num_samples leaves out count as unfinished (an upper bound)
+        cascade = {"run": o["survivors_of"], "parent_images": parent_images, "survivors": len(survivors)}
     if o["save_traces"]:
         if not hasattr(defense, "trace_indices"):
             raise UserError(f"--save-traces needs a DIP defense; {o['defense']!r} keeps no decision trace")

@@ -97,6 +97,9 @@ def test_evaluate_attacks_only_the_survivors_and_reports_the_worst_case_over_bot
     assert "The cascade" in (child / "results.md").read_text()
     first = evaluate.main(_args(tiny_victim, cifar_batches_dir, tmp_path / "first", *attacks, "--num-samples", "1"))
     assert first[0]["n"] == 1
+    capped = json.loads((tmp_path / "first" / "results.json").read_text())["survivors_of"]
+    assert capped["survivors"] == len(clean_right) and capped["attacked"] == 1
+    assert capped.get("upper_bound") == (len(clean_right) > 1)
     with pytest.raises(UserError, match=r"--survivors-of .*defense, defense_params differ"):
         evaluate.main(
             _args(tiny_victim, cifar_batches_dir, tmp_path / "x", *attacks, "--defense", "dip_inc(iterations=2)")
