@@ -160,8 +160,8 @@ PLANS: dict[str, list[tuple]] = {
         # APGD-CE (Croce & Hein 2020; Croce et al. 2022 through test-time defenses) with BPDA's
         # identity, at BPDA-PGD-15's cost, on the 16 images of dip_stitch_rule16.
         ("dip_stitch_apgd", "dip_stitch(pad=zero)", "clean,apgd(steps=15,threat=adaptive)", "8", 16),
-        # The same cascade through the other DIP defenses (each APGD step is a fit: about 100 s per
-        # image for both losses through dip_stitch here, so these take sessions; survivors of the
+        # The same cascade through the other DIP defenses (each APGD step is a fit: about 10 min per
+        # image and loss through dip_stitch here, so these take sessions; survivors of the
         # identity BPDA, noise and PGD).
         *[
             (f"{name}_apgd_survivors", defense, APGD_100, "8", 100, ["--survivors-of", f"{ARCHIVE}/{name}"])
