@@ -216,7 +216,7 @@ def build(o: dict[str, Any], argv: list[str]) -> SimpleNamespace:
         # Random starts per image; a run begun before that resumes with per-chunk draws.
         "attack_rng": inherited_attack_rng(out),
         # What the sample's images are, wherever the data set is read from.
-        "sample_sha256": sample_sha256(dataset, indices),
+        "sample_sha256": None,  # below, once the sample is final (--survivors_of replaces it)
         "command": "python evaluate.py " + " ".join(argv),
     }
     if attack_hash:  # only then, so run.json of plain runs stays as before and they resume
@@ -227,10 +227,10 @@ def build(o: dict[str, Any], argv: list[str]) -> SimpleNamespace:
         indices = survivors[: o["num_samples"]] if chosen_samples and o["num_samples"] else survivors
         if not indices:
             raise UserError(f"--survivors-of {o['survivors_of']}: that run left no image right; nothing to attack")
-        manifest |= {"num_samples": len(indices), "sample_sha256": sample_sha256(dataset, indices)}
-        manifest["survivors_of"] = o["survivors_of"]
+        manifest |= {"num_samples": len(indices), "survivors_of": o["survivors_of"]}
         # every survivor, so that those --num_samples leaves out count as unfinished (an upper bound)
         cascade = {"run": o["survivors_of"], "parent_images": parent_images, "survivors": len(survivors)}
+    manifest["sample_sha256"] = sample_sha256(dataset, indices)
     if o["save_traces"]:
         if not hasattr(defense, "trace_indices"):
             raise UserError(f"--save-traces needs a DIP defense; {o['defense']!r} keeps no decision trace")
