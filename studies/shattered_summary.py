@@ -97,7 +97,7 @@ def cascade_lines(paths: list[Path], rows: dict[tuple[str, str], dict[int, dict]
     """Where a run attacked only what another left right (``--survivors-of``), the worst case on
     the first run's images counts each image over every row that has it: an image missing from
     a survivors run was already broken in its parent, which must be among the runs given."""
-    folders = {(p if p.is_dir() else p.parent).resolve(): p for p in paths}
+    folders = {(p if p.is_dir() else p.parent).resolve() for p in paths}
     cascades = {p: parent for p in paths if (parent := _survivors_of(p))}
     if not cascades:
         return []
