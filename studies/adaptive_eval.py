@@ -273,7 +273,8 @@ def archive_all(runs_dir: Path, archive: Path) -> None:
 # BPDA or random noise costs 15-16 fits per image (dipdefend: over an hour for 32 images on 2 cores),
 # longer than the rest of a working session, so the per-image defenses go in chunks of 8, and
 # deep_protection (over a minute per image-fit) in chunks of 2. HopSkipJump at 200 queries costs
-# about 200 fits per image (5 images through dipdefend: about 2.3 h), so it goes in chunks of 3.
+# about 200 fits per image (5 images through dipdefend: about 2.3 h), so it goes in chunks of 3, and so
+# do APGD-CE and APGD-DLR at 100 steps (a fit per step: about 20 min per image through dip_stitch).
 # On a GPU a fit step costs about the same from 1 to 32 images (benchmarks/RESULTS.md, "On a GPU"), so the GPU plan's chunks are
 # the DIP defenses' GPU dip_batch (128): a chunk of 8 there would run at a sixth of the speed.
 PER_IMAGE_FITS = ("dip_stitch", "dipdefend", "deep_protection", "dip_inc")
@@ -287,7 +288,7 @@ def chunk_size(defense: str, images: int, plan: str = "cpu", attacks: str = "") 
         return min(images, DIPPurifier.gpu_dip_batch if any(part in PER_IMAGE_FITS for part in parts) else 100)
     if "deep_protection" in parts:
         return min(images, 2)
-    if "hopskipjump" in attacks and any(part in PER_IMAGE_FITS for part in parts):
+    if ("hopskipjump" in attacks or "apgd" in attacks) and any(part in PER_IMAGE_FITS for part in parts):
         return min(images, 3)
     if any(part in PER_IMAGE_FITS for part in parts):
         return min(images, 8)

@@ -90,6 +90,8 @@ def test_per_image_dip_defenses_run_in_small_chunks_so_a_killed_session_keeps_it
     assert adaptive_eval.chunk_size("dipdefend", 5) == 5
     assert adaptive_eval.chunk_size("dipdefend", 5, "cpu", "clean,hopskipjump(queries=200)") == 3
     assert adaptive_eval.chunk_size("none", 100, "cpu", "hopskipjump") == 100
+    assert adaptive_eval.chunk_size("dip_stitch(pad=zero)", 100, "cpu", adaptive_eval.APGD_100) == 3
+    assert adaptive_eval.chunk_size("none", 100, "cpu", adaptive_eval.APGD_100) == 100
     # A GPU fits 128 at a time for the price of 32; its plan's chunks fill a fit.
     assert adaptive_eval.chunk_size("dip_stitch", 1000, "gpu") == 128
     assert adaptive_eval.chunk_size("deep_protection(network=deep_protection_cifar)", 1000, "gpu") == 128
