@@ -5,6 +5,7 @@ backward is the victim's gradient at the purified image; INC's rejection gradien
 envelope-theorem one; an unbounded attack fools every image through a real DIP defense.
 """
 
+import contextlib
 import json
 import os
 import pickle
@@ -156,6 +157,35 @@ def test_apgd_through_a_seeded_defense_restarts_on_the_unbroken_rows_with_their_
     assert {tuple(c) for c in defense.calls[1:]} <= {(21, 22, 23), (22,)}  # restarts: the rows still right
     assert (adversarial - x).abs().max() <= 8 / 255 + 1e-6
     assert defended(adversarial).argmax(1).tolist()[1] == 0 and defended(adversarial).argmax(1).tolist()[3] == 1
+
+
+@pytest.mark.parametrize("bound", [False, True])
+def test_apgd_start_of_an_image_does_not_depend_on_its_chunk_mates(bound):
+    """torchattacks' APGD draws the start of the images still right (a subset of the batch) from the
+    global generator, so an image's start, and its verdict, changed with a wrongly classified
+    chunk-mate (issue 39: two runs of APGD-100 through dip_inc disagreed on 2 of 5 images)."""
+    from dipdefense.common.per_image_rng import attack_seed, per_image_draws
+
+    defended = DefendedClassifier(tiny_victim_module(), SeededNoise(scale=0.01))
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad(), defended.bound_to(torch.tensor([30, 31, 32])):
+        predicted = defended(x).argmax(1)
+    y = predicted.clone()
+    y[0] = (predicted[0] + 1) % 10  # image 30 is wrong from the start, so APGD attacks rows 1 and 2
+
+    def attacked(rows: list[int]) -> torch.Tensor:
+        attack = build_attack("apgd", eps=8 / 255, steps=3)
+        indices = torch.tensor([30 + r for r in rows])
+        binding = defended.bound_to(indices) if bound else contextlib.nullcontext()
+        with per_image_draws([attack_seed(0, int(i)) for i in indices]) as draws, binding:
+            adversarial = attack(defended if bound else defended.victim, x[rows], y[rows])
+        assert draws.shared_draws == 0
+        return adversarial
+
+    beside_a_wrong_one, alone = attacked([0, 1, 2]), attacked([1, 2])
+    assert torch.equal(beside_a_wrong_one[1:], alone)
+    assert torch.equal(beside_a_wrong_one[0], x[0])  # left as it was
+    assert not torch.equal(alone, x[1:])
 
 
 def test_eot_averages_other_draws_and_judges_with_the_evaluations_own():

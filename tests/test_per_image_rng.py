@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from dipdefense.common.per_image_rng import attack_seed, global_draws, per_image_draws
+from dipdefense.common.per_image_rng import attack_seed, global_draws, per_image_draws, restricted_rows
 from dipdefense.defenses import DefendedClassifier
 from dipdefense.defenses.base import Purifier
 
@@ -57,6 +57,25 @@ def test_draws_that_are_not_per_image_fall_back_to_the_global_generator_and_are_
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
     assert torch.equal(explicit, torch.rand(4, 2, generator=torch.Generator().manual_seed(9)))  # left alone
     assert scalar.shape == () and mode.shared_draws == 3 and mode.per_image_draws == 0
+
+
+def test_restricted_rows_draw_for_those_images_from_their_own_generators():
+    with per_image_draws([10, 11, 12, 13]) as mode:
+        first = torch.rand(4, 3)
+        second = torch.rand(4, 3)
+    with per_image_draws([10, 11, 12, 13]) as mode:
+        torch.rand(4, 3)
+        with restricted_rows(torch.tensor([False, True, False, True])):
+            part = torch.rand(2, 3)  # images 11 and 13, their second draw
+        with restricted_rows(torch.tensor([2])):
+            alone = torch.rand(1, 3)
+        after = torch.rand(4, 3)
+    assert torch.equal(part, second[[1, 3]]) and torch.equal(alone, second[2:3])
+    assert mode.shared_draws == 0 and mode.seeds == [10, 11, 12, 13]  # restored after the block
+    assert torch.equal(after[0], second[0]) and not torch.equal(after[1], second[1])  # each state kept
+    assert not torch.equal(first, second)
+    with restricted_rows(torch.tensor([0])):  # no mode: a no-op
+        assert torch.rand(3, 2).shape == (3, 2)
 
 
 def test_global_draws_suspends_the_mode_for_code_that_seeds_itself():

@@ -5,12 +5,14 @@ fresh one for the model it is given (cheap). ``set_normalization_used`` is never
 normalisation lives inside the model, so torchattacks works in [0, 1] pixel space.
 """
 
+import contextlib
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from dipdefense.attacks.base import Attack, check_eps
+from dipdefense.common.per_image_rng import restricted_rows
 
 
 class _Torchattack(Attack):
@@ -214,8 +216,6 @@ class APGD(_LinfTorchattack):
         return {"norm": "Linf", **super()._kwargs()}
 
     def _run(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if not getattr(model, "is_bound", False):
-            return super()._run(model, images, labels)
         import torchattacks
 
         attack = torchattacks.APGD(model, **self._kwargs())
@@ -225,18 +225,22 @@ class APGD(_LinfTorchattack):
 
 def restart_on_the_unbroken(attack: Any, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """torchattacks.APGD's restart loop (each restart attacks the images no restart has broken yet)
-    with the defended model's binding narrowed to those rows, so that a seeded defense (a DIP fit
-    seeded per image) knows which images a restart's queries are; torchattacks would query the
-    subset under the whole batch's binding, which the defended model refuses."""
+    with the rows it attacks named: to a bound defended model (``restricted_to``), so that a seeded
+    defense (a DIP fit seeded per image) knows which images a restart's queries are, which
+    torchattacks' own loop does not say (the defended model refuses it); and to the per-image draws
+    (``restricted_rows``), so that each image's random start is its own, whatever else its chunk
+    holds. In torchattacks' loop the start of a subset comes from the global generator: an image's
+    start, and so its verdict, changed with the images beside it (issue 39)."""
     adversarial = images.clone()
     with torch.no_grad():
         correct = attack.get_logits(images).argmax(1) == labels
     torch.manual_seed(attack.seed)  # as torchattacks seeds its restarts
+    restricted = getattr(model, "restricted_to", None)
     for _ in range(attack.n_restarts):
         rows = correct.nonzero().flatten()
         if rows.numel() == 0:
             break
-        with model.restricted_to(rows):
+        with restricted(rows) if restricted else contextlib.nullcontext(), restricted_rows(rows):
             _, still_correct, _, attacked = attack.attack_single_run(images[rows], labels[rows])
         broken = ~still_correct.bool()
         correct[rows[broken]] = False

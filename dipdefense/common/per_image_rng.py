@@ -9,7 +9,8 @@ generator seeded with ``seeds[i]`` (then moved to the tensor's device, so CPU an
 A draw of another shape (an attack that works on a subset of the batch, such as Square or
 HopSkipJump) falls back to the global generator, which the caller seeds per chunk, and is
 counted in ``shared_draws``: an attack with shared draws is reproducible for a given chunking,
-not per image.
+not per image. An attack that knows which rows its subset is says so with ``restricted_rows``,
+and its draws stay per image (APGD's restarts on the images still right).
 
 Calls that pass their own ``generator=`` are left alone, and ``global_draws()`` suspends the
 interception where code seeds the global generator itself (the defenses: a DIP network's
@@ -135,6 +136,25 @@ def per_image_draws(seeds: Sequence[int]) -> Iterator[PerImageDraws]:
             yield mode
         finally:
             _active.pop()
+
+
+@contextmanager
+def restricted_rows(rows: torch.Tensor) -> Iterator[None]:
+    """Within the block, batch-shaped draws are for these rows of the innermost ``per_image_draws``
+    (a bool mask or indices), each from that image's own generator, which keeps its state: so an
+    attack that queries a subset of its batch (the images still right) draws what the same image
+    draws in any other chunk. A no-op where no ``per_image_draws`` is active."""
+    mode = _active[-1] if _active else None
+    if mode is None:
+        yield
+        return
+    picked = torch.arange(len(mode.generators))[rows.detach().cpu()].tolist()
+    kept = mode.seeds, mode.generators
+    mode.seeds, mode.generators = [kept[0][i] for i in picked], [kept[1][i] for i in picked]
+    try:
+        yield
+    finally:
+        mode.seeds, mode.generators = kept
 
 
 @contextmanager
