@@ -3,7 +3,8 @@
 Bare config names resolve against ``configs/``; every value can be overridden on the
 command line (``--trainer.max_epochs 5``, ``--data.data_dir /data/cifar``). After
 fitting, the best checkpoint is tested and, with ``--export PATH``, written as a compact
-weights-only checkpoint that evaluate.py and ``nets.load_classifier`` read.
+weights-only checkpoint that evaluate.py and ``nets.load_classifier`` read (``--export_dtype
+float16`` stores its floating-point tensors at half the size).
 
 Test a checkpoint without training: ``--fit false --weights PATH`` (an export of train.py or
 a Lightning ``.ckpt`` of the same model), e.g.
@@ -16,6 +17,7 @@ logs/<run>/csv/version_N/checkpoints/last.ckpt`` and the same config.
 import sys
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import lightning.pytorch as pl
 import torch
@@ -33,6 +35,13 @@ class TrainCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
             "--export", type=str | None, default=None, help="write the best weights here as a compact checkpoint"
+        )
+        parser.add_argument(
+            "--export_dtype",
+            type=Literal["float32", "float16", "bfloat16"],
+            default="float32",
+            help="store the export's floating-point tensors in this type (float16 halves a large "
+            "victim's file; they load into the float32 model); integer tensors are kept",
         )
         parser.add_argument("--test", type=bool, default=True, help="test the best checkpoint after fitting")
         parser.add_argument("--fit", type=bool, default=True, help="fit the model (false: only test --weights)")
@@ -139,7 +148,12 @@ def main(argv: list[str] | None = None) -> None:
         if not hasattr(model, "checkpoint_config"):
             raise UserError(f"{type(model).__name__} cannot be exported (no checkpoint_config)")
         path = save_checkpoint(
-            cli.config.export, model.checkpoint_kind, model.checkpoint_config(), model.exported_state_dict(), metrics
+            cli.config.export,
+            model.checkpoint_kind,
+            model.checkpoint_config(),
+            model.exported_state_dict(),
+            metrics,
+            dtype=getattr(torch, cli.config.export_dtype),
         )
         print(f"exported {model.checkpoint_kind} checkpoint to {path} ({path.stat().st_size / 1e6:.2f} MB)")
 

@@ -109,6 +109,33 @@ def test_one_epoch_fit_on_a_tiny_subset_exports_a_loadable_checkpoint(cifar_batc
     with pytest.raises(UserError, match="--fit false .* give --weights PATH"):
         train.main(["-c", "victim_cifar_quick", "--data.data_dir", str(cifar_batches_dir), "--fit", "false"])
 
+    # Re-exported at half precision: half the file, the float32 model within float16's rounding.
+    half = tmp_path / "half.ckpt"
+    train.main(
+        [
+            "-c", "victim_cifar_quick",
+            "--data.data_dir", str(cifar_batches_dir),
+            "--data.val_size", "20",
+            "--data.eval_batch_size", "16",
+            "--trainer.precision", "32-true",
+            "--trainer.enable_progress_bar", "false",
+            "--fit", "false",
+            "--weights", str(export),
+            "--export", str(half),
+            "--export_dtype", "float16",
+        ]
+    )  # fmt: skip
+    stored = torch.load(half, weights_only=True)["state_dict"]
+    assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
+    assert {v.dtype for k, v in stored.items() if k.endswith("num_batches_tracked")} == {torch.long}
+    assert half.stat().st_size < 0.6 * export.stat().st_size
+    loaded = load_classifier(half)
+    assert all(v.dtype == torch.float32 for v in loaded.state_dict().values() if v.is_floating_point())
+    x = torch.rand(4, 3, 32, 32)
+    assert torch.allclose(loaded(x), model(x), atol=0.05)
+    with pytest.raises(SystemExit):
+        train.build_cli(["-c", "victim_cifar_quick", "--export_dtype", "int8"], save_config=False)
+
 
 def test_resume_continues_an_interrupted_fit_at_the_next_epoch(cifar_batches_dir, tmp_path, monkeypatch):
     """A fit interrupted in its third epoch, resumed with --resume from the shipped callbacks'

@@ -31,14 +31,22 @@ def save_checkpoint(
     config: dict[str, Any],
     state_dict: dict[str, torch.Tensor],
     metrics: dict[str, float] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write a compact checkpoint atomically (temporary file, then rename)."""
+    """Write a compact checkpoint atomically (temporary file, then rename). ``dtype``: store the
+    floating-point tensors in this type (``torch.float16`` halves a float32 file; loading copies
+    them into the model's own dtype); integer tensors (BatchNorm's batch counts) are kept."""
+
+    def stored(tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.detach().cpu().contiguous()
+        return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+
     payload = {
         "format": FORMAT,
         "version": VERSION,
         "kind": kind,
         "config": config,
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
+        "state_dict": {k: stored(v) for k, v in state_dict.items()},
         "metrics": metrics or {},
     }
     return atomic_torch_save(payload, path)
