@@ -113,9 +113,29 @@ def _build_cli(argv: list[str], save_config: bool) -> TrainCLI:
     )
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX); without either,
+    oneDNN emulates it and bf16 autocast can be slower than float32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def warn_of_emulated_bf16(trainer: pl.Trainer) -> None:
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    bf16 = "bf16" in str(trainer.precision)
+    if bf16 and isinstance(trainer.accelerator, CPUAccelerator) and not cpu_has_native_bf16():
+        print(
+            f"warning: --trainer.precision {trainer.precision} on a CPU without bfloat16 units (no AVX512-BF16 "
+            "or AMX): oneDNN emulates it, which can be slower than --trainer.precision 32-true",
+            file=sys.stderr,
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     cli = build_cli(sys.argv[1:] if argv is None else argv)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    warn_of_emulated_bf16(trainer)
     if cli.config.weights:
         load_weights(model, cli.config.weights)
     elif not cli.config.fit:

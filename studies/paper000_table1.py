@@ -46,7 +46,7 @@ PAPER_TABLE1 = {
 }
 DEFAULT_VICTIMS = "vgg16=checkpoints/victim_cifar_vgg16.ckpt,vit=checkpoints/victim_cifar_vit.ckpt"
 TRAIN_COMMANDS = {
-    "vgg16": "python train.py -c victim_cifar_vgg16 --export checkpoints/victim_cifar_vgg16.ckpt",
+    "vgg16": "python train.py -c victim_cifar_vgg16 --export checkpoints/victim_cifar_vgg16.ckpt --export_dtype float16",
     "vit": "python train.py -c victim_cifar_vit --export checkpoints/victim_cifar_vit.ckpt",
 }
 

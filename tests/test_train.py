@@ -269,3 +269,22 @@ def test_train_download_flag_reaches_the_data_sets_fetch_with_the_data_dir(idx_d
     cli.datamodule.prepare_data()
     cli.datamodule.setup("test")
     assert calls[0] == (str(empty), True, True) and len(cli.datamodule.test_set) == 20
+
+
+def test_bf16_on_a_cpu_without_bf16_units_is_warned_of(monkeypatch, capsys):
+    from lightning_modules import train_cli
+
+    base = ["-c", "victim_cifar_quick", "--trainer.accelerator", "cpu"]
+    monkeypatch.setattr(train_cli, "cpu_has_native_bf16", lambda: False)
+    train_cli.warn_of_emulated_bf16(
+        train.build_cli([*base, "--trainer.precision", "bf16-mixed"], save_config=False).trainer
+    )
+    assert "without bfloat16 units" in capsys.readouterr().err
+    train_cli.warn_of_emulated_bf16(
+        train.build_cli([*base, "--trainer.precision", "32-true"], save_config=False).trainer
+    )
+    monkeypatch.setattr(train_cli, "cpu_has_native_bf16", lambda: True)
+    train_cli.warn_of_emulated_bf16(
+        train.build_cli([*base, "--trainer.precision", "bf16-mixed"], save_config=False).trainer
+    )
+    assert capsys.readouterr().err == ""
