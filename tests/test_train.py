@@ -88,21 +88,25 @@ def test_one_epoch_fit_on_a_tiny_subset_exports_a_loadable_checkpoint(cifar_batc
     assert model.checkpoint_config["arch"] == "resnet20"
     assert (tmp_path / "logs" / "victim_cifar_quick").is_dir()
 
-    # Testing a checkpoint without training: -c resolves like --config, --fit false --weights PATH.
+    def test_and_export(path: Path, *extra: str) -> None:
+        """Test ``export`` without training (-c resolves like --config) and export it to ``path``."""
+        train.main(
+            [
+                "-c", "victim_cifar_quick",
+                "--data.data_dir", str(cifar_batches_dir),
+                "--data.val_size", "20",
+                "--data.eval_batch_size", "16",
+                "--trainer.precision", "32-true",
+                "--trainer.enable_progress_bar", "false",
+                "--fit", "false",
+                "--weights", str(export),
+                "--export", str(path),
+                *extra,
+            ]
+        )  # fmt: skip
+
     tested = tmp_path / "tested.ckpt"
-    train.main(
-        [
-            "-c", "victim_cifar_quick",
-            "--data.data_dir", str(cifar_batches_dir),
-            "--data.val_size", "20",
-            "--data.eval_batch_size", "16",
-            "--trainer.precision", "32-true",
-            "--trainer.enable_progress_bar", "false",
-            "--fit", "false",
-            "--weights", str(export),
-            "--export", str(tested),
-        ]
-    )  # fmt: skip
+    test_and_export(tested)
     again = load_classifier(tested)
     assert again.checkpoint_metrics["test/acc"] == model.checkpoint_metrics["test/acc"]
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values(), strict=True))
@@ -111,20 +115,7 @@ def test_one_epoch_fit_on_a_tiny_subset_exports_a_loadable_checkpoint(cifar_batc
 
     # Re-exported at half precision: half the file, the float32 model within float16's rounding.
     half = tmp_path / "half.ckpt"
-    train.main(
-        [
-            "-c", "victim_cifar_quick",
-            "--data.data_dir", str(cifar_batches_dir),
-            "--data.val_size", "20",
-            "--data.eval_batch_size", "16",
-            "--trainer.precision", "32-true",
-            "--trainer.enable_progress_bar", "false",
-            "--fit", "false",
-            "--weights", str(export),
-            "--export", str(half),
-            "--export_dtype", "float16",
-        ]
-    )  # fmt: skip
+    test_and_export(half, "--export_dtype", "float16")
     stored = torch.load(half, weights_only=True)["state_dict"]
     assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
     assert {v.dtype for k, v in stored.items() if k.endswith("num_batches_tracked")} == {torch.long}
