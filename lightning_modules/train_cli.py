@@ -21,6 +21,7 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
@@ -121,8 +122,6 @@ def cpu_has_native_bf16() -> bool:
 
 
 def warn_of_emulated_bf16(trainer: pl.Trainer) -> None:
-    from lightning.pytorch.accelerators import CPUAccelerator
-
     bf16 = "bf16" in str(trainer.precision)
     if bf16 and isinstance(trainer.accelerator, CPUAccelerator) and not cpu_has_native_bf16():
         print(
